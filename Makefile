@@ -1,0 +1,26 @@
+# The two set-up commands (see README):
+#   make demo   create .venv if needed, run the main job on the embedded model
+#   make test   create .venv if needed, run the test suite
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTEST_ARGS ?=
+
+.PHONY: install demo test test-all lint bench
+
+install:
+	@bash scripts/install.sh
+
+demo: install
+	$(VENV)/bin/steerlab demo --out runs/demo
+
+test: install
+	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+
+test-all: install
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(VENV)/bin/ruff check steerlab tests benchmarks
+
+bench: install
+	$(PY) benchmarks/capture.py

@@ -1,0 +1,644 @@
+"""A sharded on-disk activation store: ``manifest.json`` + ``shard-XXXXX.safetensors``.
+
+Each shard holds, for ``N`` token rows, one float tensor per site (``[N, d_site]``, keyed by the
+site name, e.g. ``"resid_post.6"``) plus ``token_ids`` (int32 ``[N]``), ``doc_ids`` (int64
+``[N]``, the sequence each row came from) and ``positions`` (int32 ``[N]``). The manifest lists
+the shards with their sha256; a shard exists for readers only once the manifest lists it.
+
+:class:`StoreWriter` appends batches that end at sequence boundaries and flushes a shard
+atomically (temp file, fsync, ``os.replace``, then an atomic manifest rewrite) once its buffer
+holds ``shard_tokens`` rows, so a crashed capture resumes exactly after the last listed shard.
+:class:`ActivationStore` reads rows by global index and streams shuffled training batches
+whose order depends only on ``(seed, epoch)``. Nothing is pickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from collections import OrderedDict
+from collections.abc import Iterator, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save as st_save
+from torch import Tensor
+
+from steerlab import __version__
+
+logger = logging.getLogger(__name__)
+
+FORMAT = "steerlab.store/1"
+MANIFEST_NAME = "manifest.json"
+_SHARD_RE = re.compile(r"^shard-\d{5,}\.safetensors$")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+META_DTYPES = {"token_ids": torch.int32, "doc_ids": torch.int64, "positions": torch.int32}
+Index = int | slice | Tensor | Sequence[int]
+
+
+class StoreMismatchError(ValueError):
+    """An existing store was written with other settings than the ones requested."""
+
+
+class CorruptShardError(ValueError):
+    """A shard listed in the manifest is missing or its checksum differs."""
+
+
+def shard_name(i: int) -> str:
+    """File name of shard ``i``: ``shard-00000.safetensors``."""
+    return f"shard-{i:05d}.safetensors"
+
+
+def _json_norm(obj: Any) -> Any:
+    """The value as it reads back from JSON (tuples become lists, keys become strings)."""
+    return json.loads(json.dumps(obj))
+
+
+def _fsync_dir(path: Path) -> None:
+    try:  # makes the rename durable; directories cannot be opened on every platform
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    f = path / MANIFEST_NAME
+    if not f.is_file():
+        raise FileNotFoundError(f"{path} is not an activation store: no {MANIFEST_NAME} inside")
+    manifest = json.loads(f.read_text())
+    if manifest.get("format") != FORMAT:
+        raise ValueError(f"{f}: format {manifest.get('format')!r}, expected {FORMAT!r}")
+    return manifest
+
+
+def _check_shards_exist(path: Path, manifest: dict[str, Any]) -> None:
+    for s in manifest["shards"]:
+        if not (path / s["file"]).is_file():
+            raise CorruptShardError(
+                f"{path}: shard {s['file']} is listed in the manifest but missing"
+            )
+
+
+class StoreWriter:
+    """Append activations to a sharded store, resuming an interrupted one with the same settings.
+
+    Args:
+        path: store directory; created if missing. An existing store with equal ``model_id``,
+            ``sites``, ``dtype``, ``fingerprints`` and ``config`` is resumed.
+        model_id: the model the activations come from.
+        sites: site name -> width ``d``, e.g. ``{"resid_post.6": 576}``.
+        dtype: storage dtype: ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        shard_tokens: a shard is flushed once the buffer holds at least this many rows; shards end
+            at batch boundaries, so they hold ``shard_tokens`` rows plus at most one batch.
+        fingerprints: hashes identifying the tokenizer, corpus, ... (must match to resume).
+        config: JSON-serialisable capture settings (must match to resume).
+        overwrite: remove an existing store's manifest, shards and temp files first.
+
+    Raises:
+        StoreMismatchError: ``path`` holds a store written with other settings.
+        FileExistsError: ``path`` is a non-empty directory without a manifest (never deleted).
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        model_id: str,
+        sites: dict[str, int],
+        dtype: str = "float32",
+        shard_tokens: int = 65536,
+        fingerprints: dict[str, str] | None = None,
+        config: dict[str, Any] | None = None,
+        overwrite: bool = False,
+    ) -> None:
+        if dtype not in DTYPES:
+            raise ValueError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
+        if shard_tokens < 1:
+            raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
+        for name, d in sites.items():
+            if name in META_DTYPES or not name:
+                raise ValueError(f"invalid site name {name!r}")
+            if int(d) < 1:
+                raise ValueError(f"site {name!r}: width must be >= 1, got {d}")
+        self.path = Path(path)
+        self.sites = {name: int(d) for name, d in sites.items()}
+        self.dtype = dtype
+        self.shard_tokens = int(shard_tokens)
+        self._torch_dtype = DTYPES[dtype]
+        self._buffer: list[dict[str, Tensor]] = []
+        self.buffered_tokens = 0
+        self._buffered_seqs = 0
+        self._closed = False
+        requested = {
+            "model_id": model_id,
+            "sites": self.sites,
+            "dtype": dtype,
+            "fingerprints": _json_norm(dict(fingerprints or {})),
+            "config": _json_norm(dict(config or {})),
+        }
+        if self.path.exists() and not self.path.is_dir():
+            raise FileExistsError(f"{self.path} exists and is not a directory")
+        has_manifest = (self.path / MANIFEST_NAME).is_file()
+        if not has_manifest and self.path.is_dir() and any(self.path.iterdir()):
+            raise FileExistsError(
+                f"{self.path} is not empty and holds no {MANIFEST_NAME}; refusing to touch "
+                "unknown files. Choose an empty or new directory."
+            )
+        if has_manifest and overwrite:  # only the store's own files; others stay
+            self._remove_store_files(listed=set(), manifest_too=True)
+        if has_manifest and not overwrite:
+            self.manifest = _read_manifest(self.path)
+            diffs = [
+                f"  {k}: stored {self.manifest.get(k)!r}, requested {v!r}"
+                for k, v in requested.items()
+                if self.manifest.get(k) != v
+            ]
+            if diffs:
+                raise StoreMismatchError(
+                    f"{self.path} holds a store written with other settings:\n"
+                    + "\n".join(diffs)
+                    + "\nChoose another directory or pass overwrite=True to replace it."
+                )
+            _check_shards_exist(self.path, self.manifest)
+            self._remove_store_files(listed={s["file"] for s in self.manifest["shards"]})
+            logger.info(
+                "resuming %s: %d sequences, %d tokens done",
+                self.path,
+                self.manifest["n_sequences"],
+                self.manifest["n_tokens"],
+            )
+        else:
+            self.path.mkdir(parents=True, exist_ok=True)
+            self.manifest = {
+                "format": FORMAT,
+                **requested,
+                "n_tokens": 0,
+                "n_sequences": 0,
+                "complete": False,
+                "shards": [],
+                "created": datetime.now(timezone.utc).isoformat(),
+                "steerlab_version": __version__,
+            }
+            self._write_manifest()
+
+    def _remove_store_files(self, listed: set[str], manifest_too: bool = False) -> None:
+        """Delete temp files and shard files not in ``listed`` (incomplete writes)."""
+        for f in self.path.iterdir():
+            stray_shard = _SHARD_RE.match(f.name) and f.name not in listed
+            ours = (
+                f.name.endswith(".tmp") or stray_shard or (manifest_too and f.name == MANIFEST_NAME)
+            )
+            if f.is_file() and ours:
+                logger.info("removing %s", f)
+                f.unlink()
+
+    def _write_manifest(self) -> None:
+        data = json.dumps(self.manifest, indent=2).encode()
+        _write_atomic(self.path / MANIFEST_NAME, data)
+
+    @property
+    def n_sequences(self) -> int:
+        """Sequences accepted so far (on disk plus buffered); on resume, the ones to skip."""
+        return self.manifest["n_sequences"] + self._buffered_seqs
+
+    @property
+    def n_tokens(self) -> int:
+        """Token rows accepted so far (on disk plus buffered)."""
+        return self.manifest["n_tokens"] + self.buffered_tokens
+
+    @property
+    def complete(self) -> bool:
+        """Whether the store was marked complete by :meth:`finish`."""
+        return bool(self.manifest["complete"])
+
+    def add(
+        self,
+        acts: dict[str, Tensor],
+        token_ids: Tensor,
+        doc_ids: Tensor,
+        positions: Tensor,
+        n_sequences: int,
+    ) -> None:
+        """Append the rows of a batch that completes ``n_sequences`` more sequences.
+
+        Args:
+            acts: site name -> ``[n, d_site]`` activations; exactly the declared sites.
+            token_ids: ``[n]`` token id of each row.
+            doc_ids: ``[n]`` index of the sequence each row came from.
+            positions: ``[n]`` position of each row in its sequence.
+            n_sequences: sequences this batch completes (call ``add`` only at sequence ends).
+
+        Raises:
+            ValueError: wrong site set, widths or row counts, or NaN/inf values (also values
+                that overflow the storage dtype). Nothing is buffered when this is raised.
+        """
+        if self._closed or self.complete:
+            raise RuntimeError(f"writer for {self.path} is closed or the store is complete")
+        if set(acts) != set(self.sites):
+            raise ValueError(f"sites {sorted(acts)} differ from the declared {sorted(self.sites)}")
+        meta = {"token_ids": token_ids, "doc_ids": doc_ids, "positions": positions}
+        n = int(torch.as_tensor(token_ids).reshape(-1).shape[0])
+        if n_sequences < 0:
+            raise ValueError(f"n_sequences must be >= 0, got {n_sequences}")
+        rows: dict[str, Tensor] = {}
+        for name, x in meta.items():
+            t = torch.as_tensor(x).detach()
+            if t.dim() != 1 or t.shape[0] != n or t.is_floating_point():
+                raise ValueError(
+                    f"{name}: expected an integer tensor of shape [{n}], got "
+                    f"{t.dtype} {tuple(t.shape)}"
+                )
+            rows[name] = t.to("cpu", META_DTYPES[name], copy=True)
+        for name, x in acts.items():
+            if x.dim() != 2 or x.shape[0] != n or x.shape[1] != self.sites[name]:
+                raise ValueError(
+                    f"site {name!r}: expected shape [{n}, {self.sites[name]}], got {tuple(x.shape)}"
+                )
+            if not x.is_floating_point():
+                raise ValueError(f"site {name!r}: expected a float tensor, got {x.dtype}")
+            y = x.detach().to(self._torch_dtype)  # cast on x's device: less to transfer
+            bad = int((~torch.isfinite(y)).any(dim=1).sum())
+            if bad:
+                n_in = int((~torch.isfinite(x)).any(dim=1).sum())
+                why = "contain NaN or inf" if n_in else f"overflow to inf in {self.dtype}"
+                raise ValueError(f"site {name!r}: {bad} of {n} rows {why}")
+            y = y.cpu()
+            # Own the rows: a view of the caller's tensor would keep all of it alive (breaking
+            # the memory bound) and would see the caller's later in-place edits.
+            same = y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
+            rows[name] = y.clone() if same else y
+        self._buffer.append(rows)
+        self.buffered_tokens += n
+        self._buffered_seqs += int(n_sequences)
+        if self.buffered_tokens >= self.shard_tokens:
+            self.flush()
+
+    def flush(self) -> None:
+        """Write the buffer as one shard (if it holds rows) and update the manifest."""
+        if not self._buffer and not self._buffered_seqs:
+            return
+        m = self.manifest
+        seq_start = m["n_sequences"]
+        if self.buffered_tokens:
+            keys = [*self.sites, *META_DTYPES]
+            tensors = {k: torch.cat([b[k] for b in self._buffer]).contiguous() for k in keys}
+            self._buffer.clear()  # drop the pieces before serialising: peak = 2 x one shard
+            data = st_save(tensors, metadata={"format": "pt"})
+            del tensors
+            name = shard_name(len(m["shards"]))
+            _write_atomic(self.path / name, data)  # via name.tmp, removed on resume
+            m["shards"].append(
+                {
+                    "file": name,
+                    "n_tokens": self.buffered_tokens,
+                    "seq_start": seq_start,
+                    "seq_end": seq_start + self._buffered_seqs,
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
+            logger.debug("wrote %s (%d rows)", name, self.buffered_tokens)
+        m["n_tokens"] += self.buffered_tokens
+        m["n_sequences"] += self._buffered_seqs
+        self._buffer.clear()
+        self.buffered_tokens = self._buffered_seqs = 0
+        self._write_manifest()
+
+    def close(self, complete: bool = False) -> None:
+        """Flush the buffer; with ``complete=True`` also mark the store complete."""
+        if self._closed:
+            return
+        self.flush()
+        if complete and not self.complete:
+            self.manifest["complete"] = True
+            self._write_manifest()
+        self._closed = True
+
+    def finish(self) -> None:
+        """Flush and mark the store complete: the capture consumed its whole corpus."""
+        self.close(complete=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        # The buffer always ends at a sequence boundary (``add`` is all-or-nothing), so it is
+        # safe to keep on an exception too; only ``finish`` marks the store complete.
+        if exc_type is not None:
+            logger.warning(
+                "exception while writing %s; flushing %d buffered rows",
+                self.path,
+                self.buffered_tokens,
+            )
+        self.close()
+
+
+def _mix_seed(seed: int, epoch: int) -> int:
+    """A 63-bit generator seed, well mixed from ``(seed, epoch)``."""
+    digest = hashlib.sha256(f"steerlab.store:{seed}:{epoch}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+class ActivationStore:
+    """Read a sharded activation store by global row index, or as a stream of batches.
+
+    Args:
+        path: store directory.
+        verify: check every shard's sha256 on open (slow for big stores).
+        cache_shards: shards kept in the LRU cache used by indexing.
+
+    Raises:
+        FileNotFoundError: no manifest.
+        CorruptShardError: a listed shard is missing (or, with ``verify``, differs).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, verify: bool = False, cache_shards: int = 4):
+        self.path = Path(path)
+        self.manifest = _read_manifest(self.path)
+        _check_shards_exist(self.path, self.manifest)
+        self.sites: dict[str, int] = dict(self.manifest["sites"])
+        self.dtype: str = self.manifest["dtype"]
+        self.model_id: str = self.manifest["model_id"]
+        self.n_tokens: int = int(self.manifest["n_tokens"])
+        sizes = torch.tensor([s["n_tokens"] for s in self.manifest["shards"]], dtype=torch.long)
+        self._ends = torch.cumsum(sizes, 0)
+        self._starts = self._ends - sizes
+        self._cache: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
+        self._cache_shards = max(1, cache_shards)
+        if not self.manifest["complete"]:
+            logger.warning("%s is not complete (%d tokens so far)", self.path, self.n_tokens)
+        if verify:
+            self.verify()
+
+    @classmethod
+    def open(cls, path: str | os.PathLike, **kwargs: Any) -> ActivationStore:
+        """Same as ``ActivationStore(path, **kwargs)``."""
+        return cls(path, **kwargs)
+
+    def __len__(self) -> int:
+        return self.n_tokens
+
+    def __repr__(self) -> str:
+        return (
+            f"ActivationStore({str(self.path)!r}, model={self.model_id!r}, "
+            f"sites={self.sites}, n_tokens={self.n_tokens}, dtype={self.dtype})"
+        )
+
+    @property
+    def n_shards(self) -> int:
+        """Number of shards listed in the manifest."""
+        return len(self.manifest["shards"])
+
+    def verify(self) -> None:
+        """Check that every shard exists and has the sha256 the manifest lists.
+
+        Raises:
+            CorruptShardError: naming the first shard that is missing or differs.
+        """
+        _check_shards_exist(self.path, self.manifest)
+        for s in self.manifest["shards"]:
+            digest = _sha256_file(self.path / s["file"])
+            if digest != s["sha256"]:
+                raise CorruptShardError(
+                    f"{self.path}: shard {s['file']} has sha256 {digest}, "
+                    f"the manifest says {s['sha256']}"
+                )
+
+    def info(self) -> dict[str, Any]:
+        """A summary for ``steerlab store info``: model, sites, dtype, sizes, fingerprints."""
+        files = [self.path / s["file"] for s in self.manifest["shards"]]
+        return {
+            "path": str(self.path),
+            "model_id": self.model_id,
+            "sites": dict(self.sites),
+            "dtype": self.dtype,
+            "n_tokens": self.n_tokens,
+            "n_sequences": self.manifest["n_sequences"],
+            "n_shards": self.n_shards,
+            "size_bytes": sum(f.stat().st_size for f in files),
+            "complete": bool(self.manifest["complete"]),
+            "fingerprints": dict(self.manifest["fingerprints"]),
+            "config": dict(self.manifest["config"]),
+        }
+
+    def _check_names(self, names: Sequence[str]) -> None:
+        for name in names:
+            if name not in self.sites and name not in META_DTYPES:
+                raise KeyError(
+                    f"unknown site {name!r}; this store holds {sorted(self.sites)} "
+                    f"(and {sorted(META_DTYPES)})"
+                )
+
+    def _read_shard(self, i: int, names: Sequence[str]) -> dict[str, Tensor]:
+        with safe_open(str(self.path / self.manifest["shards"][i]["file"]), framework="pt") as f:
+            return {name: f.get_tensor(name) for name in names}
+
+    def _cached_shard(self, i: int, names: Sequence[str]) -> dict[str, Tensor]:
+        entry = self._cache.pop(i, {})
+        missing = [n for n in names if n not in entry]
+        if missing:
+            entry.update(self._read_shard(i, missing))
+        self._cache[i] = entry
+        while len(self._cache) > self._cache_shards:
+            self._cache.popitem(last=False)
+        return entry
+
+    def _indices(self, idx: Index) -> tuple[Tensor, bool]:
+        """Global row indices as a 1-D LongTensor, and whether ``idx`` was a scalar."""
+        n = self.n_tokens
+        scalar = False
+        if isinstance(idx, slice):
+            ids = torch.arange(*idx.indices(n), dtype=torch.long)
+        elif isinstance(idx, int):
+            ids, scalar = torch.tensor([idx], dtype=torch.long), True
+        else:
+            t = torch.as_tensor(idx)
+            if t.dtype == torch.bool:
+                if t.shape != (n,):
+                    raise IndexError(f"boolean mask of shape {tuple(t.shape)} for {n} rows")
+                t = t.nonzero().squeeze(1)
+            if t.is_floating_point() or t.dim() > 1:
+                raise IndexError(
+                    f"indices must be integers of at most 1 dim, got {t.dtype} {tuple(t.shape)}"
+                )
+            scalar = t.dim() == 0
+            ids = t.reshape(-1).long()
+        ids = torch.where(ids < 0, ids + n, ids)
+        if ids.numel() and (ids.min() < 0 or ids.max() >= n):
+            raise IndexError(f"index out of range for a store of {n} rows")
+        return ids, scalar
+
+    def _empty(self, name: str, n: int) -> Tensor:
+        if name in META_DTYPES:
+            return torch.empty(n, dtype=META_DTYPES[name])
+        return torch.empty(n, self.sites[name], dtype=DTYPES[self.dtype])
+
+    def _gather(self, names: Sequence[str], ids: Tensor) -> dict[str, Tensor]:
+        shard = torch.searchsorted(self._ends, ids, right=True)
+        order = torch.argsort(shard, stable=True)  # group the rows by shard in one sort
+        uniq, counts = torch.unique_consecutive(shard[order], return_counts=True)
+        out = {name: self._empty(name, len(ids)) for name in names}
+        for s, pos in zip(uniq.tolist(), order.split(counts.tolist())):
+            data = self._cached_shard(s, names)
+            local = ids[pos] - self._starts[s]
+            for name in names:
+                out[name][pos] = data[name][local]
+        return out
+
+    def __getitem__(self, idx: Index) -> dict[str, Tensor]:
+        """Rows ``idx`` (int, slice, index tensor/list or bool mask) of every site and metadata."""
+        ids, scalar = self._indices(idx)
+        out = self._gather([*self.sites, *META_DTYPES], ids)
+        return {k: v[0] for k, v in out.items()} if scalar else out
+
+    def site(self, name: str) -> SiteView:
+        """A view of one site (or metadata key) indexable like the store."""
+        self._check_names([name])
+        return SiteView(self, name)
+
+    def iter_batches(
+        self,
+        site: str | list[str],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        shards_in_memory: int = 4,
+        drop_last: bool = True,
+        dtype: torch.dtype | None = torch.float32,
+        device: str | torch.device = "cpu",
+        epoch: int = 0,
+        skip_batches: int = 0,
+    ) -> Iterator[Tensor | dict[str, Tensor]]:
+        """Stream batches of rows, shuffled within groups of shards.
+
+        With ``shuffle``, the shard order is permuted, shards are loaded ``shards_in_memory`` at
+        a time, and the group's rows (plus the rows the previous group left over) are permuted
+        and cut into batches; everything depends only on ``(seed, epoch)``. Each epoch yields
+        every row once, except a final partial batch when ``drop_last``.
+
+        Args:
+            site: a site name (yields tensors ``[batch, d]``) or a list of names, which may
+                include ``token_ids``/``doc_ids``/``positions`` (yields dicts).
+            batch_size: rows per batch.
+            shuffle: if False, rows come in store order.
+            seed: base seed of the permutations.
+            shards_in_memory: shards loaded at once; memory is about this many shards.
+            drop_last: drop the final partial batch.
+            dtype: cast site tensors to this dtype (None keeps the stored dtype).
+            device: device of the yielded tensors.
+            epoch: mixed into the seed, so each epoch has its own order.
+            skip_batches: skip this many batches first, to resume training exactly; groups
+                whose batches are all skipped are not even loaded.
+        """
+        names = [site] if isinstance(site, str) else list(site)
+        self._check_names(names)
+        if batch_size < 1 or shards_in_memory < 1:
+            raise ValueError("batch_size and shards_in_memory must be >= 1")
+        gen = torch.Generator().manual_seed(_mix_seed(seed, epoch))
+        order = (
+            torch.randperm(self.n_shards, generator=gen) if shuffle else torch.arange(self.n_shards)
+        )
+        left_ids = torch.empty(0, dtype=torch.long)  # global ids of the carried rows
+        left_data: dict[str, Tensor] | None = {n: self._empty(n, 0) for n in names}
+        batch_no = 0
+
+        def emit(data: dict[str, Tensor]) -> Tensor | dict[str, Tensor]:
+            out = {
+                k: v.to(device=device, dtype=dtype if k in self.sites and dtype else v.dtype)
+                for k, v in data.items()
+            }
+            return out[site] if isinstance(site, str) else out
+
+        groups = order.split(shards_in_memory)
+        for gi, group in enumerate(groups):
+            group_ids = torch.cat(
+                [left_ids]
+                + [torch.arange(int(self._starts[s]), int(self._ends[s])) for s in group.tolist()]
+            )
+            last = gi == len(groups) - 1
+            n_pool = len(group_ids)
+            perm = torch.randperm(n_pool, generator=gen) if shuffle else torch.arange(n_pool)
+            n_full = n_pool // batch_size
+            n_out = n_full + (1 if last and not drop_last and n_pool % batch_size else 0)
+            if batch_no + n_out <= skip_batches:  # every batch of this group is skipped
+                batch_no += n_out
+                left_ids = group_ids[perm[n_full * batch_size :]]
+                left_data = None
+                continue
+            if left_data is None:  # the previous group was skipped unloaded: fetch its rest
+                left_data = self._gather(names, left_ids)
+            parts = [left_data] + [self._read_shard(s, names) for s in group.tolist()]
+            pool = {n: torch.cat([p[n] for p in parts]) for n in names}
+            del parts
+            for b in range(n_out):
+                if batch_no >= skip_batches:
+                    sel = perm[b * batch_size : (b + 1) * batch_size]
+                    yield emit({n: pool[n][sel] for n in names})
+                batch_no += 1
+            rest = perm[n_full * batch_size :]
+            left_ids = group_ids[rest]
+            left_data = {n: pool[n][rest] for n in names}
+
+
+class SiteView:
+    """One site of an :class:`ActivationStore`, indexable like the store.
+
+    Args:
+        store: the store.
+        name: a site name or ``token_ids``/``doc_ids``/``positions``.
+    """
+
+    def __init__(self, store: ActivationStore, name: str) -> None:
+        self.store = store
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.store)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        """``(n_tokens, d)`` for a site, ``(n_tokens,)`` for metadata."""
+        d = self.store.sites.get(self.name)
+        return (len(self.store),) if d is None else (len(self.store), d)
+
+    def __getitem__(self, idx: Index) -> Tensor:
+        """Rows ``idx``: ``[d]`` for an int, else ``[len(idx), d]``."""
+        ids, scalar = self.store._indices(idx)
+        out = self.store._gather([self.name], ids)[self.name]
+        return out[0] if scalar else out
+
+    def to_tensor(self, dtype: torch.dtype | None = None) -> Tensor:
+        """All rows in one tensor (loads every shard; for small stores)."""
+        parts = [
+            self.store._read_shard(i, [self.name])[self.name] for i in range(self.store.n_shards)
+        ]
+        out = torch.cat(parts) if parts else self.store._empty(self.name, 0)
+        return out if dtype is None else out.to(dtype)

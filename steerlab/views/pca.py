@@ -1,0 +1,329 @@
+"""Principal directions of a cloud of activations, and the figure that shows them.
+
+PCA of centred activations ``X - μ``: the principal directions are the eigenvectors of the
+covariance ``Σ = (X - μ)ᵀ(X - μ) / (n - 1)``, and the explained-variance ratio of component
+``i`` is ``λ_i / Σ_j λ_j`` over the whole spectrum.
+"""
+
+from __future__ import annotations
+
+import html
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+import numpy as np
+import plotly.graph_objects as go
+import torch
+from jaxtyping import Float
+from plotly.subplots import make_subplots
+from torch import Tensor
+
+from steerlab.data import CONTEXT_CLOSE, CONTEXT_OPEN
+
+THRESHOLDS = (0.90, 0.99)
+"""Cumulative explained-variance levels marked on the figure."""
+
+_BLOCK = 65536  # rows per block, so that a float64 copy of a large matrix is never made
+_GL_ABOVE = 2000  # points above which the scatter uses WebGL
+
+
+class PCASummary(NamedTuple):
+    """The top principal components of a set of activations (float64, on the CPU)."""
+
+    components: Float[Tensor, "k d_model"]
+    """Orthonormal principal directions, by decreasing variance. Each sign is fixed so that
+    the entry of largest magnitude is positive."""
+    explained_variance_ratio: Float[Tensor, " k"]
+    """Variance along each direction over the total variance (all directions)."""
+    mean: Float[Tensor, " d_model"]
+    """The mean activation μ."""
+    coords: Float[Tensor, "n k"]
+    """``(X - μ) @ componentsᵀ``."""
+
+
+def pca_summary(acts: Tensor | np.ndarray, n_components: int = 50) -> PCASummary:
+    """PCA of ``acts`` in float64.
+
+    Args:
+        acts: activations ``[n, d]`` (torch or numpy; any float dtype or device).
+        n_components: components to keep, clipped to ``d``.
+
+    Returns:
+        :class:`PCASummary`.
+    """
+    summary, _ = _pca(acts, n_components)
+    return summary
+
+
+def _pca(acts: Tensor | np.ndarray, n_components: int) -> tuple[PCASummary, Tensor]:
+    """PCA, plus the explained-variance ratio of the whole spectrum (for thresholds)."""
+    x = torch.as_tensor(acts).detach().cpu()
+    if x.ndim != 2:
+        raise ValueError(f"acts must have shape [n, d], got {tuple(x.shape)}")
+    n, d = x.shape
+    if n < 2:
+        raise ValueError(f"PCA needs at least 2 points, got {n}")
+    if n_components < 1:
+        raise ValueError(f"n_components must be >= 1, got {n_components}")
+    k = min(n_components, d)
+
+    # Two passes over float64 blocks: the mean, then the centred scatter matrix. The
+    # eigendecomposition of the d×d covariance costs n·d² + d³ instead of an SVD of X, and in
+    # float64 its eigenvalues are accurate far below what a ratio on a plot shows.
+    mean = torch.zeros(d, dtype=torch.float64)
+    for block in x.split(_BLOCK):
+        mean += block.double().sum(0)
+    mean /= n
+    scatter = torch.zeros(d, d, dtype=torch.float64)
+    for block in x.split(_BLOCK):
+        centred = block.double() - mean
+        scatter += centred.T @ centred
+    scatter = (scatter + scatter.T) / 2  # rounding may leave it slightly non-symmetric
+    eigvals, eigvecs = torch.linalg.eigh(scatter / (n - 1))
+    eigvals = eigvals.flip(0).clamp_min(0)  # descending; tiny negatives are rounding
+    eigvecs = eigvecs.flip(1)
+    total = eigvals.sum()
+    if total <= 0:
+        raise ValueError("the activations have zero variance")
+    ratio = eigvals / total
+
+    components = eigvecs[:, :k].T.contiguous()
+    biggest = components.abs().argmax(1, keepdim=True)
+    components *= components.gather(1, biggest).sign()
+    coords = torch.cat([(b.double() - mean) @ components.T for b in x.split(_BLOCK)])
+    return PCASummary(components, ratio[:k].clone(), mean, coords), ratio
+
+
+def principal_directions(
+    acts: Tensor | np.ndarray,
+    *,
+    tokens: Sequence[str] | None = None,
+    contexts: Sequence[str] | None = None,
+    labels: Sequence[Any] | np.ndarray | Tensor | None = None,
+    label_name: str = "label",
+    n_components: int = 50,
+    max_points: int = 5000,
+    title: str | None = None,
+    seed: int = 0,
+) -> go.Figure:
+    """Scatter of the first two principal components beside the explained-variance spectrum.
+
+    PCA uses every row of ``acts``; only the scatter is subsampled. The left panel plots PC1
+    against PC2, with each point's token and context in its hover label (the token is bold in
+    the context when marked as :func:`steerlab.data.token_contexts` marks it); numeric
+    ``labels`` colour the points on a continuous scale, other labels give one trace per class.
+    The right panel shows the explained-variance ratio per component (bars, left axis) and its
+    cumulative sum (line, right axis), with the components needed for 90% and 99% marked.
+
+    Args:
+        acts: activations ``[n, d]`` with ``d >= 2``.
+        tokens: ``n`` strings, shown in the hover label.
+        contexts: ``n`` strings, shown in the hover label.
+        labels: ``n`` values (numbers, or classes of any type).
+        label_name: name of the labels, for the colour bar, legend and hover.
+        n_components: components computed and shown on the right.
+        max_points: points drawn in the scatter, chosen with a RNG seeded by ``seed``.
+        title: figure title; by default states ``n`` and ``d``.
+        seed: seed for the subsample.
+
+    Returns:
+        The figure.
+    """
+    summary, full_ratio = _pca(acts, n_components)
+    n, d = summary.coords.shape[0], summary.mean.shape[0]
+    if d < 2:
+        raise ValueError("a PC1-vs-PC2 scatter needs activations with d >= 2")
+    for name, values in (("tokens", tokens), ("contexts", contexts), ("labels", labels)):
+        if values is not None and len(values) != n:
+            raise ValueError(f"{name} has {len(values)} entries, acts has {n} rows")
+
+    rows = np.arange(n)
+    if n > max_points:
+        rows = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    xy = summary.coords[rows, :2].numpy()
+    hover = [_hover(int(i), tokens, contexts, labels, label_name) for i in rows]
+
+    cumulative = full_ratio.cumsum(0)
+    needed = {t: int((cumulative < t - 1e-12).sum()) + 1 for t in THRESHOLDS}
+    k = len(summary.explained_variance_ratio)
+    fig = make_subplots(
+        rows=1,
+        cols=2,
+        column_widths=[0.55, 0.45],
+        horizontal_spacing=0.14,
+        specs=[[{}, {"secondary_y": True}]],
+        subplot_titles=(
+            "PC1 vs PC2",
+            "explained variance · " + " · ".join(f"{t:.0%}: {needed[t]} PCs" for t in THRESHOLDS),
+        ),
+    )
+    scatter_cls = go.Scattergl if len(rows) > _GL_ABOVE else go.Scatter
+    common = {"mode": "markers", "hovertemplate": "%{text}<extra></extra>"}
+    label_values = None if labels is None else _as_array(labels)
+    if label_values is None:
+        fig.add_trace(
+            scatter_cls(
+                x=xy[:, 0],
+                y=xy[:, 1],
+                text=hover,
+                name="points",
+                marker={"size": 5},
+                showlegend=False,
+                **common,
+            ),
+            row=1,
+            col=1,
+        )
+    elif label_values.dtype.kind in "iuf":
+        domain_end = fig.layout.xaxis.domain[1]
+        fig.add_trace(
+            scatter_cls(
+                x=xy[:, 0],
+                y=xy[:, 1],
+                text=hover,
+                name=label_name,
+                showlegend=False,
+                marker={
+                    "size": 5,
+                    "color": label_values[rows],
+                    "colorscale": "Viridis",
+                    "showscale": True,
+                    "colorbar": {
+                        "title": {"text": label_name},
+                        "x": domain_end + 0.01,
+                        "len": 0.9,
+                        "thickness": 12,
+                    },
+                },
+                **common,
+            ),
+            row=1,
+            col=1,
+        )
+    else:
+        classes = label_values[rows].astype(str)
+        for cls in sorted(set(classes.tolist())):
+            mask = classes == cls
+            fig.add_trace(
+                scatter_cls(
+                    x=xy[mask, 0],
+                    y=xy[mask, 1],
+                    text=[h for h, m in zip(hover, mask) if m],
+                    name=cls,
+                    legendgroup=cls,
+                    marker={"size": 5},
+                    **common,
+                ),
+                row=1,
+                col=1,
+            )
+
+    ratio = summary.explained_variance_ratio.numpy()
+    components = np.arange(1, k + 1)
+    fig.add_trace(
+        go.Bar(
+            x=components,
+            y=ratio,
+            name="per component",
+            showlegend=False,
+            hovertemplate="PC%{x}: %{y:.2%}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+    )
+    fig.add_trace(
+        go.Scatter(
+            x=components,
+            y=cumulative[:k].numpy(),
+            mode="lines",
+            name="cumulative",
+            showlegend=False,
+            hovertemplate="PC1–%{x}: %{y:.2%}<extra></extra>",
+        ),
+        row=1,
+        col=2,
+        secondary_y=True,
+    )
+    for threshold, count in needed.items():
+        if count > k:
+            continue  # not reached within the components shown; the subplot title says where
+        y = float(cumulative[count - 1])
+        fig.add_trace(
+            go.Scatter(
+                x=[count],
+                y=[y],
+                mode="markers",
+                name=f"{threshold:.0%}",
+                marker={"size": 9, "symbol": "diamond", "color": "crimson"},
+                showlegend=False,
+                hovertemplate=f"{threshold:.0%} at %{{x}} PCs<extra></extra>",
+            ),
+            row=1,
+            col=2,
+            secondary_y=True,
+        )
+        fig.add_annotation(
+            x=count,
+            y=y,
+            text=f"{threshold:.0%}: {count}",
+            showarrow=True,
+            arrowhead=2,
+            ax=25,
+            ay=25,
+            row=1,
+            col=2,
+            secondary_y=True,
+        )
+
+    pct = 100 * ratio
+    fig.update_xaxes(title_text=f"PC1 ({pct[0]:.1f}% var)", row=1, col=1)
+    fig.update_yaxes(title_text=f"PC2 ({pct[1]:.1f}% var)", row=1, col=1)
+    fig.update_xaxes(title_text="component", row=1, col=2)
+    fig.update_yaxes(title_text="explained variance ratio", tickformat=".1%", row=1, col=2)
+    fig.update_yaxes(
+        title_text="cumulative", tickformat=".0%", range=[0, 1.02], row=1, col=2, secondary_y=True
+    )
+    shown = f"{len(rows)} of {n} shown" if len(rows) < n else f"{n} points"
+    fig.update_layout(
+        title=title or f"Principal directions of {n} activations (d={d}; {shown})",
+        # below the plots, clear of the colour bar and the cumulative axis on the right
+        legend={"title": {"text": label_name}, "orientation": "h", "y": -0.2},
+        template="plotly_white",
+        height=520,
+    )
+    return fig
+
+
+def _as_array(labels: Sequence[Any] | np.ndarray | Tensor) -> np.ndarray:
+    if isinstance(labels, Tensor):
+        return labels.detach().cpu().numpy()
+    return np.asarray(labels)
+
+
+def _hover(
+    i: int,
+    tokens: Sequence[str] | None,
+    contexts: Sequence[str] | None,
+    labels: Any,
+    label_name: str,
+) -> str:
+    """HTML hover label of row ``i``; every user string is escaped."""
+    lines = [f"#{i}"]
+    if tokens is not None:
+        lines.append(f"token: <b>{_escape(repr(tokens[i]))}</b>")
+    if contexts is not None:
+        context = _escape(contexts[i])
+        if tokens is not None:
+            marked = _escape(f"{CONTEXT_OPEN}{tokens[i]}{CONTEXT_CLOSE}")
+            context = context.replace(marked, f"<b>{_escape(tokens[i])}</b>", 1)
+        lines.append(context.replace("\n", "↵<br>"))
+    if labels is not None:
+        value = labels[i]
+        value = value.item() if isinstance(value, Tensor | np.generic) else value
+        lines.append(f"{_escape(label_name)}: {_escape(str(value))}")
+    return "<br>".join(lines)
+
+
+def _escape(text: str) -> str:
+    # Plotly renders hover labels as a small subset of HTML: escape markup, keep quotes as is.
+    return html.escape(text, quote=False)

@@ -1,0 +1,410 @@
+"""Tests for the sharded activation store: round trips, shuffling, resume, integrity, validation.
+
+The reference for every read is the concatenation of the batches that were written, cast to
+the store dtype; casting is deterministic, so all comparisons are exact (no tolerance).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from steerlab.capture.store import (
+    MANIFEST_NAME,
+    ActivationStore,
+    CorruptShardError,
+    StoreMismatchError,
+    StoreWriter,
+    shard_name,
+)
+
+SITES = {"resid_post.1": 6, "mlp_out.1": 4}
+ID_SITE = "resid_post.1"  # column 0 of this site holds the global row index
+META = ("token_ids", "doc_ids", "positions")
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def make_batches(n_batches: int = 9, seed: int = 0, max_seqs: int = 3, max_len: int = 5):
+    """Batches of whole sequences with random lengths; row ids run across batches."""
+    g = torch.Generator().manual_seed(seed)
+    batches, row, doc = [], 0, 0
+    for _ in range(n_batches):
+        k = int(torch.randint(1, max_seqs + 1, (1,), generator=g))
+        lens = torch.randint(1, max_len + 1, (k,), generator=g)
+        n = int(lens.sum())
+        acts = {s: torch.randn(n, d, generator=g) for s, d in SITES.items()}
+        # Row indices stay below 2**8, exact in bfloat16's 8-bit significand too.
+        acts[ID_SITE][:, 0] = torch.arange(row, row + n, dtype=torch.float32)
+        batches.append(
+            {
+                "acts": acts,
+                "token_ids": torch.randint(0, 49152, (n,), generator=g),
+                "doc_ids": torch.repeat_interleave(torch.arange(doc, doc + k), lens),
+                "positions": torch.cat([torch.arange(int(m)) for m in lens]),
+                "n_sequences": k,
+            }
+        )
+        row, doc = row + n, doc + k
+    return batches
+
+
+def reference(batches, dtype=torch.float32):
+    out = {s: torch.cat([b["acts"][s] for b in batches]).to(dtype) for s in SITES}
+    out["token_ids"] = torch.cat([b["token_ids"] for b in batches]).int()
+    out["doc_ids"] = torch.cat([b["doc_ids"] for b in batches]).long()
+    out["positions"] = torch.cat([b["positions"] for b in batches]).int()
+    return out
+
+
+def add(writer, b):
+    writer.add(b["acts"], b["token_ids"], b["doc_ids"], b["positions"], b["n_sequences"])
+
+
+def write_store(path, batches, *, finish=True, **kw):
+    kw = {"model_id": "tiny", "sites": SITES, "shard_tokens": 10, **kw}
+    w = StoreWriter(path, **kw)
+    for b in batches:
+        add(w, b)
+    if finish:
+        w.finish()
+    return w
+
+
+def assert_rows_equal(got: dict, want: dict, idx):
+    for k in want:
+        assert torch.equal(got[k], want[k][idx]), k
+
+
+@pytest.mark.parametrize("dtype", list(DTYPES))
+def test_round_trip_all_index_kinds(tmp_path, dtype):
+    batches = make_batches()
+    write_store(
+        tmp_path / "s", batches, dtype=dtype, fingerprints={"tok": "abc"}, config={"seq_len": 8}
+    )
+    ref = reference(batches, DTYPES[dtype])
+    n = len(ref["doc_ids"])
+    store = ActivationStore(tmp_path / "s", verify=True)
+    assert len(store) == store.n_tokens == n and store.n_shards >= 3
+    assert store.sites == SITES and store.dtype == dtype and store.model_id == "tiny"
+    assert store.manifest["n_sequences"] == sum(b["n_sequences"] for b in batches)
+    assert store.manifest["complete"] is True
+
+    assert_rows_equal(store[:], ref, slice(None))
+    assert_rows_equal(store[3 : n - 2 : 3], ref, slice(3, n - 2, 3))  # crosses shard boundaries
+    for i in (0, 9, 10, n - 1, -1, -n):
+        assert_rows_equal(store[i], ref, i)
+    idx = torch.randperm(n, generator=torch.Generator().manual_seed(1))[:17]
+    assert_rows_equal(store[idx], ref, idx)
+    assert_rows_equal(store[idx.tolist()], ref, idx)
+    mask = torch.arange(n) % 3 == 0
+    assert_rows_equal(store[mask], ref, mask)
+    with pytest.raises(IndexError):
+        store[n]
+
+    view = store.site(ID_SITE)
+    assert len(view) == n and view.shape == (n, SITES[ID_SITE])
+    assert torch.equal(view[idx], ref[ID_SITE][idx])
+    assert torch.equal(view[5], ref[ID_SITE][5])
+    assert torch.equal(view.to_tensor(), ref[ID_SITE])
+    assert view.to_tensor(torch.float64).dtype == torch.float64
+    assert torch.equal(store.site("doc_ids").to_tensor(), ref["doc_ids"])
+
+
+def test_shard_layout_and_info(tmp_path):
+    batches = make_batches(n_batches=20)
+    write_store(tmp_path / "s", batches, shard_tokens=12)
+    store = ActivationStore(tmp_path / "s")
+    shards = store.manifest["shards"]
+    max_batch = max(len(b["doc_ids"]) for b in batches)
+    for s in shards[:-1]:  # every shard but the last ends at the first batch reaching 12 rows
+        assert 12 <= s["n_tokens"] < 12 + max_batch
+    assert [s["file"] for s in shards] == [shard_name(i) for i in range(len(shards))]
+    assert all(a["seq_end"] == b["seq_start"] for a, b in zip(shards, shards[1:]))
+    assert shards[-1]["seq_end"] == store.manifest["n_sequences"]
+    ref = reference(batches)
+    for s, start in zip(shards, torch.tensor([0] + [s["n_tokens"] for s in shards]).cumsum(0)):
+        docs = ref["doc_ids"][int(start) : int(start) + s["n_tokens"]]
+        assert docs.min() == s["seq_start"] and docs.max() == s["seq_end"] - 1
+    info = store.info()
+    assert info["n_shards"] == len(shards) and info["n_tokens"] == len(ref["doc_ids"])
+    assert info["complete"] and info["size_bytes"] > 0 and info["model_id"] == "tiny"
+    json.dumps(info)  # the CLI prints it as JSON
+
+
+@pytest.fixture
+def id_store(tmp_path):
+    batches = make_batches(n_batches=25, seed=3)
+    write_store(tmp_path / "s", batches, shard_tokens=9)
+    return ActivationStore(tmp_path / "s"), reference(batches)
+
+
+def batch_ids(batches):
+    return [
+        b[:, 0].long() if isinstance(b, torch.Tensor) else b[ID_SITE][:, 0].long() for b in batches
+    ]
+
+
+def test_iter_batches_epoch_covers_rows_once(id_store):
+    store, ref = id_store
+    n = len(store)
+    got = list(store.iter_batches([ID_SITE, "doc_ids", "positions"], 8, shards_in_memory=2))
+    ids = torch.cat(batch_ids(got))
+    assert all(len(b["doc_ids"]) == 8 for b in got) and len(ids) == n // 8 * 8
+    assert len(ids.unique()) == len(ids)
+    for b, i in zip(got, batch_ids(got)):  # rows stay intact: metadata matches the site row
+        assert torch.equal(b["doc_ids"], ref["doc_ids"][i])
+        assert torch.equal(b["positions"], ref["positions"][i])
+        assert torch.equal(b[ID_SITE], ref[ID_SITE][i])
+    full = torch.cat(batch_ids(store.iter_batches(ID_SITE, 8, drop_last=False)))
+    assert torch.equal(full.sort().values, torch.arange(n))
+    assert not torch.equal(full, torch.arange(n))  # actually shuffled
+    in_order = torch.cat(batch_ids(store.iter_batches(ID_SITE, 7, shuffle=False, drop_last=False)))
+    assert torch.equal(in_order, torch.arange(n))
+
+
+def test_iter_batches_deterministic_and_seeded(id_store):
+    store, _ = id_store
+
+    def run(**kw):
+        return torch.cat(batch_ids(store.iter_batches(ID_SITE, 5, shards_in_memory=3, **kw)))
+
+    assert torch.equal(run(seed=1), run(seed=1))
+    assert not torch.equal(run(seed=1), run(seed=2))
+    assert not torch.equal(run(seed=1, epoch=0), run(seed=1, epoch=1))
+    b = next(store.iter_batches(ID_SITE, 5, dtype=torch.float64))
+    assert b.dtype == torch.float64 and b.shape == (5, SITES[ID_SITE])
+
+
+@pytest.mark.parametrize("drop_last", [True, False])
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_skip_batches_resumes_exactly(id_store, drop_last, shuffle):
+    store, _ = id_store
+    kw = {"shuffle": shuffle, "drop_last": drop_last, "seed": 4, "shards_in_memory": 2}
+    full = batch_ids(store.iter_batches(ID_SITE, 6, **kw))
+    for skip in (0, 1, 3, len(full) // 2, len(full) - 1, len(full), len(full) + 2):
+        tail = batch_ids(store.iter_batches(ID_SITE, 6, skip_batches=skip, **kw))
+        assert len(tail) == max(0, len(full) - skip)
+        assert all(torch.equal(a, b) for a, b in zip(tail, full[skip:]))
+
+
+def test_resume_after_crash_equals_one_go(tmp_path):
+    batches = make_batches(n_batches=12, seed=5)
+    kw = {"fingerprints": {"corpus": "x"}, "config": {"positions": ["all"]}}
+    write_store(tmp_path / "one", batches, **kw)
+
+    crashed = write_store(tmp_path / "two", batches[:5], finish=False, **kw)
+    for b in batches[5:]:  # crash with rows in the buffer, which are lost (no close)
+        if crashed.buffered_tokens:
+            break
+        add(crashed, b)
+    assert crashed.buffered_tokens > 0
+    flushed = json.loads((tmp_path / "two" / MANIFEST_NAME).read_text())["n_sequences"]
+    del crashed
+    (tmp_path / "two" / "shard-00007.safetensors.tmp").write_bytes(b"half a shard")
+    (tmp_path / "two" / "shard-00042.safetensors").write_bytes(b"unlisted")
+    (tmp_path / "two" / "manifest.json.tmp").write_text("{")
+
+    w = StoreWriter(
+        tmp_path / "two",
+        model_id="tiny",
+        sites=SITES,
+        shard_tokens=10,
+        config={"positions": ("all",)},
+        fingerprints={"corpus": "x"},
+    )
+    assert w.n_sequences == flushed > 0 and w.n_tokens == ActivationStore(tmp_path / "two").n_tokens
+    assert not w.complete
+    names = {p.name for p in (tmp_path / "two").iterdir()}
+    assert not any(n.endswith(".tmp") for n in names) and "shard-00042.safetensors" not in names
+    done = torch.tensor([b["n_sequences"] for b in batches]).cumsum(0).tolist()
+    for b in batches[done.index(flushed) + 1 :]:  # the caller skips the done sequences
+        add(w, b)
+    w.finish()
+
+    one, two = ActivationStore(tmp_path / "one"), ActivationStore(tmp_path / "two", verify=True)
+    assert one.manifest["shards"] == two.manifest["shards"]  # same bytes, same checksums
+    assert_rows_equal(two[:], reference(batches), slice(None))
+    assert two.manifest["n_sequences"] == one.manifest["n_sequences"]
+
+    again = StoreWriter(tmp_path / "two", model_id="tiny", sites=SITES, **kw)
+    assert again.complete
+    with pytest.raises(RuntimeError):
+        add(again, batches[0])
+
+
+def test_mismatch_lists_fields(tmp_path):
+    write_store(tmp_path / "s", make_batches(3), fingerprints={"tok": "a"})
+    with pytest.raises(StoreMismatchError) as e:
+        StoreWriter(
+            tmp_path / "s",
+            model_id="other",
+            sites={"resid_post.1": 6},
+            dtype="float16",
+            fingerprints={"tok": "a"},
+        )
+    msg = str(e.value)
+    for field in ("model_id", "sites", "dtype", "'other'", "stored", "overwrite=True"):
+        assert field in msg
+    assert "fingerprints" not in msg and "config" not in msg
+    with pytest.raises(StoreMismatchError, match="fingerprints"):
+        StoreWriter(tmp_path / "s", model_id="tiny", sites=SITES, fingerprints={"tok": "b"})
+    assert isinstance(e.value, ValueError)
+
+    (tmp_path / "s" / "README").write_text("keep me")
+    w = StoreWriter(tmp_path / "s", model_id="other", sites=SITES, overwrite=True)
+    assert w.n_sequences == 0 and not list((tmp_path / "s").glob("shard-*"))
+    assert (tmp_path / "s" / "README").read_text() == "keep me"  # not a store file
+    assert ActivationStore(tmp_path / "s").model_id == "other"
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_refuses_unknown_non_empty_dir(tmp_path, overwrite):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(FileExistsError):
+        StoreWriter(tmp_path, model_id="tiny", sites=SITES, overwrite=overwrite)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_corrupt_and_missing_shards(tmp_path):
+    write_store(tmp_path / "s", make_batches())
+    store = ActivationStore(tmp_path / "s")
+    store.verify()
+    f = tmp_path / "s" / shard_name(1)
+    data = bytearray(f.read_bytes())
+    data[-3] ^= 0xFF
+    f.write_bytes(bytes(data))
+    with pytest.raises(CorruptShardError, match=shard_name(1)):
+        store.verify()
+    with pytest.raises(CorruptShardError, match=shard_name(1)):
+        ActivationStore(tmp_path / "s", verify=True)
+    f.unlink()
+    with pytest.raises(CorruptShardError, match=shard_name(1)):
+        ActivationStore(tmp_path / "s")
+    with pytest.raises(FileNotFoundError):
+        ActivationStore(tmp_path / "nowhere")
+
+
+def test_add_validation(tmp_path):
+    w = StoreWriter(tmp_path / "s", model_id="tiny", sites=SITES, dtype="float16")
+    b = make_batches(1)[0]
+    n = len(b["doc_ids"])
+
+    def bad(site, x, match):
+        with pytest.raises(ValueError, match=match):
+            w.add({**b["acts"], site: x}, b["token_ids"], b["doc_ids"], b["positions"], 1)
+
+    x = b["acts"]["mlp_out.1"].clone()
+    x[0, 1] = float("nan")
+    x[-1, 0] = float("inf")
+    bad("mlp_out.1", x, rf"'mlp_out.1': 2 of {n} rows contain NaN or inf")
+    bad("mlp_out.1", torch.full((n, 4), 1e6), "overflow to inf in float16")
+    bad("mlp_out.1", torch.zeros(n, 5), r"'mlp_out.1'.*shape")
+    bad("mlp_out.1", torch.zeros(n + 1, 4), "shape")
+    with pytest.raises(ValueError, match="sites"):
+        w.add({ID_SITE: b["acts"][ID_SITE]}, b["token_ids"], b["doc_ids"], b["positions"], 1)
+    with pytest.raises(ValueError, match="doc_ids"):
+        w.add(b["acts"], b["token_ids"], b["doc_ids"][:-1], b["positions"], 1)
+    assert w.buffered_tokens == 0 and w.n_sequences == 0  # nothing half-added
+    with pytest.raises(ValueError, match="dtype"):
+        StoreWriter(tmp_path / "t", model_id="tiny", sites=SITES, dtype="int8")
+
+
+def test_unknown_site_lists_valid_names(tmp_path):
+    write_store(tmp_path / "s", make_batches(3))
+    store = ActivationStore(tmp_path / "s")
+    for call in (
+        lambda: store.site("resid_post.7"),
+        lambda: next(store.iter_batches(["resid_post.7"], 4)),
+    ):
+        with pytest.raises(KeyError, match=r"resid_post\.7.*'mlp_out\.1', 'resid_post\.1'"):
+            call()
+
+
+def test_buffer_is_bounded(tmp_path):
+    batches = make_batches(n_batches=150, seed=7, max_seqs=4, max_len=6)
+    max_batch = max(len(b["doc_ids"]) for b in batches)
+    w = StoreWriter(tmp_path / "s", model_id="tiny", sites=SITES, shard_tokens=16)
+    peak = 0
+    for b in batches:
+        add(w, b)
+        peak = max(peak, w.buffered_tokens)
+        assert w.buffered_tokens < 16  # a batch that reaches the threshold flushes at once
+    w.finish()
+    shards = ActivationStore(tmp_path / "s").manifest["shards"]
+    assert len(shards) > 20
+    # A shard, the most ever held in memory, is the buffer before the batch plus one batch.
+    assert max(s["n_tokens"] for s in shards) < 16 + max_batch
+    assert peak > 0
+
+
+def test_exception_in_with_flushes_but_not_complete(tmp_path, caplog):
+    batches = make_batches(4)
+    with (
+        pytest.raises(RuntimeError, match="boom"),
+        StoreWriter(tmp_path / "s", model_id="tiny", sites=SITES, shard_tokens=1000) as w,
+    ):
+        for b in batches:
+            add(w, b)
+        raise RuntimeError("boom")
+    with caplog.at_level(logging.WARNING, logger="steerlab.capture.store"):
+        store = ActivationStore(tmp_path / "s")
+    assert "not complete" in caplog.text
+    assert not store.manifest["complete"] and store.n_shards == 1
+    assert_rows_equal(store[:], reference(batches), slice(None))
+
+
+def test_writer_owns_its_rows(tmp_path):
+    # Capture code may reuse its buffers: edits after ``add`` must not reach the store.
+    batches = make_batches(3)
+    ref = reference(batches)
+    w = StoreWriter(tmp_path / "s", model_id="tiny", sites=SITES, shard_tokens=1000)
+    for b in batches:
+        add(w, b)
+        for t in [*b["acts"].values(), b["doc_ids"], b["token_ids"], b["positions"]]:
+            t.zero_()
+    w.finish()
+    assert_rows_equal(ActivationStore(tmp_path / "s")[:], ref, slice(None))
+
+
+def test_zero_row_sequences_are_counted(tmp_path):
+    w = StoreWriter(tmp_path / "s", model_id="tiny", sites=SITES)
+    empty = torch.zeros(0, dtype=torch.long)
+    w.add({s: torch.zeros(0, d) for s, d in SITES.items()}, empty, empty, empty, 2)
+    w.finish()
+    store = ActivationStore(tmp_path / "s")
+    assert store.manifest["n_sequences"] == 2 and len(store) == 0 and store.n_shards == 0
+    assert list(store.iter_batches(ID_SITE, 4, drop_last=False)) == []
+    assert store.site(ID_SITE).to_tensor().shape == (0, SITES[ID_SITE])
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    n_batches=st.integers(1, 8),
+    shard_tokens=st.integers(1, 30),
+    seed=st.integers(0, 99),
+    batch_size=st.integers(1, 12),
+    in_memory=st.integers(1, 3),
+)
+def test_property_round_trip_and_epoch(
+    tmp_path_factory, n_batches, shard_tokens, seed, batch_size, in_memory
+):
+    path = tmp_path_factory.mktemp("s")
+    batches = make_batches(n_batches, seed=seed)
+    write_store(path, batches, shard_tokens=shard_tokens)
+    store = ActivationStore(path)
+    ref = reference(batches)
+    n = len(ref["doc_ids"])
+    idx = torch.randint(-n, n, (11,), generator=torch.Generator().manual_seed(seed))
+    assert_rows_equal(store[idx], ref, idx)
+    got = batch_ids(
+        store.iter_batches(
+            ID_SITE, batch_size, seed=seed, shards_in_memory=in_memory, drop_last=False
+        )
+    )
+    assert all(len(b) == batch_size for b in got[:-1])
+    assert torch.equal(torch.cat(got).sort().values, torch.arange(n))

@@ -14,8 +14,6 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_model": "steerlab.models",
     "ModelHandle": "steerlab.models",
-    "capture": "steerlab.capture",
-    "Capture": "steerlab.capture",
     "Site": "steerlab.sites",
     "parse_site": "steerlab.sites",
     "Subspace": "steerlab.subspace",

@@ -263,6 +263,34 @@ class ModelHandle:
         return self._views["nnsight"]
 
 
+def from_hf(
+    model: Any, tokenizer: Any, model_id: str | None = None, *, add_bos: bool = False
+) -> ModelHandle:
+    """Wrap an HF model and tokenizer that are already in memory (e.g. a fine-tuned copy).
+
+    The tokenizer gets the same explicit settings as in :func:`load_model` (right padding, a
+    pad token).
+    """
+    config = model.config
+    arch = _architecture(config)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
+    return ModelHandle(
+        model=model.eval(),
+        tokenizer=tokenizer,
+        model_id=model_id or str(getattr(config, "_name_or_path", "") or config.model_type),
+        source=str(getattr(config, "_name_or_path", "")),
+        architecture=arch,
+        n_layers=int(n_layers),
+        d_model=int(d_model),
+        add_bos=add_bos,
+        is_causal=arch != "bert",
+    )
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,
@@ -288,27 +316,12 @@ def load_model(
     model_id, source = resolve(name)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = AutoConfig.from_pretrained(source)
-    arch = _architecture(config)
-    is_causal = arch != "bert"
-    cls = AutoModelForCausalLM if is_causal else AutoModel
+    cls = AutoModel if _architecture(config) == "bert" else AutoModelForCausalLM
     model = cls.from_pretrained(source, dtype=dtype).to(device).eval()
     model.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(source)
-    if tok.pad_token_id is None:
-        tok.pad_token = tok.eos_token
-    tok.padding_side = "right"
     if add_bos and tok.bos_token_id is None:
         raise ValueError(f"{model_id}'s tokenizer has no BOS token; use add_bos=False")
-    n_layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
-    d_model = getattr(config, "hidden_size", None) or getattr(config, "n_embd")
-    return ModelHandle(
-        model=model,
-        tokenizer=tok,
-        model_id=model_id,
-        source=source,
-        architecture=arch,
-        n_layers=int(n_layers),
-        d_model=int(d_model),
-        add_bos=add_bos,
-        is_causal=is_causal,
-    )
+    handle = from_hf(model, tok, model_id, add_bos=add_bos)
+    handle.source = source
+    return handle

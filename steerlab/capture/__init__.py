@@ -1,6 +1,7 @@
 """Capture activations at named sites, in memory or streamed into a sharded store.
 
-    >>> from steerlab import load_model, capture
+    >>> from steerlab import load_model
+    >>> from steerlab.capture import capture
     >>> model = load_model()                                    # embedded SmolLM2-135M
     >>> cap = capture(model, ["The year was 1999."], "resid_post.6", positions="all")
     >>> cap["resid_post.6"].shape                               # [n_tokens, d_model]

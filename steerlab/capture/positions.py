@@ -66,6 +66,8 @@ def encode_texts(handle, texts: list[str], max_length: int | None = None) -> Enc
             raise ValueError(f"text {i} is empty or not a string ({type(t).__name__})")
     tok = handle.tokenizer
     limit = max_length or model_context(handle)
+    if not handle.is_causal:
+        return _encode_encoder_texts(handle, texts, limit)
     n_bos = 1 if handle.add_bos else 0
     enc = tok(texts, add_special_tokens=False, return_offsets_mapping=True)
     ids, offs, n_cut = [], [], 0
@@ -93,6 +95,38 @@ def encode_texts(handle, texts: list[str], max_length: int | None = None) -> Enc
         offsets[b, : len(s)] = torch.tensor(o, dtype=torch.long).reshape(-1, 2)
         special[b, 0] = bool(n_bos)
     return Encoded(input_ids, attn, special, offsets, n_cut)
+
+
+def _encode_encoder_texts(handle, texts: list[str], limit: int) -> Encoded:
+    """Encoders (BERT) get their own special tokens ([CLS] ... [SEP]), masked out of "all"."""
+    tok = handle.tokenizer
+    n_long = sum(
+        len(x) > limit for x in tok(texts, add_special_tokens=True, verbose=False)["input_ids"]
+    )
+    if n_long:
+        logger.warning(
+            "%d of %d texts were longer than %d tokens and were truncated",
+            n_long,
+            len(texts),
+            limit,
+        )
+    enc = tok(
+        texts,
+        add_special_tokens=True,
+        return_offsets_mapping=True,
+        padding=True,
+        truncation=True,
+        max_length=limit,
+        return_special_tokens_mask=True,
+        return_tensors="pt",
+    )
+    return Encoded(
+        enc["input_ids"],
+        enc["attention_mask"],
+        enc["special_tokens_mask"].bool(),
+        enc["offset_mapping"].long(),
+        n_long,
+    )
 
 
 def encode_tokens(handle, input_ids: Tensor, attention_mask: Tensor | None = None) -> Encoded:

@@ -1,0 +1,259 @@
+"""SAEs on disk: steerlab's directory and SAELens's layout.
+
+- steerlab: ``cfg.json`` (``kind: "sae"`` + :class:`SaeConfig` fields) + ``sae.safetensors``
+  (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``), written atomically by
+  :func:`steerlab.artifacts.save_artifact`.
+- SAELens (v6): ``cfg.json`` + ``sae_weights.safetensors`` (same four tensors, same layouts)
+  + ``sparsity.safetensors`` (``sparsity``: ``log10`` of each latent's firing frequency, as
+  SAELens's trainer writes it). ``cfg.json`` holds SAELens's fields: ``architecture``
+  (``topk`` | ``standard``), ``d_in``, ``d_sae``, ``dtype``, ``device``,
+  ``apply_b_dec_to_input``, ``normalize_activations``, ``reshape_activations``, the TopK field
+  ``k`` (and ``rescale_acts_by_decoder_norm``) at the top level as SAELens 6 does, the
+  pre-6 keys ``model_name``, ``hook_name``, ``hook_layer``, ``hook_head_index``,
+  ``activation_fn`` (+ ``activation_fn_kwargs: {k}``), and a ``metadata`` block. No
+  ``sae_lens_version`` is claimed, so SAELens reads the file through its pre-6 converter,
+  which maps exactly these keys (``k`` included) to its v6 config.
+
+Loading a SAELens directory folds the options steerlab's SAEs do not have into the weights:
+``apply_b_dec_to_input = False`` becomes ``b_enc += b_dec W_enc``, and a TopK SAE with
+``rescale_acts_by_decoder_norm`` gets unit-norm decoder rows with ``W_enc``/``b_enc`` columns
+scaled by the norms (both exact in real arithmetic). Other architectures or activation
+normalisations raise a clear error.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.saes.sae import Sae, SaeConfig, build_sae
+
+logger = logging.getLogger(__name__)
+
+SAE_KIND = "sae"
+PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
+SAELENS_CFG = "cfg.json"
+SAELENS_WEIGHTS = "sae_weights.safetensors"
+SAELENS_SPARSITY = "sparsity.safetensors"
+SAELENS_ARCH = {"topk": "topk", "relu_l1": "standard"}
+"""steerlab architecture -> SAELens architecture."""
+_FROM_SAELENS = {v: k for k, v in SAELENS_ARCH.items()}
+LOG_SPARSITY_EPS = 1e-10
+"""Added to firing frequencies before ``log10`` (SAELens's value), so dead latents get -10."""
+
+
+def _tensors(sae: Sae) -> dict[str, Tensor]:
+    return {n: getattr(sae, n).detach() for n in PARAM_NAMES}
+
+
+def _fill(sae: Sae, tensors: dict[str, Tensor], where: str) -> Sae:
+    for n in PARAM_NAMES:
+        if n not in tensors:
+            raise ValueError(f"{where}: missing tensor {n!r} (has {sorted(tensors)})")
+        p = getattr(sae, n)
+        if tuple(tensors[n].shape) != tuple(p.shape):
+            raise ValueError(
+                f"{where}: {n} has shape {tuple(tensors[n].shape)}, cfg implies {tuple(p.shape)}"
+            )
+        with torch.no_grad():
+            p.copy_(tensors[n])
+    return sae
+
+
+@register(SAE_KIND)
+class _SaeArtifact:
+    """Loader registered for ``kind: "sae"`` in :mod:`steerlab.artifacts`."""
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
+        return load_sae(path, device=device)
+
+
+def save_sae(sae: Sae, path: str | os.PathLike) -> Path:
+    """Write ``sae`` as ``cfg.json`` + ``sae.safetensors`` into ``path`` (atomically)."""
+    return save_artifact(path, SAE_KIND, sae.cfg.to_dict(), _tensors(sae))
+
+
+def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
+    """Read an SAE written by :func:`save_sae`; the class comes from ``architecture``."""
+    cfg_dict, tensors = load_artifact(path, SAE_KIND, device=device)
+    cfg = SaeConfig.from_dict(cfg_dict)
+    return _fill(build_sae(cfg, device=device), tensors, str(path))
+
+
+def log_feature_sparsity(density: Tensor) -> Tensor:
+    """SAELens's ``sparsity`` tensor: ``log10(density + 1e-10)``."""
+    return torch.log10(density.double() + LOG_SPARSITY_EPS).float()
+
+
+def saelens_cfg(
+    sae: Sae,
+    *,
+    hook_name: str | None = None,
+    hook_layer: int | None = None,
+    model_name: str | None = None,
+    metadata: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The SAELens ``cfg.json`` for ``sae`` (see the module docstring).
+
+    ``hook_name``, ``hook_layer`` and ``model_name`` default to ``cfg.site`` (its layer when
+    it ends in ``.<int>``) and ``cfg.model_id``; pass TransformerLens names to use the file in
+    SAELens with a HookedTransformer.
+    """
+    c = sae.cfg
+    hook_name = hook_name if hook_name is not None else c.site
+    if hook_layer is None and c.site and c.site.rsplit(".", 1)[-1].isdigit():
+        hook_layer = int(c.site.rsplit(".", 1)[-1])
+    meta = {
+        "model_name": model_name if model_name is not None else c.model_id,
+        "hook_name": hook_name,
+        "hook_head_index": None,
+        "steerlab_config": c.to_dict(),
+        **(metadata or {}),
+    }
+    cfg: dict[str, Any] = {
+        "architecture": SAELENS_ARCH[c.architecture],
+        "d_in": c.d_in,
+        "d_sae": c.d_sae,
+        "dtype": c.dtype,
+        "device": "cpu",
+        "apply_b_dec_to_input": True,
+        "normalize_activations": "none",
+        "reshape_activations": "none",
+        "model_name": meta["model_name"],
+        "hook_name": hook_name,
+        "hook_layer": hook_layer,
+        "hook_head_index": None,
+        "activation_fn": "topk" if c.architecture == "topk" else "relu",
+        "metadata": meta,
+    }
+    if c.architecture == "topk":
+        cfg["k"] = c.k
+        cfg["rescale_acts_by_decoder_norm"] = False  # rows are unit norm: either reads the same
+        cfg["activation_fn_kwargs"] = {"k": c.k}
+    return cfg
+
+
+def save_saelens(
+    sae: Sae,
+    path: str | os.PathLike,
+    *,
+    density: Tensor | None = None,
+    **cfg_kwargs: Any,
+) -> Path:
+    """Write ``sae`` in SAELens's layout into ``path`` (atomically: temp dir, then rename).
+
+    Args:
+        sae: the SAE.
+        path: target directory (replaced if it exists).
+        density: ``[d_sae]`` firing frequency of each latent (fraction of tokens); written as
+            ``sparsity.safetensors`` when given.
+        **cfg_kwargs: ``hook_name``, ``hook_layer``, ``model_name``, ``metadata`` for
+            :func:`saelens_cfg`.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        cfg = saelens_cfg(sae, **cfg_kwargs)
+        (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2, default=str))
+        tensors = {k: v.to("cpu").contiguous() for k, v in _tensors(sae).items()}
+        save_file(tensors, str(tmp / SAELENS_WEIGHTS))
+        if density is not None:
+            if density.shape != (sae.d_sae,):
+                raise ValueError(f"density must have shape ({sae.d_sae},), got {density.shape}")
+            sparsity = {"sparsity": log_feature_sparsity(density.detach().cpu())}
+            save_file(sparsity, str(tmp / SAELENS_SPARSITY))
+        _swap_dir(tmp, path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _swap_dir(tmp: Path, path: Path) -> None:
+    """Rename ``tmp`` to ``path``, replacing an existing directory (old one removed last)."""
+    if path.exists():
+        old = path.with_name(f".{path.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(path)
+
+
+def load_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
+    """Read a SAELens directory (``topk`` or ``standard``) into a steerlab SAE.
+
+    Raises:
+        FileNotFoundError: no ``cfg.json`` or ``sae_weights.safetensors``.
+        ValueError: an architecture or option steerlab cannot represent exactly.
+    """
+    path = Path(path)
+    cfg_file, weights_file = path / SAELENS_CFG, path / SAELENS_WEIGHTS
+    for f in (cfg_file, weights_file):
+        if not f.is_file():
+            raise FileNotFoundError(f"{path} is not a SAELens SAE directory: no {f.name}")
+    raw = json.loads(cfg_file.read_text())
+    arch = raw.get("architecture", "standard")
+    if arch == "standard" and raw.get("activation_fn", raw.get("activation_fn_str")) == "topk":
+        arch = "topk"  # pre-6 TopK SAEs were "standard" with a topk activation
+    if arch not in _FROM_SAELENS:
+        raise ValueError(
+            f"{path}: SAELens architecture {arch!r} is not supported; "
+            f"steerlab reads {sorted(_FROM_SAELENS)}"
+        )
+    norm = raw.get("normalize_activations") or "none"
+    if norm != "none":
+        raise ValueError(
+            f"{path}: normalize_activations={norm!r} is not supported; fold the scaling into "
+            "the weights first (SAELens: fold_activation_norm_scaling_factor)"
+        )
+    if raw.get("reshape_activations", "none") not in ("none", None):
+        raise ValueError(f"{path}: reshape_activations={raw['reshape_activations']!r} unsupported")
+    meta = raw.get("metadata") or {}
+    steerlab_cfg = meta.get("steerlab_config") or {}
+    fields: dict[str, Any] = {
+        **steerlab_cfg,
+        "architecture": _FROM_SAELENS[arch],
+        "d_in": int(raw["d_in"]),
+        "d_sae": int(raw["d_sae"]),
+        "dtype": raw.get("dtype", "float32"),
+        "site": steerlab_cfg.get("site", meta.get("hook_name", raw.get("hook_name"))),
+        "model_id": steerlab_cfg.get("model_id", meta.get("model_name", raw.get("model_name"))),
+    }
+    if arch == "topk":
+        k = raw.get("k", (raw.get("activation_fn_kwargs") or {}).get("k"))
+        if k is None:
+            raise ValueError(f"{path}: a topk SAE needs 'k' in cfg.json")
+        fields["k"] = int(k)
+    cfg = SaeConfig.from_dict(fields)
+    t = load_file(str(weights_file), device=str(device))
+    t = {n: t[n].to(cfg.torch_dtype) for n in PARAM_NAMES if n in t}
+    if not raw.get("apply_b_dec_to_input", True) and "W_enc" in t and "b_dec" in t:
+        # x W_enc + b_enc == (x − b_dec) W_enc + (b_enc + b_dec W_enc)
+        t["b_enc"] = t["b_enc"] + t["b_dec"] @ t["W_enc"]
+    if arch == "topk" and raw.get("rescale_acts_by_decoder_norm") and "W_dec" in t:
+        # TopK on pre·‖W_dec‖ then decode (z/‖W_dec‖) W_dec == unit rows, W_enc/b_enc scaled
+        norms = t["W_dec"].norm(dim=1)
+        t["W_enc"], t["b_enc"] = t["W_enc"] * norms, t["b_enc"] * norms
+        t["W_dec"] = t["W_dec"] / norms[:, None]
+    return _fill(build_sae(cfg, device=device), t, str(path))
+
+
+def load_saelens_sparsity(path: str | os.PathLike) -> Tensor | None:
+    """The ``sparsity`` (log10 firing frequency) tensor of a SAELens directory, if present."""
+    f = Path(path) / SAELENS_SPARSITY
+    return load_file(str(f))["sparsity"] if f.is_file() else None

@@ -1,0 +1,474 @@
+"""Sparse autoencoders: TopK (Makhzani & Frey 2013; Gao et al. 2024) and ReLU-L1 (baseline).
+
+Both share the affine encoder and decoder of Gao et al. (2024), with SAELens's names and
+layouts (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``):
+
+    pre  = (x − b_dec) W_enc + b_enc                               # [batch, d_sae]
+    z    = ReLU(TopK_k(pre))     or     ReLU(pre)                   # latents
+    x̂    = z W_dec + b_dec                                          # [batch, d_in]
+
+A small registry maps the ``architecture`` string of :class:`SaeConfig` (and of ``cfg.json``)
+to its class: ``"topk"`` -> :class:`TopKSae`, ``"relu_l1"`` -> :class:`ReluSae`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Literal, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from jaxtyping import Float, Int
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+Architecture = Literal["topk", "relu_l1"]
+InitMethod = Literal["tied", "active_subspace", "random"]
+DTYPES = {
+    "float32": torch.float32,
+    "float64": torch.float64,
+    "float16": torch.float16,
+    "bfloat16": torch.bfloat16,
+}
+_NAME_RE = re.compile(r"^[A-Za-z0-9_.\-]+$")
+
+
+@dataclass
+class SaeConfig:
+    """What an SAE is: its shape, architecture, where it reads and how it was initialised."""
+
+    d_in: int
+    """Width of the input activations (``d_model`` of the site)."""
+    d_sae: int
+    """Number of latents (the dictionary size, or "width")."""
+    architecture: Architecture = "topk"
+    """``"topk"``: keep the ``k`` largest pre-activations; ``"relu_l1"``: ReLU + L1 penalty."""
+    k: int = 32
+    """Latents kept per token (TopK only); must satisfy ``1 <= k < d_sae``."""
+    l1_coefficient: float = 0.05
+    """Weight of the scale-free L1 penalty (ReLU-L1 only, see :class:`ReluSae`)."""
+    site: str | None = None
+    """Site the SAE reads, e.g. ``"resid_post.6"`` (a key of the activation store)."""
+    model_id: str | None = None
+    """Model the activations come from (provenance)."""
+    init: InitMethod = "tied"
+    """Initialisation used by the trainer (see :mod:`steerlab.saes.init`)."""
+    init_var: float = 0.99
+    """Active-subspace init: keep the PCA directions explaining this fraction of variance."""
+    init_dim: int | None = None
+    """Active-subspace init: explicit subspace dimension (overrides ``init_var``)."""
+    dtype: str = "float32"
+    """Parameter dtype: ``float32``, ``float64``, ``float16`` or ``bfloat16``."""
+    name: str | None = None
+    """Identifier (a directory name in checkpoints); derived from the fields when None."""
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SAE_CLASSES:
+            raise ValueError(
+                f"unknown architecture {self.architecture!r}; known: {sorted(SAE_CLASSES)}"
+            )
+        if self.d_in < 1 or self.d_sae < 1:
+            raise ValueError(f"d_in and d_sae must be >= 1, got {self.d_in}, {self.d_sae}")
+        if self.architecture == "topk" and not 1 <= self.k < self.d_sae:
+            raise ValueError(f"k must satisfy 1 <= k < d_sae={self.d_sae}, got k={self.k}")
+        if self.l1_coefficient < 0:
+            raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
+        if self.init not in ("tied", "active_subspace", "random"):
+            raise ValueError(f"init must be tied, active_subspace or random, got {self.init!r}")
+        if not 0 < self.init_var <= 1:
+            raise ValueError(f"init_var must be in (0, 1], got {self.init_var}")
+        if self.init_dim is not None and not 1 <= self.init_dim <= self.d_in:
+            raise ValueError(f"init_dim must be in [1, d_in={self.d_in}], got {self.init_dim}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype {self.dtype!r} not supported; choose from {sorted(DTYPES)}")
+        if self.name is None:
+            k = f".k{self.k}" if self.architecture == "topk" else ""
+            self.name = f"{self.site or 'x'}.{self.architecture}.w{self.d_sae}{k}.{self.init}"
+        if not _NAME_RE.match(self.name):
+            raise ValueError(f"name {self.name!r} may hold only letters, digits and '_.-'")
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        """The parameter dtype as a ``torch.dtype``."""
+        return DTYPES[self.dtype]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable fields."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> SaeConfig:
+        """Build from :meth:`to_dict` output; unknown keys (e.g. ``kind``) are ignored."""
+        names = {f.name for f in fields(cls)}
+        extra = set(d) - names - {"kind", "steerlab_version"}
+        if extra:
+            logger.warning("SaeConfig.from_dict: ignoring unknown keys %s", sorted(extra))
+        return cls(**{k: v for k, v in d.items() if k in names})
+
+
+class SaeOutput(NamedTuple):
+    """Result of :meth:`Sae.forward` on a ``[batch, d_in]`` input.
+
+    Attributes:
+        sae_out: ``[batch, d_in]`` reconstruction ``x̂``.
+        latent_acts: TopK: ``[batch, k]`` values of the kept latents (after ReLU, may be 0);
+            ReLU-L1: ``[batch, d_sae]`` dense latents.
+        latent_indices: TopK: ``[batch, k]`` latent ids of ``latent_acts``; ReLU-L1: None.
+        fvu: ``Σ‖x − x̂‖² / Σ‖x − x̄‖²`` over the batch (``x̄`` the batch mean): the loss.
+        auxk_loss: AuxK loss of the dead latents (0 without dead latents or for ReLU-L1).
+        l1_loss: scale-free L1 penalty (ReLU-L1; 0 for TopK), not yet multiplied by λ.
+        l0: mean number of non-zero latents per token (detached).
+    """
+
+    sae_out: Float[Tensor, "batch d_in"]
+    latent_acts: Float[Tensor, "batch k"]
+    latent_indices: Int[Tensor, "batch k"] | None
+    fvu: Tensor
+    auxk_loss: Tensor
+    l1_loss: Tensor
+    l0: Tensor
+
+
+SAE_CLASSES: dict[str, type[Sae]] = {}
+
+
+def register_architecture(name: str) -> Callable[[type[Sae]], type[Sae]]:
+    """Class decorator: map ``architecture == name`` to ``cls``."""
+
+    def deco(cls: type[Sae]) -> type[Sae]:
+        SAE_CLASSES[name] = cls
+        cls.architecture = name
+        return cls
+
+    return deco
+
+
+def sae_class(architecture: str) -> type[Sae]:
+    """The class registered for ``architecture``, with a clear error for unknown names."""
+    if architecture not in SAE_CLASSES:
+        raise ValueError(f"unknown SAE architecture {architecture!r}; known: {sorted(SAE_CLASSES)}")
+    return SAE_CLASSES[architecture]
+
+
+def build_sae(cfg: SaeConfig, device: str | torch.device = "cpu") -> Sae:
+    """A freshly initialised SAE of the class named by ``cfg.architecture``."""
+    return sae_class(cfg.architecture)(cfg, device=device)
+
+
+class Sae(nn.Module):
+    """Base class: parameters, affine maps, decoder-norm utilities and disk I/O.
+
+    Parameters (SAELens names and layouts): ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``,
+    ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``. A new SAE gets a data-free tied init (unit-norm
+    Gaussian decoder rows, ``W_enc = W_decᵀ``, zero biases); :mod:`steerlab.saes.init` offers
+    data-aware inits.
+    """
+
+    architecture: ClassVar[str] = ""
+    unit_norm_decoder: ClassVar[bool] = False
+    """Whether training keeps decoder rows at unit norm (and projects their gradient)."""
+
+    def __init__(self, cfg: SaeConfig, device: str | torch.device = "cpu") -> None:
+        super().__init__()
+        if cfg.architecture != self.architecture:
+            raise ValueError(f"{type(self).__name__} needs architecture {self.architecture!r}")
+        self.cfg = cfg
+        kw = {"device": device, "dtype": cfg.torch_dtype}
+        self.W_enc = nn.Parameter(torch.empty(cfg.d_in, cfg.d_sae, **kw))
+        self.b_enc = nn.Parameter(torch.zeros(cfg.d_sae, **kw))
+        self.W_dec = nn.Parameter(torch.empty(cfg.d_sae, cfg.d_in, **kw))
+        self.b_dec = nn.Parameter(torch.zeros(cfg.d_in, **kw))
+        with torch.no_grad():
+            self.W_dec.normal_()
+            self.W_dec /= self.W_dec.norm(dim=1, keepdim=True)
+            self.W_enc.copy_(self.W_dec.T)
+
+    @property
+    def d_in(self) -> int:
+        """Input width."""
+        return self.cfg.d_in
+
+    @property
+    def d_sae(self) -> int:
+        """Number of latents."""
+        return self.cfg.d_sae
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the parameters."""
+        return self.W_enc.device
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(d_in={self.d_in}, d_sae={self.d_sae}, name={self.cfg.name!r})"
+        )
+
+    # --- maps ---------------------------------------------------------------------------------
+
+    def pre_acts(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        """Encoder pre-activations ``(x − b_dec) W_enc + b_enc``."""
+        return (x.to(self.W_enc) - self.b_dec) @ self.W_enc + self.b_enc
+
+    def encode_dense(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        """Dense latents ``z`` (zeros where a latent is off)."""
+        raise NotImplementedError
+
+    def decode_dense(self, z: Float[Tensor, "... d_sae"]) -> Float[Tensor, "... d_in"]:
+        """Reference decoder ``z W_dec + b_dec`` on dense latents."""
+        return z @ self.W_dec + self.b_dec
+
+    def reconstruct(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
+        """``x̂`` for any leading shape (no losses); the SAE's replacement function."""
+        return self.decode_dense(self.encode_dense(x)).to(x.dtype)
+
+    def latent_counts(self, out: SaeOutput) -> Int[Tensor, " d_sae"]:
+        """Tokens of the batch on which each latent is non-zero."""
+        if out.latent_indices is None:
+            return (out.latent_acts > 0).sum(0)
+        counts = torch.zeros(self.d_sae, dtype=torch.long, device=out.latent_acts.device)
+        idx = out.latent_indices[out.latent_acts > 0]
+        return counts.index_add_(0, idx, torch.ones_like(idx))
+
+    # --- decoder norm -------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm_(self) -> None:
+        """Rescale every decoder row to unit L2 norm (zero rows stay zero)."""
+        eps = torch.finfo(self.W_dec.dtype).eps
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(eps)
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions_(self) -> None:
+        """Project out of ``W_dec.grad`` its component along each (unit) decoder row.
+
+        ``g_i ← g_i − (g_i · d_i) d_i`` (Gao et al. 2024, sparsify): the step then moves
+        each row tangentially to the unit sphere, so renormalising afterwards changes it by
+        only second-order terms.
+        """
+        g = self.W_dec.grad
+        if g is None:
+            return
+        parallel = (g * self.W_dec).sum(dim=1, keepdim=True)
+        g -= parallel * self.W_dec
+
+    # --- disk ---------------------------------------------------------------------------------
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write the steerlab layout (``cfg.json`` + ``sae.safetensors``), see ``formats``."""
+        from steerlab.saes.formats import save_sae
+
+        return save_sae(self, path)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
+        """Read an SAE saved by :meth:`save` (whatever its architecture)."""
+        from steerlab.saes.formats import load_sae
+
+        return load_sae(path, device=device)
+
+
+def _fvu(x: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
+    """``(Σ‖x − x̂‖² / Σ‖x − x̄‖², Σ‖x − x̄‖²)`` for one batch; the variance is clamped > 0."""
+    total_variance = (x - x.mean(0)).pow(2).sum()
+    total_variance = total_variance.clamp_min(torch.finfo(x.dtype).tiny)
+    return (x - x_hat).pow(2).sum() / total_variance, total_variance
+
+
+def _as_batch(x: Tensor, d_in: int) -> Tensor:
+    if x.ndim != 2 or x.shape[1] != d_in:
+        raise ValueError(f"forward expects [batch, {d_in}] activations, got {tuple(x.shape)}")
+    return x
+
+
+class _TopKEncode(torch.autograd.Function):
+    """``ReLU(TopK(sae_in W_enc + b_enc))`` with a sparse backward.
+
+    Only the ``k`` kept latents of each token carry gradient, so the encoder gradients are
+    ``∂W_enc[:, j] = Σ_t g_tj sae_in_t`` over the tokens that kept ``j`` (an ``index_add``,
+    ``batch·k·d_in`` work instead of the dense ``batch·d_sae·d_in`` GEMM) and
+    ``∂sae_in_t = Σ_j g_tj W_enc[:, j]`` (an ``embedding_bag``), as in sparsify's fused encoder.
+    The dense autograd path (:meth:`TopKSae.encode` with ``fused=False``) is the reference.
+    """
+
+    # Rows of sae_in whose per-latent contributions are materialised at once in backward:
+    # bounds the temporary [chunk, k, d_in] tensor.
+    CHUNK_ELEMENTS = 1 << 24
+
+    @staticmethod
+    def forward(ctx: Any, sae_in: Tensor, W_enc: Tensor, b_enc: Tensor, k: int) -> Any:
+        pre = torch.addmm(b_enc, sae_in, W_enc)
+        vals, idx = pre.topk(k, dim=-1, sorted=False)
+        vals = vals.relu()
+        ctx.save_for_backward(sae_in, W_enc, vals, idx)
+        ctx.mark_non_differentiable(idx)
+        return vals, idx
+
+    @staticmethod
+    def backward(ctx: Any, grad_vals: Tensor, _grad_idx: Any) -> Any:
+        sae_in, W_enc, vals, idx = ctx.saved_tensors
+        g = grad_vals * (vals > 0)  # ReLU: no gradient where the output is 0
+        grad_in = grad_W = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_in = F.embedding_bag(idx, W_enc.T.contiguous(), per_sample_weights=g, mode="sum")
+        if ctx.needs_input_grad[1]:
+            n, k = idx.shape
+            d = sae_in.shape[1]
+            grad_Wt = sae_in.new_zeros(W_enc.shape[1], d)  # [d_sae, d_in], rows per latent
+            step = max(1, _TopKEncode.CHUNK_ELEMENTS // max(1, k * d))
+            for s in range(0, n, step):
+                contrib = g[s : s + step, :, None] * sae_in[s : s + step, None, :]
+                grad_Wt.index_add_(0, idx[s : s + step].reshape(-1), contrib.reshape(-1, d))
+            grad_W = grad_Wt.T
+        if ctx.needs_input_grad[2]:
+            grad_b = vals.new_zeros(W_enc.shape[1])
+            grad_b.index_add_(0, idx.reshape(-1), g.reshape(-1))
+        return grad_in, grad_W, grad_b, None
+
+
+@register_architecture("topk")
+class TopKSae(Sae):
+    """TopK SAE (Makhzani & Frey 2013; Gao et al. 2024, "Scaling and evaluating SAEs").
+
+    ``z = ReLU(TopK_k((x − b_dec) W_enc + b_enc))``, ``x̂ = z W_dec + b_dec`` with unit-norm
+    decoder rows kept by the trainer. The loss is the batch FVU plus ``auxk_alpha`` times the
+    AuxK loss (Gao et al. §A.2, as in EleutherAI's sparsify): with ``D`` the latents dead for a
+    window of tokens, ``k_aux = min(d_in / 2, |D|)`` dead latents with the largest
+    pre-activations (no ReLU, as in sparsify, so a latent with only negative pre-activations
+    still gets gradient) reconstruct the detached residual ``e = x − x̂`` without bias:
+
+        L_aux = min(|D| / (d_in/2), 1) · Σ‖e − ê‖² / Σ‖x − x̄‖²,    ê = z_aux W_dec[D].
+
+    Decoding is sparse (``embedding_bag`` over the kept latents); :meth:`decode_dense` is the
+    reference. The encoder backward is sparse too (:class:`_TopKEncode`).
+    """
+
+    unit_norm_decoder = True
+
+    def encode(
+        self, x: Float[Tensor, "... d_in"], k: int | None = None, *, fused: bool = True
+    ) -> tuple[Float[Tensor, "... k"], Int[Tensor, "... k"]]:
+        """``(top_acts, top_indices)``: the ``k`` largest pre-activations after ReLU.
+
+        Args:
+            x: activations ``[..., d_in]``.
+            k: latents kept (default ``cfg.k``; the trainer passes an annealed k).
+            fused: use the sparse-backward encoder; False is the dense autograd reference.
+        """
+        k = self.cfg.k if k is None else k
+        if not 1 <= k <= self.d_sae:
+            raise ValueError(f"k must be in [1, d_sae={self.d_sae}], got {k}")
+        lead = x.shape[:-1]
+        sae_in = x.reshape(-1, self.d_in).to(self.W_enc) - self.b_dec
+        if fused:
+            vals, idx = _TopKEncode.apply(sae_in, self.W_enc, self.b_enc, k)
+        else:
+            pre = sae_in @ self.W_enc + self.b_enc
+            vals, idx = pre.topk(k, dim=-1, sorted=False)
+            vals = vals.relu()
+        return vals.reshape(*lead, k), idx.reshape(*lead, k)
+
+    def decode(
+        self, top_acts: Float[Tensor, "... k"], top_indices: Int[Tensor, "... k"]
+    ) -> Float[Tensor, "... d_in"]:
+        """Sparse decoder ``Σ_j a_j W_dec[i_j] + b_dec`` via ``embedding_bag``."""
+        lead, k = top_acts.shape[:-1], top_acts.shape[-1]
+        out = F.embedding_bag(
+            top_indices.reshape(-1, k),
+            self.W_dec,
+            per_sample_weights=top_acts.reshape(-1, k).to(self.W_dec),
+            mode="sum",
+        )
+        return (out + self.b_dec).reshape(*lead, self.d_in)
+
+    def encode_dense(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        vals, idx = self.encode(x)
+        return vals.new_zeros(*vals.shape[:-1], self.d_sae).scatter_(-1, idx, vals)
+
+    def reconstruct(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_in"]:
+        return self.decode(*self.encode(x)).to(x.dtype)
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        dead_mask: Tensor | None = None,
+        k: int | None = None,
+    ) -> SaeOutput:
+        """Encode, decode and compute the losses of one batch.
+
+        Args:
+            x: ``[batch, d_in]`` activations.
+            dead_mask: ``[d_sae]`` bool, latents dead for the trainer's window (enables AuxK).
+            k: latents kept (k annealing); default ``cfg.k``.
+        """
+        x = _as_batch(x, self.d_in).to(self.W_enc)
+        acts, idx = self.encode(x, k)
+        sae_out = self.decode(acts, idx)
+        fvu, total_variance = _fvu(x, sae_out)
+        auxk = sae_out.new_zeros(())
+        n_dead = 0 if dead_mask is None else int(dead_mask.sum())
+        if n_dead:
+            dead = dead_mask.nonzero().squeeze(1)  # type: ignore[union-attr]
+            k_aux = x.shape[1] // 2
+            scale = min(n_dead / k_aux, 1.0) if k_aux else 1.0
+            k_aux = max(1, min(k_aux, n_dead))
+            pre_dead = (x - self.b_dec) @ self.W_enc[:, dead] + self.b_enc[dead]
+            aux_acts, aux_idx = pre_dead.topk(k_aux, dim=-1, sorted=False)
+            e_hat = F.embedding_bag(
+                aux_idx, self.W_dec[dead], per_sample_weights=aux_acts, mode="sum"
+            )
+            e = (x - sae_out).detach()
+            auxk = scale * (e_hat - e).pow(2).sum() / total_variance
+        l0 = (acts > 0).sum(-1).float().mean()
+        return SaeOutput(sae_out, acts, idx, fvu, auxk, sae_out.new_zeros(()), l0)
+
+
+@register_architecture("relu_l1")
+class ReluSae(Sae):
+    """ReLU SAE with a decoder-norm-weighted L1 penalty (baseline).
+
+    ``z = ReLU((x − b_dec) W_enc + b_enc)``, ``x̂ = z W_dec + b_dec`` (Bricken et al. 2023,
+    "Towards Monosemanticity"). The penalty follows Anthropic's April 2024 update: decoder rows
+    are *not* constrained to unit norm; instead each latent's activation is weighted by its
+    decoder norm, ``Σ_i z_i ‖W_dec,i‖``. To make λ independent of the activation scale (the
+    update instead rescales inputs to ``E‖x‖² = d_in``), the penalty is divided by the batch's
+    RMS distance to its mean:
+
+        L = FVU + λ · mean_t Σ_i z_ti ‖W_dec,i‖ / sqrt(mean_t ‖x_t − x̄‖²).
+
+    This is the same SAE as SAELens's ``standard`` architecture.
+    """
+
+    unit_norm_decoder = False
+
+    def encode_dense(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
+        return self.pre_acts(x).relu()
+
+    def forward(
+        self,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        dead_mask: Tensor | None = None,  # noqa: ARG002 - same signature as TopKSae
+        k: int | None = None,  # noqa: ARG002
+    ) -> SaeOutput:
+        """Encode, decode and compute FVU and the L1 penalty of one batch (see the class)."""
+        x = _as_batch(x, self.d_in).to(self.W_enc)
+        z = self.encode_dense(x)
+        sae_out = self.decode_dense(z)
+        fvu, total_variance = _fvu(x, sae_out)
+        rms = (total_variance / x.shape[0]).sqrt()
+        l1 = (z @ self.W_dec.norm(dim=1)).mean() / rms
+        l0 = (z > 0).sum(-1).float().mean()
+        return SaeOutput(sae_out, z, None, fvu, sae_out.new_zeros(()), l1, l0)
+
+
+def lr_for_width(d_sae: int, base_lr: float = 2e-4) -> float:
+    """Adam learning rate ``base_lr / sqrt(d_sae / 2**14)`` (Gao et al. 2024, sparsify)."""
+    return base_lr / math.sqrt(d_sae / 2**14)

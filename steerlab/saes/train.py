@@ -1,0 +1,524 @@
+"""Train several SAEs (sites × widths × k × inits) from one read of an activation store.
+
+Each step reads one shuffled batch holding every needed site
+(:meth:`ActivationStore.iter_batches`, whose order depends only on ``(seed, epoch)``) and
+takes one Adam step per SAE on the batch's rows of its site:
+
+- loss: FVU (+ ``auxk_alpha`` · AuxK for TopK, + ``λ`` · L1 for ReLU-L1), see
+  :mod:`steerlab.saes.sae`;
+- learning rate ``base_lr / sqrt(d_sae / 2**14)`` (Gao et al. 2024, sparsify) unless ``lr`` is
+  given, with linear warm-up over ``warmup_steps``;
+- TopK decoders: gradient parallel to each row removed before the step, rows renormalised after;
+- dead latents: a latent is dead once it has not fired for ``dead_tokens`` tokens; dead latents
+  feed the AuxK loss;
+- optional k annealing (Makhzani & Frey 2013): ``k`` falls linearly from ``k_anneal_start``
+  to the SAE's ``k`` over ``k_anneal_steps`` steps, then stays;
+- NaN/inf rows: skipped and counted (``nan_policy="skip"``, logged) or an error.
+
+Checkpoints (every ``checkpoint_every`` steps and at the end) are directories written
+atomically: ``state.json`` (configs, step, batches consumed, tokens, skipped rows),
+``state.safetensors`` (the RNG state as a uint8 tensor), and per SAE ``<name>/cfg.json`` +
+``sae.safetensors`` + ``optimizer.safetensors`` (Adam's ``exp_avg``, ``exp_avg_sq`` and
+``step`` per parameter, flattened; plus the dead-latent counters). Nothing is pickled.
+Resuming restores all of that and skips the consumed batches, so the final weights equal an
+uninterrupted run's with the same seed (bit for bit on the same machine and thread count).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal, NamedTuple
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor
+
+from steerlab import __version__
+from steerlab.capture.store import ActivationStore
+from steerlab.saes.formats import PARAM_NAMES, _swap_dir, load_sae, save_sae
+from steerlab.saes.init import activation_stats, initialize_
+from steerlab.saes.sae import Sae, SaeConfig, build_sae, lr_for_width
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINT_FORMAT = "steerlab.sae_checkpoint/1"
+CHECKPOINT_NAME = "checkpoint"
+STATE_JSON = "state.json"
+STATE_TENSORS = "state.safetensors"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+# TrainConfig fields that do not change the trained weights: free to differ on resume.
+_NON_SEMANTIC = ("checkpoint_dir", "checkpoint_every", "log_every", "device")
+
+
+class CheckpointMismatchError(ValueError):
+    """A checkpoint was written for other configs or another data source."""
+
+
+@dataclass
+class TrainConfig:
+    """Settings shared by all SAEs of one training run."""
+
+    batch_size: int = 4096
+    """Tokens per step (one batch feeds every SAE)."""
+    max_tokens: int | None = None
+    """Tokens to train on; None: one epoch. Beyond the store's size, further epochs follow,
+    each in its own shuffled order."""
+    lr: float | None = None
+    """Adam learning rate for every SAE; None: ``base_lr / sqrt(d_sae / 2**14)`` per SAE."""
+    base_lr: float = 2e-4
+    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024)."""
+    warmup_steps: int = 1000
+    """Linear learning-rate warm-up from 0 over this many steps."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    eps: float = 6.25e-10
+    """Adam epsilon (Gao et al. 2024)."""
+    auxk_alpha: float = 1 / 32
+    """Weight of the AuxK loss of TopK SAEs (Gao et al. 2024); 0 disables it."""
+    dead_tokens: int = 10_000_000
+    """A latent that has not fired for this many tokens is dead (Gao et al.: 10M)."""
+    k_anneal_steps: int = 0
+    """Steps over which k falls linearly from ``k_anneal_start`` to k; 0 disables."""
+    k_anneal_start: int | None = None
+    """Starting k of the annealing; None: ``min(4·k, d_sae // 2)`` (at least k)."""
+    init_tokens: int = 65536
+    """Tokens whose mean/covariance initialise ``tied`` and ``active_subspace`` SAEs."""
+    nan_policy: Literal["skip", "error"] = "skip"
+    """Rows with NaN/inf: ``skip`` drops and counts them (logged); ``error`` raises."""
+    seed: int = 0
+    """Seed of the batch order and of the initialisations."""
+    shards_in_memory: int = 4
+    """Store shards shuffled together (part of the batch order)."""
+    checkpoint_dir: str | None = None
+    """Directory for checkpoints (None: no checkpoints, no resume)."""
+    checkpoint_every: int = 1000
+    """Steps between checkpoints (a final one is always written); 0: only the final one."""
+    log_every: int = 10
+    """Steps between progress callbacks (metrics are averaged over them)."""
+    device: str = "cpu"
+    """Device of the SAEs and batches."""
+
+    def __post_init__(self) -> None:
+        self.betas = (float(self.betas[0]), float(self.betas[1]))
+        positive = ("batch_size", "dead_tokens", "shards_in_memory", "log_every", "init_tokens")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        nonneg = ("warmup_steps", "k_anneal_steps", "checkpoint_every", "auxk_alpha", "base_lr")
+        for name in nonneg:
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_tokens is not None and self.max_tokens < self.batch_size:
+            raise ValueError(f"max_tokens={self.max_tokens} < batch_size={self.batch_size}")
+        if self.lr is not None and self.lr <= 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
+        if self.nan_policy not in ("skip", "error"):
+            raise ValueError(f"nan_policy must be 'skip' or 'error', got {self.nan_policy!r}")
+        if self.k_anneal_start is not None and self.k_anneal_start < 1:
+            raise ValueError(f"k_anneal_start must be >= 1, got {self.k_anneal_start}")
+
+
+class TrainProgress(NamedTuple):
+    """Passed to the progress callback every ``log_every`` steps and at the end.
+
+    Attributes:
+        step: steps done.
+        total_steps: steps of the whole run.
+        tokens: tokens consumed.
+        tokens_per_s: tokens per second since this call of :func:`train` started.
+        metrics: SAE name -> ``fvu``, ``l0``, ``auxk_loss``, ``l1_loss`` (averaged since the
+            last callback), ``dead_frac`` (now), ``lr``, ``k``.
+        skipped_rows: site -> NaN/inf rows skipped so far.
+    """
+
+    step: int
+    total_steps: int
+    tokens: int
+    tokens_per_s: float
+    metrics: dict[str, dict[str, float]]
+    skipped_rows: dict[str, int]
+
+
+@dataclass
+class TrainResult:
+    """Trained SAEs and the run's bookkeeping."""
+
+    saes: dict[str, Sae]
+    """SAE name -> trained SAE (on ``TrainConfig.device``)."""
+    steps: int
+    tokens: int
+    skipped_rows: dict[str, int]
+    """Site -> rows skipped for NaN/inf."""
+    init_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """SAE name -> :class:`InitReport` fields (effective rank, subspace dimension, ...)."""
+    last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def save(self, out_dir: str | Path) -> dict[str, Path]:
+        """Save every SAE to ``out_dir/<name>`` (steerlab layout)."""
+        return {n: save_sae(s, Path(out_dir) / n) for n, s in self.saes.items()}
+
+
+class _TensorSource:
+    """Tensors ``{site: [n, d]}`` served like :meth:`ActivationStore.iter_batches`."""
+
+    def __init__(self, data: Mapping[str, Tensor]) -> None:
+        ns = {int(t.shape[0]) for t in data.values()}
+        if len(ns) != 1:
+            raise ValueError(f"all tensors need the same number of rows, got {sorted(ns)}")
+        self.data = {s: t.reshape(t.shape[0], -1) for s, t in data.items()}
+        self.sites = {s: int(t.shape[1]) for s, t in self.data.items()}
+        self.n_tokens = ns.pop()
+
+    def iter_batches(
+        self, names: list[str], batch_size: int, *, seed: int, epoch: int, skip_batches: int
+    ) -> Iterator[dict[str, Tensor]]:
+        digest = hashlib.sha256(f"steerlab.saes:{seed}:{epoch}".encode()).digest()
+        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+        perm = torch.randperm(self.n_tokens, generator=gen)
+        for b in range(skip_batches, self.n_tokens // batch_size):
+            sel = perm[b * batch_size : (b + 1) * batch_size]
+            yield {s: self.data[s][sel].float() for s in names}
+
+    def fingerprint(self) -> dict[str, Any]:
+        return {"kind": "tensors", "n_tokens": self.n_tokens, "sites": self.sites}
+
+
+def _store_fingerprint(store: ActivationStore) -> dict[str, Any]:
+    shas = "".join(s["sha256"] for s in store.manifest["shards"])
+    return {
+        "kind": "store",
+        "n_tokens": store.n_tokens,
+        "sites": dict(store.sites),
+        "shards_sha256": hashlib.sha256(shas.encode()).hexdigest(),
+    }
+
+
+class _Member:
+    """One SAE under training: model, optimizer, dead-latent counters, metric sums."""
+
+    def __init__(self, sae: Sae, cfg: TrainConfig) -> None:
+        self.sae = sae
+        self.name: str = sae.cfg.name  # type: ignore[assignment]
+        self.lr = cfg.lr if cfg.lr is not None else lr_for_width(sae.d_sae, cfg.base_lr)
+        params = [getattr(sae, n) for n in PARAM_NAMES]
+        self.opt = torch.optim.Adam(params, lr=self.lr, betas=cfg.betas, eps=cfg.eps)
+        self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.device)
+        self.dead_tokens = cfg.dead_tokens
+        self.sums: dict[str, float] = {}
+        self.n_sums = 0
+
+    def k_at(self, step: int, cfg: TrainConfig) -> int | None:
+        c = self.sae.cfg
+        if c.architecture != "topk" or cfg.k_anneal_steps == 0:
+            return None
+        k0 = cfg.k_anneal_start or min(4 * c.k, c.d_sae // 2)
+        k0 = min(max(k0, c.k), c.d_sae)
+        frac = min(step / cfg.k_anneal_steps, 1.0)
+        return int(round(k0 + (c.k - k0) * frac))
+
+    def optimizer_tensors(self) -> dict[str, Tensor]:
+        out = {"tokens_since_fired": self.since_fired}
+        for n in PARAM_NAMES:
+            st = self.opt.state.get(getattr(self.sae, n), {})
+            for key in ("exp_avg", "exp_avg_sq", "step"):
+                if key in st:
+                    out[f"{n}.{key}"] = st[key].reshape(-1) if key == "step" else st[key]
+        return out
+
+    def load_optimizer_tensors(self, t: dict[str, Tensor]) -> None:
+        self.since_fired.copy_(t["tokens_since_fired"])
+        sd = self.opt.state_dict()
+        sd["state"] = {
+            i: {
+                "step": t[f"{n}.step"].reshape(()),
+                "exp_avg": t[f"{n}.exp_avg"],
+                "exp_avg_sq": t[f"{n}.exp_avg_sq"],
+            }
+            for i, n in enumerate(PARAM_NAMES)
+            if f"{n}.step" in t
+        }
+        self.opt.load_state_dict(sd)
+
+
+def train(
+    source: ActivationStore | Tensor | Mapping[str, Tensor],
+    configs: Sequence[SaeConfig],
+    cfg: TrainConfig | None = None,
+    *,
+    callback: Callable[[TrainProgress], Any] | None = None,
+    resume: bool = True,
+) -> TrainResult:
+    """Train the SAEs of ``configs`` on one shuffled stream of batches.
+
+    Args:
+        source: an activation store, a ``{site: [n, d]}`` mapping, or one ``[n, d]`` tensor
+            (every config must then have the same site, possibly None).
+        configs: one :class:`SaeConfig` per SAE; names must be unique.
+        cfg: shared training settings.
+        callback: called with :class:`TrainProgress` every ``log_every`` steps and at the end.
+        resume: continue from ``cfg.checkpoint_dir`` when it holds a checkpoint (its configs
+            and data must match, else :class:`CheckpointMismatchError`); False starts afresh
+            and overwrites it.
+    """
+    cfg = cfg or TrainConfig()
+    configs = list(configs)
+    if not configs:
+        raise ValueError("no SAE configs given")
+    names = [c.name for c in configs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"SAE names must be unique, got {names}")
+    if isinstance(source, Tensor):
+        sites = {c.site for c in configs}
+        if len(sites) != 1:
+            raise ValueError(f"one tensor can feed only one site; configs use {sites}")
+        source = {sites.pop() or "x": source}
+        configs = [
+            c if c.site else SaeConfig.from_dict({**c.to_dict(), "site": "x"}) for c in configs
+        ]
+    src = _TensorSource(source) if isinstance(source, Mapping) else source
+    fingerprint = src.fingerprint() if isinstance(src, _TensorSource) else _store_fingerprint(src)
+    for c in configs:
+        if c.site not in src.sites:
+            raise KeyError(f"no site {c.site!r} in the data; it holds {sorted(src.sites)}")
+        if src.sites[c.site] != c.d_in:  # type: ignore[index]
+            raise ValueError(
+                f"{c.name}: d_in={c.d_in} but site {c.site!r} has width {src.sites[c.site]}"
+            )  # type: ignore[index]
+    per_epoch = src.n_tokens // cfg.batch_size
+    if per_epoch == 0:
+        raise ValueError(
+            f"the data has {src.n_tokens} rows, fewer than batch_size={cfg.batch_size}"
+        )
+    total_steps = (
+        per_epoch if cfg.max_tokens is None else math.ceil(cfg.max_tokens / cfg.batch_size)
+    )
+    header = {
+        "format": CHECKPOINT_FORMAT,
+        "train_config": _semantic(cfg),
+        "sae_configs": [c.to_dict() for c in configs],
+        "source": fingerprint,
+    }
+    gen = torch.Generator().manual_seed(cfg.seed)
+    ckpt = _find_checkpoint(cfg) if resume else None
+    if ckpt is not None:
+        members, state = _load_checkpoint(ckpt, header, cfg, gen)
+    else:
+        state = _new_state(configs)
+        members = _fresh(src, configs, cfg, gen, state["init_reports"])
+    site_list = sorted({c.site for c in configs})  # type: ignore[type-var]
+    t0, tok0 = time.perf_counter(), state["tokens"]
+    while state["step"] < total_steps:
+        epoch, skip = divmod(state["step"], per_epoch)
+        it = _batches(src, site_list, cfg, epoch, skip)
+        for batch in it:
+            _train_step(members, batch, state, cfg)
+            step = state["step"]
+            last = step >= total_steps
+            if cfg.checkpoint_dir and (
+                last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
+            ):
+                state["complete"] = last
+                _save_checkpoint(Path(cfg.checkpoint_dir), header, members, state, gen)
+            if callback is not None and (last or step % cfg.log_every == 0):
+                rate = (state["tokens"] - tok0) / max(time.perf_counter() - t0, 1e-9)
+                callback(_progress(members, state, total_steps, rate))
+            if last:
+                break
+    return TrainResult(
+        saes={m.name: m.sae for m in members},
+        steps=state["step"],
+        tokens=state["tokens"],
+        skipped_rows=dict(state["skipped_rows"]),
+        init_reports=state["init_reports"],
+        last_metrics=state.get("last_metrics", {}),
+    )
+
+
+def _semantic(cfg: TrainConfig) -> dict[str, Any]:
+    d = {k: v for k, v in asdict(cfg).items() if k not in _NON_SEMANTIC}
+    return json.loads(json.dumps(d))
+
+
+def _new_state(configs: Sequence[SaeConfig]) -> dict[str, Any]:
+    return {
+        "step": 0,
+        "tokens": 0,
+        "skipped_rows": {c.site: 0 for c in configs},
+        "init_reports": {},
+        "complete": False,
+    }
+
+
+def _batches(src: Any, sites: list[str], cfg: TrainConfig, epoch: int, skip: int) -> Iterator:
+    if isinstance(src, _TensorSource):
+        return src.iter_batches(
+            sites, cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip
+        )
+    return src.iter_batches(
+        sites, cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip,
+        shards_in_memory=cfg.shards_in_memory, dtype=torch.float32,
+    )  # fmt: skip
+
+
+def _fresh(
+    src: Any, configs: list[SaeConfig], cfg: TrainConfig, gen: torch.Generator, reports: dict
+) -> list[_Member]:
+    stats: dict[str, Any] = {}
+    members = []
+    for c in configs:
+        sae = build_sae(c, device=cfg.device)
+        if c.init != "random" and c.site not in stats:
+            data = src.data[c.site] if isinstance(src, _TensorSource) else src
+            stats[c.site] = activation_stats(
+                data, c.site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size, seed=cfg.seed
+            )
+        reports[c.name] = initialize_(sae, stats.get(c.site), generator=gen)._asdict()
+        members.append(_Member(sae, cfg))
+    return members
+
+
+def _train_step(
+    members: list[_Member], batch: Any, state: dict[str, Any], cfg: TrainConfig
+) -> None:
+    step = state["step"]
+    xs: dict[str, Tensor] = {}
+    for site, x in batch.items() if isinstance(batch, dict) else [(members[0].sae.cfg.site, batch)]:
+        bad = ~torch.isfinite(x).all(dim=1)
+        n_bad = int(bad.sum())
+        if n_bad:
+            if cfg.nan_policy == "error":
+                raise ValueError(f"batch {step}: {n_bad} rows of site {site!r} hold NaN or inf")
+            state["skipped_rows"][site] += n_bad
+            logger.warning("batch %d: skipped %d NaN/inf rows of %r", step, n_bad, site)
+            x = x[~bad]
+        xs[site] = x.to(cfg.device)
+    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    for m in members:
+        x = xs[m.sae.cfg.site]  # type: ignore[index]
+        if x.shape[0] < 2:
+            logger.warning("batch %d: fewer than 2 finite rows for %s; no step", step, m.name)
+            continue
+        for group in m.opt.param_groups:
+            group["lr"] = m.lr * warm
+        k = m.k_at(step, cfg)
+        use_aux = cfg.auxk_alpha > 0 and m.sae.unit_norm_decoder
+        dead = m.since_fired >= cfg.dead_tokens
+        out = m.sae(x, dead_mask=dead if use_aux else None, k=k)
+        loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + m.sae.cfg.l1_coefficient * out.l1_loss
+        loss.backward()
+        if m.sae.unit_norm_decoder:
+            m.sae.remove_gradient_parallel_to_decoder_directions_()
+        m.opt.step()
+        m.opt.zero_grad(set_to_none=True)
+        if m.sae.unit_norm_decoder:
+            m.sae.set_decoder_norm_to_unit_norm_()
+        with torch.no_grad():
+            fired = m.sae.latent_counts(out) > 0
+            m.since_fired += x.shape[0]
+            m.since_fired[fired] = 0
+        for key, v in (
+            ("fvu", out.fvu),
+            ("l0", out.l0),
+            ("auxk_loss", out.auxk_loss),
+            ("l1_loss", out.l1_loss),
+        ):
+            m.sums[key] = m.sums.get(key, 0.0) + float(v.detach())
+        m.sums["k"] = float(k if k is not None else m.sae.cfg.k)
+        m.n_sums += 1
+    state["step"] = step + 1
+    state["tokens"] += cfg.batch_size
+
+
+def _progress(
+    members: list[_Member], state: dict[str, Any], total: int, rate: float
+) -> TrainProgress:
+    metrics = {}
+    for m in members:
+        n = max(m.n_sums, 1)
+        d = {k: v / n for k, v in m.sums.items() if k != "k"}
+        d["k"] = m.sums.get("k", float(m.sae.cfg.k))
+        d["dead_frac"] = float((m.since_fired >= m.dead_tokens).float().mean())
+        d["lr"] = float(m.opt.param_groups[0]["lr"])
+        metrics[m.name] = d
+        m.sums, m.n_sums = {}, 0
+    state["last_metrics"] = metrics
+    return TrainProgress(
+        state["step"], total, state["tokens"], rate, metrics, dict(state["skipped_rows"])
+    )
+
+
+# --- checkpoints -------------------------------------------------------------------------------
+
+
+def _find_checkpoint(cfg: TrainConfig) -> Path | None:
+    if not cfg.checkpoint_dir:
+        return None
+    root = Path(cfg.checkpoint_dir)
+    for cand in (root / CHECKPOINT_NAME, root / f".{CHECKPOINT_NAME}.old"):  # .old: crash mid-swap
+        if (cand / STATE_JSON).is_file():
+            return cand
+    return None
+
+
+def _save_checkpoint(
+    root: Path, header: dict, members: list[_Member], state: dict, gen: torch.Generator
+) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_NAME}.tmp.", dir=root))
+    try:
+        for m in members:
+            save_sae(m.sae, tmp / m.name)
+            save_file({k: v.detach().cpu().contiguous() for k, v in m.optimizer_tensors().items()},
+                      str(tmp / m.name / OPTIMIZER_TENSORS))  # fmt: skip
+        save_file({"rng": gen.get_state()}, str(tmp / STATE_TENSORS))
+        body = {**header, **{k: v for k, v in state.items() if k != "last_metrics"},
+                "batches_consumed": state["step"], "steerlab_version": __version__}  # fmt: skip
+        (tmp / STATE_JSON).write_text(json.dumps(body, indent=2))
+        _swap_dir(tmp, root / CHECKPOINT_NAME)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    logger.info("checkpoint at step %d written to %s", state["step"], root / CHECKPOINT_NAME)
+
+
+def _load_checkpoint(
+    path: Path, header: dict, cfg: TrainConfig, gen: torch.Generator
+) -> tuple[list[_Member], dict]:
+    body = json.loads((path / STATE_JSON).read_text())
+    if body.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatchError(
+            f"{path}: format {body.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
+        )
+    diffs = []
+    for key in ("train_config", "sae_configs", "source"):
+        if body.get(key) != header[key]:
+            diffs.append(f"  {key}:\n    checkpoint {body.get(key)}\n    requested  {header[key]}")
+    if diffs:
+        raise CheckpointMismatchError(
+            f"{path} was written for another run:\n"
+            + "\n".join(diffs)
+            + "\nUse another checkpoint_dir, or pass resume=False to start afresh."
+        )
+    gen.set_state(load_file(str(path / STATE_TENSORS))["rng"])
+    members = []
+    for c in header["sae_configs"]:
+        sae = load_sae(path / c["name"], device=cfg.device)
+        m = _Member(sae, cfg)
+        m.load_optimizer_tensors(
+            load_file(str(path / c["name"] / OPTIMIZER_TENSORS), device=cfg.device)
+        )
+        members.append(m)
+    state = {k: body[k] for k in ("step", "tokens", "skipped_rows", "init_reports", "complete")}
+    logger.info("resuming from %s at step %d (%d tokens)", path, state["step"], state["tokens"])
+    return members, state

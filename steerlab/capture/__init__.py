@@ -5,7 +5,7 @@
     >>> model = load_model()                                    # embedded SmolLM2-135M
     >>> cap = capture(model, ["The year was 1999."], "resid_post.6", positions="all")
     >>> cap["resid_post.6"].shape                               # [n_tokens, d_model]
-    torch.Size([7, 576])
+    torch.Size([9, 576])
 
 The default ``hf`` backend hooks the HF modules directly and stops the forward pass after the
 last requested site; ``transformer_lens`` and ``nnsight`` give the same numbers through those

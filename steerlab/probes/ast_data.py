@@ -31,12 +31,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from steerlab.probes.ast_trees import Tree
+from steerlab.probes.ast_trees import Targets, Tree, binarize, tree_to_targets
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "COUNT_KEYS",
+    "DROP_REASONS",
     "AstDataset",
     "AstSnippet",
     "extract_snippets",
@@ -62,6 +63,10 @@ COUNT_KEYS = {
     "test": "snippets in test",
 }
 """The keys of :attr:`AstDataset.counts` and what each counts."""
+
+DROP_REASONS = tuple(k for k, v in COUNT_KEYS.items() if v.endswith("(dropped)"))
+"""The keys of :data:`COUNT_KEYS` that count dropped functions: without ``max_snippets``,
+``functions == kept + sum(counts[k] for k in DROP_REASONS)``."""
 
 _STRING = "string"
 _QUERY = (
@@ -92,6 +97,10 @@ class AstSnippet(NamedTuple):
         """The text of each leaf."""
         return [self.code[s:e] for s, e in self.leaf_spans]
 
+    def targets(self) -> Targets:
+        """The probe's gold targets: ``tree_to_targets(binarize(self.tree))``."""
+        return tree_to_targets(binarize(self.tree))
+
 
 class AstDataset(NamedTuple):
     """Snippets split by module file, from :func:`load_ast_snippets`."""
@@ -108,7 +117,7 @@ class AstDataset(NamedTuple):
 
 
 def _parser() -> Any:
-    """A tree-sitter ``Parser`` for Python and a query for the node kinds the cleaning needs."""
+    """A tree-sitter ``Parser`` for Python (the per-language wheel ``tree-sitter-python``)."""
     try:
         import tree_sitter
         import tree_sitter_python
@@ -197,18 +206,11 @@ def _clean(src: bytes, fn: Any, index: dict) -> tuple[str | None, str]:
 
 def _to_tree(root: Any, code_bytes: bytes, code: str) -> tuple[Tree, list[tuple[int, int]]]:
     """Convert a tree-sitter tree to a :class:`Tree` plus each leaf's character span."""
-    if len(code_bytes) == len(code):
-        char_of = None  # ASCII: byte offsets are character offsets
-    else:
-        char_of = [0] * (len(code_bytes) + 1)
-        b = 0
-        for i, ch in enumerate(code):
-            n = len(ch.encode("utf-8"))
-            for j in range(n):
-                char_of[b + j] = i
-            b += n
-        char_of[b] = len(code)
-
+    char_of = (  # byte offset -> character offset; None for ASCII, where they agree
+        None
+        if len(code_bytes) == len(code)
+        else [i for i, ch in enumerate(code) for _ in ch.encode("utf-8")] + [len(code)]
+    )
     spans: list[tuple[int, int]] = []
     values: list[Tree] = []
     # (node, its type, its kept children once expanded, else None)
@@ -324,7 +326,8 @@ def load_ast_snippets(
     so ``max_snippets`` takes functions from many modules, not only the alphabetically first.
 
     Args:
-        max_snippets: stop once this many snippets are kept (all splits together).
+        max_snippets: stop once this many snippets are kept (all splits together); the counts
+            then cover the files read so far.
         max_leaves: drop functions with more AST leaves.
         seed: salts the file hash that decides both the split and the processing order.
         tokenizer: a Hugging Face tokenizer; if given, functions longer than ``max_tokens``
@@ -350,8 +353,12 @@ def load_ast_snippets(
         raise ValueError(f"max_snippets must be >= 1, got {max_snippets}")
     root = stdlib_dir()
     paths = [Path(p) for p in (code_files() if files is None else files)]
-    rel = [p.relative_to(root).as_posix() if p.is_relative_to(root) else p.as_posix() for p in paths]
-    order = sorted(range(len(paths)), key=lambda i: hashlib.sha256(f"{seed}:{rel[i]}".encode()).digest())
+    rel = [
+        p.relative_to(root).as_posix() if p.is_relative_to(root) else p.as_posix() for p in paths
+    ]
+    order = sorted(
+        range(len(paths)), key=lambda i: hashlib.sha256(f"{seed}:{rel[i]}".encode()).digest()
+    )
 
     parser = _parser()
     counts: Counter[str] = Counter({k: 0 for k in COUNT_KEYS})
@@ -386,17 +393,8 @@ def load_ast_snippets(
             counts["kept"] += 1
     for name, lst in splits.items():
         counts[name] = len(lst)
-    logger.info(
-        "AST snippets: %d kept (train %d, dev %d, test %d) from %d functions in %d files; "
-        "dropped: %s",
-        counts["kept"],
-        counts["train"],
-        counts["dev"],
-        counts["test"],
-        counts["functions"],
-        counts["files"],
-        {k: counts[k] for k in COUNT_KEYS if k not in ("files", "functions", "kept", *splits)},
-    )
+    dropped = {k: counts[k] for k in DROP_REASONS}
+    logger.info("AST snippets: %s; dropped: %s", {k: counts[k] for k in splits}, dropped)
     return AstDataset(splits["train"], splits["dev"], splits["test"], dict(counts))
 
 

@@ -12,20 +12,17 @@ See :mod:`steerlab.steering.interventions` (``h' = h + Σ_k g_k(h)·B_kᵀ(f_k(h
 position of every token is tracked across cached and uncached generation).
 """
 
+from steerlab.steering.components import Affine, Constant, MLPGate, component
 from steerlab.steering.hooks import PositionTracker, Steering, apply_nnsight, steer
 from steerlab.steering.interventions import (
     KINDS,
     Ablate,
     AddVector,
-    Affine,
     Compose,
-    Constant,
     Intervention,
     LoReFT,
     LowRankEdit,
-    MLPGate,
     SetCoords,
-    component,
     load_intervention,
 )
 from steerlab.steering.positions import (

@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from steerlab.data import stdlib_dir
 from steerlab.probes.ast_data import (
     COUNT_KEYS,
+    DROP_REASONS,
     extract_snippets,
     leaf_token_alignment,
     load_ast_snippets,
@@ -29,15 +30,13 @@ from steerlab.probes.ast_data import (
 
 # Small, varied standard-library modules: classes, nested functions, decorators, f-strings.
 STDLIB_MODULES = (
-    "textwrap.py", "json/decoder.py", "shlex.py", "string.py", "difflib.py", "argparse.py", "ast.py"
-)
-DROP_KEYS = (
-    "syntax_error",
-    "empty_body",
-    "cleaning_error",
-    "too_many_leaves",
-    "too_many_tokens",
-    "duplicate",
+    "textwrap.py",
+    "json/decoder.py",
+    "shlex.py",
+    "string.py",
+    "difflib.py",
+    "argparse.py",
+    "ast.py",
 )
 _LAYOUT_TOKENS = {
     tokenize.NEWLINE,
@@ -133,9 +132,15 @@ def test_real_snippets_are_clean_python_whose_leaves_are_cpython_tokens(snippets
         if sys.version_info >= (3, 12) and "f'" in s.code + 'f"':
             continue  # 3.12 tokenizes f-strings into pieces; tree-sitter keeps one string
         toks = io.StringIO(s.code).readline
-        expected = [t.string for t in tokenize.generate_tokens(toks) if t.type not in _LAYOUT_TOKENS]
+        expected = [
+            t.string for t in tokenize.generate_tokens(toks) if t.type not in _LAYOUT_TOKENS
+        ]
         # tree-sitter makes "not in" and "is not" one terminal each; CPython two tokens.
-        got = [w for lab, txt in zip(labels, s.leaves) for w in (txt.split() if lab != "string" else [txt])]
+        got = [
+            w
+            for lab, txt in zip(labels, s.leaves)
+            for w in (txt.split() if lab != "string" else [txt])
+        ]
         assert got == expected
 
 
@@ -156,8 +161,12 @@ def test_counts_add_up(dataset):
     c = dataset.counts
     assert set(COUNT_KEYS) <= set(c)
     assert c["files"] == len(STDLIB_MODULES)
-    assert c["functions"] == c["kept"] + sum(c[k] for k in DROP_KEYS)
-    assert c["kept"] == c["train"] + c["dev"] + c["test"] == len(dataset.train + dataset.dev + dataset.test)
+    assert c["functions"] == c["kept"] + sum(c[k] for k in DROP_REASONS)
+    assert (
+        c["kept"]
+        == c["train"] + c["dev"] + c["test"]
+        == len(dataset.train + dataset.dev + dataset.test)
+    )
     assert c["too_many_leaves"] > 0  # difflib and argparse have long functions
 
 
@@ -169,7 +178,11 @@ def test_no_duplicates(snippets):
 def test_splits_do_not_share_module_files():
     ds = load_ast_snippets(max_snippets=150, max_leaves=64)
     files = {name: {s.path for s in getattr(ds, name)} for name in ("train", "dev", "test")}
-    assert not (files["train"] & files["dev"] or files["train"] & files["test"] or files["dev"] & files["test"])
+    assert not (
+        files["train"] & files["dev"]
+        or files["train"] & files["test"]
+        or files["dev"] & files["test"]
+    )
     for name, paths in files.items():
         assert all(split_of(p) == name for p in paths)
     assert ds.counts["kept"] == 150
@@ -237,7 +250,9 @@ def test_alignment_by_hand():
     assert leaf_token_alignment(leaves, offsets) == [[1], [1], [2], [3], [3]]
     assert straddling_tokens(leaves, offsets) == [1, 3]
     # a token's own leading space overlaps no other leaf: "x = y" as "x" " =" " y"
-    assert leaf_token_alignment([(0, 1), (2, 3), (4, 5)], torch.tensor([[0, 1], [1, 3], [3, 5]])) == [[0], [1], [2]]
+    assert leaf_token_alignment(
+        [(0, 1), (2, 3), (4, 5)], torch.tensor([[0, 1], [1, 3], [3, 5]])
+    ) == [[0], [1], [2]]
     assert straddling_tokens([(0, 1), (2, 3), (4, 5)], [(0, 1), (1, 3), (3, 5)]) == []
 
 
@@ -251,7 +266,11 @@ def _brute(leaves, offsets):
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.lists(st.integers(1, 4), min_size=1, max_size=30), st.lists(st.integers(1, 5), min_size=1, max_size=40), st.data())
+@given(
+    st.lists(st.integers(1, 4), min_size=1, max_size=30),
+    st.lists(st.integers(1, 5), min_size=1, max_size=40),
+    st.data(),
+)
 def test_alignment_matches_brute_force(leaf_widths, token_widths, data):
     pos, leaves = 0, []
     for w in leaf_widths:

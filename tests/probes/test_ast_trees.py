@@ -35,7 +35,13 @@ PROPS = settings(max_examples=100, deadline=None)
 
 # Small, varied standard-library modules: classes, nested functions, decorators, f-strings.
 STDLIB_MODULES = (
-    "textwrap.py", "json/decoder.py", "shlex.py", "string.py", "difflib.py", "argparse.py", "ast.py"
+    "textwrap.py",
+    "json/decoder.py",
+    "shlex.py",
+    "string.py",
+    "difflib.py",
+    "argparse.py",
+    "ast.py",
 )
 
 
@@ -131,11 +137,19 @@ def test_unary_label_of_real_code():
         # right span, wrong label: S matches, A vs B does not: P = R = F1 = 1/2.
         (T("S", T("B", "x", "y"), "z"), T("S", T("A", "x", "y"), "z"), (0.5, 0.5, 0.5)),
         # gold S[0,3] A[0,1] B[1,3]; pred S[0,3] B[0,2] A[0,1]: 2 of 3 each way, F1 = 2/3.
-        (T("S", T("B", T("A", "x"), "y"), "z"), T("S", T("A", "x"), T("B", "y", "z")), (2 / 3,) * 3),
+        (
+            T("S", T("B", T("A", "x"), "y"), "z"),
+            T("S", T("A", "x"), T("B", "y", "z")),
+            (2 / 3,) * 3,
+        ),
         # a repeated gold constituent A[0,1] x2 is matched once (multiset): P = 1, R = 1/2.
         (T("A", "x"), T("A", T("A", "x")), (1.0, 0.5, 2 / 3)),
         # an empty root (rebuilt from a wrong label) never matches: all 0.
-        (debinarize(BinaryTree(EMPTY, (BinaryTree("x"), BinaryTree("y")))), T("S", "x", "y"), (0, 0, 0)),
+        (
+            debinarize(BinaryTree(EMPTY, (BinaryTree("x"), BinaryTree("y")))),
+            T("S", "x", "y"),
+            (0, 0, 0),
+        ),
     ],
 )
 def test_labelled_f1_hand_computed(pred, gold, expected):
@@ -152,7 +166,8 @@ def test_rebuild_breaks_ties_leftmost_like_argmax():
     # d = [1, 1]: the first maximum is the root, so the tree is right-branching.
     b = targets_to_tree(["x", "y", "z"], [1, 1], ["P", "Q"], [EMPTY] * 3)
     assert b == BinaryTree(
-        "P", (BinaryTree("x"), BinaryTree("Q", (BinaryTree("y"), BinaryTree("z")))))
+        "P", (BinaryTree("x"), BinaryTree("Q", (BinaryTree("y"), BinaryTree("z"))))
+    )
     assert targets_to_tree(["x"], [], [], ["U"]) == BinaryTree("x", unary="U")
 
 

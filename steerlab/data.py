@@ -2,7 +2,8 @@
 
 Two corpora ship with CPython, so every machine that runs steerlab has them offline:
 
-- ``"prose"``: the documents of :mod:`pydoc_data.topics` (about 465k characters of English);
+- ``"prose"``: the documents of :mod:`pydoc_data.topics` (about 465k characters of English),
+  then the standard library's long docstrings (about 3.5M more characters);
 - ``"code"``: the standard library's own ``.py`` files (about 12 MB).
 
 :func:`load_texts` also reads local files and, for users with the hub, any Hugging Face
@@ -53,16 +54,69 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 # --------------------------------------------------------------------------- corpora
 
 
-def prose_corpus() -> list[str]:
-    """The English documents of :mod:`pydoc_data.topics`.
+def prose_corpus(docstrings: bool = True) -> list[str]:
+    """English prose that ships with CPython.
+
+    First the documents of :mod:`pydoc_data.topics` (the language reference, ~465k characters,
+    ~113k SmolLM2 tokens), then, with ``docstrings=True``, the docstrings of the standard
+    library's modules, classes and functions that are at least 200 characters long (English
+    prose about the library, ~3.5M characters), in :func:`code_files` order. The second part
+    lets a capture of 200k+ prose tokens run offline.
 
     Returns:
-        The documents sorted by topic name, stripped, empty ones dropped.
+        The documents, stripped, empty ones dropped; deterministic for a given Python build.
     """
     from pydoc_data.topics import topics
 
-    docs = (topics[key].strip() for key in sorted(topics))
-    return [doc for doc in docs if doc]
+    docs = [d for d in (topics[key].strip() for key in sorted(topics)) if d]
+    if docstrings:
+        docs.extend(_cached_docstrings())
+    return docs
+
+
+def _cached_docstrings() -> list[str]:
+    """The stdlib docstrings, extracted once per Python build and cached as JSON.
+
+    Parsing the whole standard library takes ~5-20 s; the JSON cache (under
+    ``$STEERLAB_CACHE/corpora``) loads in well under a second.
+    """
+    import platform
+    import sys
+
+    from steerlab.models import cache_dir
+
+    key = hashlib.sha256(f"{sys.version}|{stdlib_dir()}|{platform.platform()}".encode())
+    path = cache_dir() / "corpora" / f"stdlib-docstrings-{key.hexdigest()[:12]}.json"
+    if path.is_file():
+        try:
+            return json.loads(path.read_text())
+        except json.JSONDecodeError:
+            logger.warning("ignoring a corrupt corpus cache %s", path)
+    docs = list(_stdlib_docstrings())
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(docs))
+    os.replace(tmp, path)
+    return docs
+
+
+def _stdlib_docstrings(min_chars: int = 200) -> Iterator[str]:
+    """Long docstrings of the standard library, lazily, in file order."""
+    import ast
+    import warnings
+
+    for path in code_files():
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # invalid escape sequences in old modules
+                tree = ast.parse(path.read_text(encoding="utf-8-sig"))
+        except (SyntaxError, UnicodeDecodeError, ValueError):
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+                doc = ast.get_docstring(node)
+                if doc and len(doc) >= min_chars:
+                    yield doc.strip()
 
 
 def stdlib_dir() -> Path:

@@ -109,10 +109,15 @@ def store_pca_figure(store_dir: str, site: str | None, max_points: int, seed: in
     handle_tok = load_model(store.model_id).tokenizer
     ctx = token_contexts(handle_tok, ids, torch.stack([sel_doc, sel_pos], 1), window=10)
     title = f"{store.model_id} · {site} · {n:,} tokens"
+    # The first token of each window carries the "massive activations" of an attention sink
+    # and dominates PC1; colouring by it makes that visible instead of puzzling.
+    labels = ["first token (attention sink)" if p == 0 else "later token" for p in sel_pos.tolist()]
     return principal_directions(
         acts,
         tokens=ctx.tokens,
         contexts=ctx.contexts,
+        labels=labels,
+        label_name="position",
         title=title,
         max_points=max_points,
         seed=seed,

@@ -26,6 +26,16 @@ CFG_NAME = "cfg.json"
 
 _REGISTRY: dict[str, type] = {}
 
+#: Modules whose import registers artifact kinds (imported by :func:`load` on demand).
+_KIND_MODULES = (
+    "steerlab.subspace",
+    "steerlab.saes.formats",
+    "steerlab.probes.erasure",
+    "steerlab.probes.rlace",
+    "steerlab.probes.inlp",
+    "steerlab.steering.interventions",
+)
+
 
 def register(kind: str) -> Callable[[type], type]:
     """Class decorator: register ``cls`` as the loader for artifacts of ``kind``.
@@ -126,7 +136,13 @@ def load(path: str | os.PathLike, **kwargs: Any) -> Any:
     cfg = read_cfg(path)
     kind = cfg.get("kind")
     # import the modules that register kinds so the registry is complete
-    import steerlab.subspace  # noqa: F401
+    import importlib
+
+    for module in _KIND_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:  # a module of a later feature may not exist in this version
+            continue
 
     if kind not in _REGISTRY:
         raise ValueError(f"unknown artifact kind {kind!r} in {path}; known: {sorted(_REGISTRY)}")

@@ -14,6 +14,11 @@
   ``sae_lens_version`` is claimed, so SAELens reads the file through its pre-6 converter,
   which maps exactly these keys (``k`` included) to its v6 config.
 
+Training checkpoints (:func:`write_checkpoint`) are directories too: ``state.json``,
+``state.safetensors`` and per SAE ``<name>/`` in the steerlab layout plus
+``<name>/optimizer.safetensors``; Adam's state is flattened into named tensors
+(:func:`adam_state_tensors`), never pickled.
+
 Loading a SAELens directory folds the options steerlab's SAEs do not have into the weights:
 ``apply_b_dec_to_input = False`` becomes ``b_enc += b_dec W_enc``, and a TopK SAE with
 ``rescale_acts_by_decoder_norm`` gets unit-norm decoder rows with ``W_enc``/``b_enc`` columns
@@ -28,6 +33,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -257,3 +263,91 @@ def load_saelens_sparsity(path: str | os.PathLike) -> Tensor | None:
     """The ``sparsity`` (log10 firing frequency) tensor of a SAELens directory, if present."""
     f = Path(path) / SAELENS_SPARSITY
     return load_file(str(f))["sparsity"] if f.is_file() else None
+
+
+# --- training checkpoints ----------------------------------------------------------------------
+
+CHECKPOINT_NAME = "checkpoint"
+STATE_JSON = "state.json"
+STATE_TENSORS = "state.safetensors"
+OPTIMIZER_TENSORS = "optimizer.safetensors"
+_ADAM_KEYS = ("exp_avg", "exp_avg_sq", "step")
+
+
+def adam_state_tensors(opt: torch.optim.Optimizer, sae: Sae) -> dict[str, Tensor]:
+    """Adam's per-parameter state as ``{"<param>.exp_avg" | ".exp_avg_sq" | ".step": tensor}``."""
+    out = {}
+    for n in PARAM_NAMES:
+        st = opt.state.get(getattr(sae, n), {})
+        for key in _ADAM_KEYS:
+            if key in st:
+                out[f"{n}.{key}"] = st[key].reshape(-1) if key == "step" else st[key]
+    return out
+
+
+def load_adam_state_(opt: torch.optim.Optimizer, sae: Sae, t: Mapping[str, Tensor]) -> None:
+    """Restore :func:`adam_state_tensors` output into ``opt`` (built over ``PARAM_NAMES``)."""
+    for n in PARAM_NAMES:
+        if f"{n}.exp_avg" in t and t[f"{n}.exp_avg"].shape != getattr(sae, n).shape:
+            raise ValueError(f"optimizer state for {n} has shape {tuple(t[f'{n}.exp_avg'].shape)}")
+    sd = opt.state_dict()
+    sd["state"] = {
+        i: {key: t[f"{n}.{key}"].reshape(()) if key == "step" else t[f"{n}.{key}"]
+            for key in _ADAM_KEYS}
+        for i, n in enumerate(PARAM_NAMES)
+        if f"{n}.step" in t
+    }  # fmt: skip
+    opt.load_state_dict(sd)
+
+
+def write_checkpoint(
+    root: str | os.PathLike,
+    body: dict[str, Any],
+    saes: Mapping[str, Sae],
+    per_sae: Mapping[str, dict[str, Tensor]],
+    tensors: dict[str, Tensor],
+) -> Path:
+    """Write ``root/checkpoint`` atomically (temp dir, then rename) and return its path.
+
+    Args:
+        root: checkpoint directory.
+        body: JSON-serialisable state (``state.json``).
+        saes: name -> SAE, each saved in the steerlab layout under ``<name>/``.
+        per_sae: name -> tensors saved as ``<name>/optimizer.safetensors``.
+        tensors: global tensors saved as ``state.safetensors`` (e.g. the RNG state).
+    """
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_NAME}.tmp.", dir=root))
+    try:
+        for name, sae in saes.items():
+            save_sae(sae, tmp / name)
+            t = {k: v.detach().cpu().contiguous() for k, v in per_sae[name].items()}
+            save_file(t, str(tmp / name / OPTIMIZER_TENSORS))
+        save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
+        (tmp / STATE_JSON).write_text(json.dumps(body, indent=2))
+        _swap_dir(tmp, root / CHECKPOINT_NAME)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return root / CHECKPOINT_NAME
+
+
+def find_checkpoint(root: str | os.PathLike) -> Path | None:
+    """``root/checkpoint`` if complete; after a crash between the two renames of
+    :func:`_swap_dir`, the previous one (``root/.checkpoint.old``); else None."""
+    for cand in (Path(root) / CHECKPOINT_NAME, Path(root) / f".{CHECKPOINT_NAME}.old"):
+        if (cand / STATE_JSON).is_file():
+            return cand
+    return None
+
+
+def read_checkpoint(
+    path: str | os.PathLike, names: list[str], device: str | torch.device = "cpu"
+) -> tuple[dict[str, Any], dict[str, Sae], dict[str, dict[str, Tensor]], dict[str, Tensor]]:
+    """Read what :func:`write_checkpoint` wrote: ``(body, saes, per_sae, tensors)``."""
+    path = Path(path)
+    body = json.loads((path / STATE_JSON).read_text())
+    saes = {n: load_sae(path / n, device=device) for n in names}
+    per_sae = {n: load_file(str(path / n / OPTIMIZER_TENSORS), device=str(device)) for n in names}
+    return body, saes, per_sae, load_file(str(path / STATE_TENSORS))

@@ -110,12 +110,15 @@ class StatsFitter:
 
     For a new batch with ``n_b`` rows, mean ``m_b`` and scatter ``S_b = Σ (x − m_b)(x − m_b)ᵀ``:
     ``δ = m_b − m``, ``S ← S + S_b + δδᵀ · n n_b / (n + n_b)``, ``m ← m + δ n_b / (n + n_b)``.
-    Non-finite rows are rejected with an error. The first ``keep`` rows are kept as a sample.
+    Non-finite rows raise an error, or with ``skip_nonfinite`` are dropped and counted in
+    :attr:`n_skipped`. The first ``keep`` rows are kept as a sample.
     """
 
-    def __init__(self, d_in: int, keep: int = 4096) -> None:
+    def __init__(self, d_in: int, keep: int = 4096, *, skip_nonfinite: bool = False) -> None:
         self.d_in = d_in
         self.keep = keep
+        self.skip_nonfinite = skip_nonfinite
+        self.n_skipped = 0
         self.n = 0
         self.mean = torch.zeros(d_in, dtype=torch.float64)
         self.scatter = torch.zeros(d_in, d_in, dtype=torch.float64)
@@ -126,8 +129,12 @@ class StatsFitter:
         X = x.reshape(-1, x.shape[-1]).to("cpu", torch.float64)
         if X.shape[1] != self.d_in:
             raise ValueError(f"expected last dim {self.d_in}, got {X.shape[1]}")
-        if not torch.isfinite(X).all():
-            raise ValueError("activations contain NaN or inf")
+        finite = torch.isfinite(X).all(dim=1)
+        if not finite.all():
+            if not self.skip_nonfinite:
+                raise ValueError(f"activations contain NaN or inf ({int((~finite).sum())} rows)")
+            self.n_skipped += int((~finite).sum())
+            X = X[finite]
         nb = X.shape[0]
         if nb == 0:
             return self
@@ -159,6 +166,7 @@ def activation_stats(
     n_tokens: int | None = 65536,
     batch_size: int = 4096,
     seed: int = 0,
+    skip_nonfinite: bool = False,
 ) -> ActivationStats:
     """Mean and covariance of up to ``n_tokens`` rows of a tensor or of a store's site.
 
@@ -169,25 +177,32 @@ def activation_stats(
             epoch 0 with ``seed``, so many shards contribute.
         batch_size: rows per read.
         seed: shuffle seed of the store stream.
+        skip_nonfinite: drop rows with NaN/inf (logged) instead of raising.
     """
     if isinstance(source, Tensor):
         X = source.reshape(-1, source.shape[-1])
         X = X if n_tokens is None else X[:n_tokens]
-        fitter = StatsFitter(X.shape[1])
+        fitter = StatsFitter(X.shape[1], skip_nonfinite=skip_nonfinite)
         for i in range(0, X.shape[0], batch_size):
             fitter.update(X[i : i + batch_size])
-        return fitter.finalize()
+        return _finalize(fitter)
     if site is None:
         raise ValueError(f"pass the site to read; this store holds {sorted(source.sites)}")
     if site not in source.sites:
         raise KeyError(f"store {source.path} has no site {site!r}; it holds {sorted(source.sites)}")
-    fitter = StatsFitter(source.sites[site])
+    fitter = StatsFitter(source.sites[site], skip_nonfinite=skip_nonfinite)
     want = source.n_tokens if n_tokens is None else min(n_tokens, source.n_tokens)
     bs = min(batch_size, max(want, 1))
     for batch in source.iter_batches(site, bs, seed=seed, drop_last=False, dtype=torch.float64):
         fitter.update(batch[: want - fitter.n])  # type: ignore[index]
         if fitter.n >= want:
             break
+    return _finalize(fitter)
+
+
+def _finalize(fitter: StatsFitter) -> ActivationStats:
+    if fitter.n_skipped:
+        logger.warning("activation statistics: skipped %d NaN/inf rows", fitter.n_skipped)
     return fitter.finalize()
 
 

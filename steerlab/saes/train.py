@@ -30,8 +30,6 @@ import hashlib
 import json
 import logging
 import math
-import shutil
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
@@ -39,22 +37,26 @@ from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from steerlab import __version__
 from steerlab.capture.store import ActivationStore
-from steerlab.saes.formats import PARAM_NAMES, _swap_dir, load_sae, save_sae
+from steerlab.saes.formats import (
+    PARAM_NAMES,
+    STATE_JSON,
+    adam_state_tensors,
+    find_checkpoint,
+    load_adam_state_,
+    read_checkpoint,
+    save_sae,
+    write_checkpoint,
+)
 from steerlab.saes.init import activation_stats, initialize_
-from steerlab.saes.sae import Sae, SaeConfig, build_sae, lr_for_width
+from steerlab.saes.sae import Sae, SaeConfig, SaeOutput, build_sae, lr_for_width
 
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "steerlab.sae_checkpoint/1"
-CHECKPOINT_NAME = "checkpoint"
-STATE_JSON = "state.json"
-STATE_TENSORS = "state.safetensors"
-OPTIMIZER_TENSORS = "optimizer.safetensors"
 # TrainConfig fields that do not change the trained weights: free to differ on resume.
 _NON_SEMANTIC = ("checkpoint_dir", "checkpoint_every", "log_every", "device")
 
@@ -215,8 +217,26 @@ class _Member:
         self.opt = torch.optim.Adam(params, lr=self.lr, betas=cfg.betas, eps=cfg.eps)
         self.since_fired = torch.zeros(sae.d_sae, dtype=torch.long, device=sae.device)
         self.dead_tokens = cfg.dead_tokens
-        self.sums: dict[str, float] = {}
+        self.sums: dict[str, Tensor] = {}
         self.n_sums = 0
+        self.k_last = sae.cfg.k
+
+    def add_metrics(self, out: SaeOutput, k: int | None) -> None:
+        # summed as tensors: no device sync per step
+        for key in ("fvu", "l0", "auxk_loss", "l1_loss"):
+            v = getattr(out, key).detach().float()
+            self.sums[key] = self.sums[key] + v if key in self.sums else v
+        self.n_sums += 1
+        self.k_last = k if k is not None else self.sae.cfg.k
+
+    def pop_metrics(self) -> dict[str, float]:
+        n = max(self.n_sums, 1)
+        d = {key: float(v) / n for key, v in self.sums.items()}
+        d["k"] = float(self.k_last)
+        d["dead_frac"] = float((self.since_fired >= self.dead_tokens).float().mean())
+        d["lr"] = float(self.opt.param_groups[0]["lr"])
+        self.sums, self.n_sums = {}, 0
+        return d
 
     def k_at(self, step: int, cfg: TrainConfig) -> int | None:
         c = self.sae.cfg
@@ -227,28 +247,12 @@ class _Member:
         frac = min(step / cfg.k_anneal_steps, 1.0)
         return int(round(k0 + (c.k - k0) * frac))
 
-    def optimizer_tensors(self) -> dict[str, Tensor]:
-        out = {"tokens_since_fired": self.since_fired}
-        for n in PARAM_NAMES:
-            st = self.opt.state.get(getattr(self.sae, n), {})
-            for key in ("exp_avg", "exp_avg_sq", "step"):
-                if key in st:
-                    out[f"{n}.{key}"] = st[key].reshape(-1) if key == "step" else st[key]
-        return out
+    def state_tensors(self) -> dict[str, Tensor]:
+        return {"tokens_since_fired": self.since_fired, **adam_state_tensors(self.opt, self.sae)}
 
-    def load_optimizer_tensors(self, t: dict[str, Tensor]) -> None:
+    def load_state_tensors(self, t: dict[str, Tensor]) -> None:
         self.since_fired.copy_(t["tokens_since_fired"])
-        sd = self.opt.state_dict()
-        sd["state"] = {
-            i: {
-                "step": t[f"{n}.step"].reshape(()),
-                "exp_avg": t[f"{n}.exp_avg"],
-                "exp_avg_sq": t[f"{n}.exp_avg_sq"],
-            }
-            for i, n in enumerate(PARAM_NAMES)
-            if f"{n}.step" in t
-        }
-        self.opt.load_state_dict(sd)
+        load_adam_state_(self.opt, self.sae, t)
 
 
 def train(
@@ -291,10 +295,9 @@ def train(
     for c in configs:
         if c.site not in src.sites:
             raise KeyError(f"no site {c.site!r} in the data; it holds {sorted(src.sites)}")
-        if src.sites[c.site] != c.d_in:  # type: ignore[index]
-            raise ValueError(
-                f"{c.name}: d_in={c.d_in} but site {c.site!r} has width {src.sites[c.site]}"
-            )  # type: ignore[index]
+        width = src.sites[c.site]  # type: ignore[index]
+        if width != c.d_in:
+            raise ValueError(f"{c.name}: d_in={c.d_in} but site {c.site!r} has width {width}")
     per_epoch = src.n_tokens // cfg.batch_size
     if per_epoch == 0:
         raise ValueError(
@@ -310,7 +313,7 @@ def train(
         "source": fingerprint,
     }
     gen = torch.Generator().manual_seed(cfg.seed)
-    ckpt = _find_checkpoint(cfg) if resume else None
+    ckpt = find_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
     if ckpt is not None:
         members, state = _load_checkpoint(ckpt, header, cfg, gen)
     else:
@@ -381,8 +384,9 @@ def _fresh(
         if c.init != "random" and c.site not in stats:
             data = src.data[c.site] if isinstance(src, _TensorSource) else src
             stats[c.site] = activation_stats(
-                data, c.site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size, seed=cfg.seed
-            )
+                data, c.site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size,
+                seed=cfg.seed, skip_nonfinite=cfg.nan_policy == "skip",
+            )  # fmt: skip
         reports[c.name] = initialize_(sae, stats.get(c.site), generator=gen)._asdict()
         members.append(_Member(sae, cfg))
     return members
@@ -427,15 +431,7 @@ def _train_step(
             fired = m.sae.latent_counts(out) > 0
             m.since_fired += x.shape[0]
             m.since_fired[fired] = 0
-        for key, v in (
-            ("fvu", out.fvu),
-            ("l0", out.l0),
-            ("auxk_loss", out.auxk_loss),
-            ("l1_loss", out.l1_loss),
-        ):
-            m.sums[key] = m.sums.get(key, 0.0) + float(v.detach())
-        m.sums["k"] = float(k if k is not None else m.sae.cfg.k)
-        m.n_sums += 1
+        m.add_metrics(out, k)
     state["step"] = step + 1
     state["tokens"] += cfg.batch_size
 
@@ -443,15 +439,7 @@ def _train_step(
 def _progress(
     members: list[_Member], state: dict[str, Any], total: int, rate: float
 ) -> TrainProgress:
-    metrics = {}
-    for m in members:
-        n = max(m.n_sums, 1)
-        d = {k: v / n for k, v in m.sums.items() if k != "k"}
-        d["k"] = m.sums.get("k", float(m.sae.cfg.k))
-        d["dead_frac"] = float((m.since_fired >= m.dead_tokens).float().mean())
-        d["lr"] = float(m.opt.param_groups[0]["lr"])
-        metrics[m.name] = d
-        m.sums, m.n_sums = {}, 0
+    metrics = {m.name: m.pop_metrics() for m in members}
     state["last_metrics"] = metrics
     return TrainProgress(
         state["step"], total, state["tokens"], rate, metrics, dict(state["skipped_rows"])
@@ -461,35 +449,23 @@ def _progress(
 # --- checkpoints -------------------------------------------------------------------------------
 
 
-def _find_checkpoint(cfg: TrainConfig) -> Path | None:
-    if not cfg.checkpoint_dir:
-        return None
-    root = Path(cfg.checkpoint_dir)
-    for cand in (root / CHECKPOINT_NAME, root / f".{CHECKPOINT_NAME}.old"):  # .old: crash mid-swap
-        if (cand / STATE_JSON).is_file():
-            return cand
-    return None
-
-
 def _save_checkpoint(
     root: Path, header: dict, members: list[_Member], state: dict, gen: torch.Generator
 ) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_NAME}.tmp.", dir=root))
-    try:
-        for m in members:
-            save_sae(m.sae, tmp / m.name)
-            save_file({k: v.detach().cpu().contiguous() for k, v in m.optimizer_tensors().items()},
-                      str(tmp / m.name / OPTIMIZER_TENSORS))  # fmt: skip
-        save_file({"rng": gen.get_state()}, str(tmp / STATE_TENSORS))
-        body = {**header, **{k: v for k, v in state.items() if k != "last_metrics"},
-                "batches_consumed": state["step"], "steerlab_version": __version__}  # fmt: skip
-        (tmp / STATE_JSON).write_text(json.dumps(body, indent=2))
-        _swap_dir(tmp, root / CHECKPOINT_NAME)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    logger.info("checkpoint at step %d written to %s", state["step"], root / CHECKPOINT_NAME)
+    body = {
+        **header,
+        **{k: v for k, v in state.items() if k != "last_metrics"},
+        "batches_consumed": state["step"],
+        "steerlab_version": __version__,
+    }
+    path = write_checkpoint(
+        root,
+        body,
+        {m.name: m.sae for m in members},
+        {m.name: m.state_tensors() for m in members},
+        {"rng": gen.get_state()},
+    )
+    logger.info("checkpoint at step %d written to %s", state["step"], path)
 
 
 def _load_checkpoint(
@@ -500,24 +476,24 @@ def _load_checkpoint(
         raise CheckpointMismatchError(
             f"{path}: format {body.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
         )
-    diffs = []
-    for key in ("train_config", "sae_configs", "source"):
-        if body.get(key) != header[key]:
-            diffs.append(f"  {key}:\n    checkpoint {body.get(key)}\n    requested  {header[key]}")
+    diffs = [
+        f"  {key}:\n    checkpoint {body.get(key)}\n    requested  {header[key]}"
+        for key in ("train_config", "sae_configs", "source")
+        if body.get(key) != header[key]
+    ]
     if diffs:
         raise CheckpointMismatchError(
             f"{path} was written for another run:\n"
             + "\n".join(diffs)
             + "\nUse another checkpoint_dir, or pass resume=False to start afresh."
         )
-    gen.set_state(load_file(str(path / STATE_TENSORS))["rng"])
+    names = [c["name"] for c in header["sae_configs"]]
+    body, saes, per_sae, tensors = read_checkpoint(path, names, device=cfg.device)
+    gen.set_state(tensors["rng"])
     members = []
-    for c in header["sae_configs"]:
-        sae = load_sae(path / c["name"], device=cfg.device)
-        m = _Member(sae, cfg)
-        m.load_optimizer_tensors(
-            load_file(str(path / c["name"] / OPTIMIZER_TENSORS), device=cfg.device)
-        )
+    for n in names:
+        m = _Member(saes[n], cfg)
+        m.load_state_tensors(per_sae[n])
         members.append(m)
     state = {k: body[k] for k in ("step", "tokens", "skipped_rows", "init_reports", "complete")}
     logger.info("resuming from %s at step %d (%d tokens)", path, state["step"], state["tokens"])

@@ -137,7 +137,9 @@ def test_load_foreign_saelens_options(tmp_path, arch, apply_b_dec, rescale):
     x = torch.randn(30, 8, generator=g, dtype=torch.float64)
     with torch.no_grad():
         # folding b_dec into b_enc / norms into W_enc is exact in real arithmetic: round-off
-        torch.testing.assert_close(sae.reconstruct(x), _saelens_reference(cfg, t, x), atol=1e-10, rtol=0)
+        torch.testing.assert_close(
+            sae.reconstruct(x), _saelens_reference(cfg, t, x), atol=1e-10, rtol=0
+        )
 
 
 def test_load_pre6_topk_config(tmp_path):
@@ -181,13 +183,38 @@ def test_steerlab_errors(tmp_path):
         load_sae(tmp_path / "missing")
 
 
+# SAELens pins transformer-lens<4 while steerlab needs >=4.3, so these run only where SAELens
+# is importable (e.g. a separate environment layered over steerlab's); otherwise they skip.
 @pytest.mark.parametrize("arch", ARCHS)
 def test_loads_in_saelens_itself(tmp_path, arch):
     sae_lens = pytest.importorskip("sae_lens")
     sae = make_sae(arch)
     path = save_saelens(sae, tmp_path / "sl")
     theirs = sae_lens.SAE.load_from_disk(str(path))
+    assert theirs.cfg.architecture() == {"topk": "topk", "relu_l1": "standard"}[arch]
     x = torch.randn(10, 8)
     with torch.no_grad():
         # their dense decode vs our sparse one: float32 summation-order round-off
         torch.testing.assert_close(theirs(x), sae.reconstruct(x), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["topk", "standard"])
+def test_reads_what_saelens_saves(tmp_path, arch):
+    sae_lens = pytest.importorskip("sae_lens")
+    if arch == "topk":  # options steerlab folds into the weights
+        theirs = sae_lens.TopKSAE(
+            sae_lens.TopKSAEConfig(d_in=8, d_sae=24, k=3, rescale_acts_by_decoder_norm=True)
+        )
+    else:
+        theirs = sae_lens.StandardSAE(
+            sae_lens.StandardSAEConfig(d_in=8, d_sae=24, apply_b_dec_to_input=False)
+        )
+    with torch.no_grad():
+        for p in theirs.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    theirs.save_model(str(tmp_path / "sl"))
+    ours = load_saelens(tmp_path / "sl")
+    x = torch.randn(10, 8)
+    with torch.no_grad():
+        # folded weights in float32: round-off of a few ulps on outputs of size ~1
+        torch.testing.assert_close(ours.reconstruct(x), theirs(x), atol=1e-5, rtol=1e-5)

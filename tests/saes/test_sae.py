@@ -63,7 +63,8 @@ def test_config_validation():
 
 
 def test_registry():
-    assert SAE_CLASSES == {"topk": TopKSae, "relu_l1": ReluSae}
+    assert sorted(SAE_CLASSES) == ["relu_l1", "topk"]
+    assert sae_class("topk") is TopKSae and sae_class("relu_l1") is ReluSae
     with pytest.raises(ValueError, match="unknown SAE architecture 'gated'"):
         sae_class("gated")
 
@@ -130,7 +131,9 @@ def test_fused_encoder_gradcheck():
     W = torch.randn(5, 9, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(9, dtype=torch.float64, generator=g, requires_grad=True)
     # gradcheck perturbs inputs by 1e-6; random data has no near-ties at that scale
-    assert torch.autograd.gradcheck(lambda s, w, bb: _TopKEncode.apply(s, w, bb, 3)[0], (sae_in, W, b))
+    assert torch.autograd.gradcheck(
+        lambda s, w, bb: _TopKEncode.apply(s, w, bb, 3)[0], (sae_in, W, b)
+    )
 
 
 def test_remove_parallel_gradient_closed_form():

@@ -9,13 +9,9 @@ import torch
 
 from steerlab.capture.store import ActivationStore, StoreWriter
 from steerlab.saes.evals import evaluate
+from steerlab.saes.formats import CHECKPOINT_NAME
 from steerlab.saes.sae import SaeConfig
-from steerlab.saes.train import (
-    CHECKPOINT_NAME,
-    CheckpointMismatchError,
-    TrainConfig,
-    train,
-)
+from steerlab.saes.train import CheckpointMismatchError, TrainConfig, train
 
 
 @pytest.fixture(autouse=True)
@@ -189,17 +185,38 @@ def test_checkpoint_from_another_config(tmp_path):
     train(x[:128], configs, cfg, resume=False)  # starting afresh overwrites it
 
 
+def test_resume_after_a_crash_between_the_renames(tmp_path):
+    # write_checkpoint renames checkpoint -> .checkpoint.old, then tmp -> checkpoint; a crash
+    # in between leaves only .checkpoint.old, which resume must use.
+    x, _ = sparse_data(512, 8, 16, 2, seed=7)
+    configs = [SaeConfig(d_in=8, d_sae=16, k=2)]
+    tc = TrainConfig(batch_size=64, warmup_steps=1, checkpoint_dir=str(tmp_path / "c"),
+                     checkpoint_every=2)  # fmt: skip
+    full = train(x, configs, tc)
+    ckpt = tmp_path / "c" / CHECKPOINT_NAME
+    ckpt.rename(tmp_path / "c" / f".{CHECKPOINT_NAME}.old")
+    again = train(x, configs, tc)  # the complete checkpoint is found under its old name
+    assert again.steps == full.steps
+    assert all(
+        torch.equal(p, q)
+        for p, q in zip(full.saes[configs[0].name].parameters(),
+                        again.saes[configs[0].name].parameters())
+    )  # fmt: skip
+
+
 def test_nan_rows_are_skipped_and_counted(tmp_path):
     x, _ = sparse_data(256, 8, 16, 2, seed=4)
     x[[3, 70, 71, 200]] = float("nan")
     x[100, 2] = float("inf")
     configs = [SaeConfig(d_in=8, d_sae=16, k=2)]
-    res = train(x, configs, TrainConfig(batch_size=64, warmup_steps=1, init_tokens=2))
-    assert res.skipped_rows == {"x": 5}  # one epoch sees every row once
+    res = train(x, configs, TrainConfig(batch_size=64, warmup_steps=1))
+    assert res.skipped_rows == {"x": 5}  # one epoch sees every row once (init stats skip too)
     sae = next(iter(res.saes.values()))
     assert all(torch.isfinite(p).all() for p in sae.parameters())
     with pytest.raises(ValueError, match="NaN or inf"):
         train(x, configs, TrainConfig(batch_size=64, nan_policy="error", init_tokens=2))
+    with pytest.raises(ValueError, match="NaN or inf"):  # already while fitting the init
+        train(x, configs, TrainConfig(batch_size=64, nan_policy="error"))
 
 
 def test_bad_input(tmp_path):

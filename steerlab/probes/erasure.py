@@ -168,7 +168,9 @@ class AffineEraser:
     def save(self, path: str | os.PathLike) -> Path:
         """Write ``cfg.json`` (d_model, rank, affine, meta) and ``<kind>.safetensors``."""
         cfg = {"d_model": self.d_model, "rank": self.rank, "affine": self.bias is not None}
-        tensors = {"proj_left": self.proj_left, "proj_right": self.proj_right}
+        # clones: for an orthogonal eraser proj_right may be a view of proj_left, and
+        # safetensors refuses tensors that share memory
+        tensors = {"proj_left": self.proj_left.clone(), "proj_right": self.proj_right.clone()}
         if self.bias is not None:
             tensors["bias"] = self.bias
         return save_artifact(path, self.KIND, {**cfg, "meta": self.meta}, tensors)  # type: ignore[attr-defined]
@@ -206,8 +208,9 @@ def optimal_linear_shrinkage(S_n: Float[Tensor, "p p"], n: int) -> Float[Tensor,
     """RMT-optimal linear shrinkage ``α S_n + β (tr S_n / p) I`` (arXiv 1308.2608).
 
     ``α = 1 − (tr(S)² ‖Σ0‖²/n) / (‖S‖²‖Σ0‖² − tr(S Σ0)²)``, ``β = (1 − α) tr(S Σ0)/‖Σ0‖²``
-    with ``Σ0 = (tr S / p) I``, as in concept-erasure's ``shrinkage.py``. ``eps`` in numerator
-    and denominator keeps a zero matrix finite (α = 0, target 0: a no-op).
+    with ``Σ0 = (tr S / p) I``, as in concept-erasure's ``shrinkage.py``, except that ``α`` is
+    clamped to ``[0, 1]`` so the estimate ``α S + (1 − α) Σ0`` stays positive semi-definite.
+    ``eps`` in numerator and denominator keeps a zero matrix finite (α = 0, target 0: a no-op).
 
     Args:
         S_n: biased sample covariance (divided by ``n``).
@@ -221,7 +224,10 @@ def optimal_linear_shrinkage(S_n: Float[Tensor, "p p"], n: int) -> Float[Tensor,
     prod = torch.trace(S_n @ sigma0)
     top = tr * tr * sigma0_sq / n
     bottom = S_n.square().sum() * sigma0_sq - prod * prod
-    alpha = 1 - (top + eps) / (bottom + eps)
+    # clamped to [0, 1]: for small n the RMT formula can go negative (S nearly isotropic makes
+    # the denominator vanish), which concept-erasure leaves as is; the estimate is then
+    # indefinite and LEACE no longer erases (Σ_xz leaves the whitened range)
+    alpha = (1 - (top + eps) / (bottom + eps)).clamp(0.0, 1.0)
     beta = (1 - alpha) * (prod + eps) / (sigma0_sq + eps)
     return alpha * S_n + beta * sigma0
 
@@ -236,8 +242,10 @@ class LeaceFitter:
 
     Deviations from concept-erasure: ``constrain_cov_trace`` is omitted because for real data
     it never binds: ``tr(PΣPᵀ) = tr Σ − uᵀΣu ≤ tr Σ`` for the LEACE ``P`` (its branch is reached
-    only by round-off). Singular values at or below ``max(svd_tol, s₁·max(d,k)·eps)`` are
-    dropped and not kept as zero columns, so ``rank`` is the rank of the edit.
+    only by round-off). The shrinkage intensity is clamped to ``[0, 1]`` (see
+    :func:`optimal_linear_shrinkage`); concept-erasure's can go negative for small ``n``.
+    Singular values at or below ``max(svd_tol, s₁·max(d,k)·eps)`` are dropped, not kept as zero
+    columns, so ``rank`` is the rank of the edit.
     """
 
     def __init__(
@@ -291,7 +299,9 @@ class LeaceFitter:
         """
         x2 = check_features(x, min_samples=2)
         n = x2.shape[0]
-        if not z.is_floating_point() and z.numel() == n:
+        if not isinstance(z, Tensor):
+            raise ValueError(f"z must be a torch.Tensor, got {type(z).__name__}")
+        if not z.is_floating_point() and (z.ndim <= 1 or z.numel() == n):
             _, k = check_labels(z, n)
         else:
             k = check_targets(z, n).shape[1]

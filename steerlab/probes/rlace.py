@@ -78,12 +78,14 @@ class RlaceConfig:
             v = getattr(self, name)
             if not (math.isfinite(v) and v > 0):
                 raise ValueError(f"RlaceConfig.{name} must be positive and finite, got {v}")
-        if not (0 <= self.weight_decay and 0 <= self.momentum < 1):
+        if not (self.weight_decay >= 0 and 0 <= self.momentum < 1):
             raise ValueError("RlaceConfig: need weight_decay >= 0 and 0 <= momentum < 1")
         if not 0 < self.dev_fraction < 1:
             raise ValueError(f"RlaceConfig.dev_fraction must be in (0, 1), got {self.dev_fraction}")
         if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"RlaceConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}")
+            raise ValueError(
+                f"RlaceConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}"
+            )
 
 
 @register("rlace")
@@ -191,8 +193,7 @@ def rlace(
     mu = xs.double().mean(0)
     X = (xs.double() - mu).to(device=dev, dtype=dt)  # centring: the predictor's bias absorbs it
     Y = y.to(dev)
-    Xd = xd.double() - mu
-    Xtr = xs.double() - mu
+    Xtr, Xd = (xs.double() - mu).cpu(), (xd.double() - mu).cpu()  # sklearn scores on the host
     maj = majority_rate(yd)
 
     g = torch.Generator(device=dev).manual_seed(cfg.seed if cfg.seed is not None else torch.seed())
@@ -213,9 +214,7 @@ def rlace(
         xb = X[idx]
         logits = (xb - xb @ Pm) @ W + b  # x (I − P), P symmetric
         if binary:
-            return torch.nn.functional.binary_cross_entropy_with_logits(
-                logits[:, 0], Y[idx].to(dt)
-            )
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0], Y[idx].to(dt))
         return torch.nn.functional.cross_entropy(logits, Y[idx])
 
     best: dict[str, Any] = {"loss": -math.inf}
@@ -255,5 +254,6 @@ def rlace(
         "best": best,
         "history": history,
     }
+    U = U.to(xs.device)
     bias = mu if cfg.affine else None
     return RlaceEraser(U.contiguous(), U.T.contiguous(), bias, meta)

@@ -18,6 +18,7 @@ _LAZY = {
     "parse_site": "steerlab.sites",
     "Subspace": "steerlab.subspace",
     "ActivationStore": "steerlab.capture.store",
+    "steer": "steerlab.steering",
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -7,7 +7,9 @@
 Backends: ``"hf"`` (PyTorch hooks on ``handle.model``; works for forwards and ``generate``),
 ``"transformer_lens"`` (TL hook points on the bridge from ``handle.transformer_lens()``), and
 :func:`apply_nnsight`, called inside an ``lm.trace()`` block. Every hook is removed in
-``finally``: an exception inside the block leaves the model exactly as it was.
+``finally``: an exception inside the block leaves the model exactly as it was. (TransformerLens
+4.3's own KV-cached ``bridge.generate`` is broken on transformers 5.24 even unsteered: it
+repeats one token. Pass ``use_past_kv_cache=False`` to it; steering works either way.)
 
 **Position tracking** (:class:`PositionTracker`, one per ``steer`` context). A hook on the base
 model sees every call's ``input_ids``, full attention mask (past + new tokens) and KV cache, and
@@ -31,10 +33,18 @@ example ``b`` of the batch its own list (applied in order); the batch size of ev
 match the list. Different strengths per example are different ``AddVector`` objects.
 
 **Order.** Interventions passed as a list apply one after another at a site (each sees the
-previous output); :class:`~steerlab.steering.interventions.Compose` sums them instead.
-Sites apply in execution order. Writing ``resid_mid`` of a pre-LayerNorm model edits the
-residual stream itself: the hook adds the change to the attention output, because the module
-input that carries ``resid_mid`` (``ln_2``) only feeds the MLP.
+previous output); :class:`~steerlab.steering.interventions.Compose` sums them instead. Sites
+apply in execution order. Steering hooks are registered with ``prepend=True``, so every other
+hook on the model (steerlab capture, ``output_hidden_states``, a user's) sees the steered
+activations, whether it was registered before or after the context opened; in nested ``steer``
+contexts the innermost applies first at a shared site.
+
+**resid_mid.** Writing ``resid_mid`` of a pre-LayerNorm model (Llama, GPT-2) edits the residual
+stream itself: the hook adds the change to the attention output, because the module input that
+carries ``resid_mid`` (``ln_2``'s input) only feeds the MLP.
+
+**Devices.** Interventions on another device than the model are moved to it (``nn.Module.to``,
+in place); their dtype is kept, and low-rank edits are computed in the finer of the two dtypes.
 """
 
 from __future__ import annotations
@@ -201,6 +211,10 @@ class Steering:
         unique = {id(iv): iv for ivs, _ in self.groups for iv in ivs}
         for iv in unique.values():
             iv.check(handle)  # every check runs before any hook exists
+        for iv in unique.values():
+            if any(t.device != handle.device for t in (*iv.parameters(), *iv.buffers())):
+                logger.info("moving %s to %s (in place)", iv.KIND, handle.device)
+                iv.to(handle.device)
         self.sites = sorted(
             {parse_site(s, handle.n_layers) for iv in unique.values() for s in iv.sites()}
         )
@@ -283,11 +297,13 @@ class Steering:
             loc = hf_location(self.handle, point.loc)
             if loc.io == "output":
                 hook = _output_hook(self, point)
-                stack.enter_context(_removing(loc.module.register_forward_hook(hook)))
+                stack.enter_context(_removing(loc.module.register_forward_hook(hook, prepend=True)))
             else:
                 hook = _input_hook(self, point)
                 stack.enter_context(
-                    _removing(loc.module.register_forward_pre_hook(hook, with_kwargs=True))
+                    _removing(
+                        loc.module.register_forward_pre_hook(hook, with_kwargs=True, prepend=True)
+                    )
                 )
         self._patch_generate(model, stack)
 
@@ -304,7 +320,7 @@ class Steering:
             hp = bridge.hook_dict.get(name)
             if hp is None:
                 raise SiteError(f"the TransformerLens bridge has no hook point {name}")
-            lens = hp.add_hook(lambda t, _p=point, **_: self.run_point(_p, t))
+            lens = hp.add_hook(lambda t, _p=point, **_: self.run_point(_p, t), prepend=True)
             stack.callback(_remove_lens, hp, lens)
         self._patch_generate(bridge, stack)
 

@@ -14,6 +14,7 @@ records them in :meth:`ModelHandle.tokenizer_settings`, which every artifact sto
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -242,8 +243,11 @@ class ModelHandle:
         if "transformer_lens" not in self._views:
             from transformer_lens.model_bridge import TransformerBridge
 
+            # wrappers may change tokenizer settings (padding side): give them a copy
             bridge = TransformerBridge.boot_transformers(
-                str(self.source), hf_model=self.fresh_hf_model(), tokenizer=self.tokenizer
+                str(self.source),
+                hf_model=self.fresh_hf_model(),
+                tokenizer=copy.deepcopy(self.tokenizer),
             )
             self._views["transformer_lens"] = bridge
         return self._views["transformer_lens"]
@@ -259,7 +263,11 @@ class ModelHandle:
             # pipeline rather than an existing model instance; LanguageModel still wraps ours.
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                self._views["nnsight"] = LanguageModel(self.model, tokenizer=self.tokenizer)
+                # its text-generation pipeline sets padding_side="left" on the tokenizer it
+                # gets, so it gets a copy and the handle's explicit settings stay as they are
+                self._views["nnsight"] = LanguageModel(
+                    self.model, tokenizer=copy.deepcopy(self.tokenizer)
+                )
         return self._views["nnsight"]
 
 

@@ -64,3 +64,9 @@ def test_views_are_independent_models(model):
     assert bridge is model.transformer_lens()  # built once
     # the bridge wraps its own copy: steerlab's HF model keeps plain modules
     assert type(model.model.model.layers[0]).__name__ == "LlamaDecoderLayer"
+
+
+def test_wrappers_leave_the_tokenizer_settings_alone(model):
+    model.nnsight()
+    model.transformer_lens()
+    assert model.tokenizer.padding_side == "right"

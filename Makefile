@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all lint bench
+.PHONY: install demo test test-all test-peers lint bench
 
 install:
 	@bash scripts/install.sh
@@ -14,10 +14,14 @@ demo: install
 	$(VENV)/bin/steerlab demo --out runs/demo
 
 test: install
-	$(PY) -m pytest -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -m "not slow and not peer" $(PYTEST_ARGS)
 
-test-all: install
-	$(PY) -m pytest $(PYTEST_ARGS)
+test-all: install test-peers
+	$(PY) -m pytest -m "not peer" $(PYTEST_ARGS)
+
+test-peers: install
+	@bash scripts/peers.sh
+	.venv-peers/bin/python -m pytest -m peer $(PYTEST_ARGS)
 
 lint: install
 	$(VENV)/bin/ruff check steerlab tests benchmarks

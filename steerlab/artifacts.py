@@ -34,6 +34,9 @@ _KIND_MODULES = (
     "steerlab.probes.rlace",
     "steerlab.probes.inlp",
     "steerlab.steering.interventions",
+    "steerlab.steering.vectors",
+    "steerlab.probes.erasure_model",
+    "steerlab.saes.splice",
 )
 
 

@@ -1,0 +1,258 @@
+"""The metrics a steering evaluation is built from, each a small function with a closed form.
+
+- :func:`vader_compound` — VADER's compound sentiment in ``[-1, 1]`` (Hutto & Gilbert 2014),
+  from the ``vaderSentiment`` lexicon that ships with the package.
+- :func:`keyword_hits` — whether a text mentions any keyword (whole words, case-insensitive).
+- :func:`repetition_rate` — ``seq-rep-n = 1 − |unique n-grams| / |n-grams|`` of one text's
+  words (Welleck et al. 2019, "Neural text generation with unlikelihood training").
+- :func:`continuation_scores` — per-token negative log-likelihood of a continuation given its
+  prompt under the (unsteered) model, and optionally each continuation token's projection on a
+  direction at a site; perplexity is ``exp(mean NLL)``.
+- :func:`embed` / :func:`cosine` — sentence embeddings as sentence-transformers computes them
+  for all-MiniLM-L6-v2: mean of the last layer over the attended tokens ([CLS] and [SEP]
+  included), L2-normalised.
+- :func:`harmonic_mean` — AxBench's combination of judge scores: zero if any part is zero.
+- :func:`token_projections` — the projection of every token of a text on a direction.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+from collections.abc import Iterable, Sequence
+from typing import Any, NamedTuple
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from steerlab.sites import hf_location, parse_site
+
+__all__ = [
+    "ContinuationScores",
+    "TokenProjections",
+    "continuation_scores",
+    "cosine",
+    "embed",
+    "harmonic_mean",
+    "keyword_hits",
+    "repetition_rate",
+    "token_projections",
+    "vader_compound",
+    "words",
+]
+
+_WORD = re.compile(r"\w+|[^\w\s]")
+
+
+def words(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens: ``\\w+`` runs and single other characters."""
+    return _WORD.findall(text.lower())
+
+
+@functools.lru_cache(maxsize=1)
+def _vader() -> Any:
+    try:
+        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
+    except ImportError as e:  # pragma: no cover - a declared dependency
+        raise ImportError("sentiment scores need `pip install vaderSentiment`") from e
+    return SentimentIntensityAnalyzer()
+
+
+def vader_compound(texts: Sequence[str]) -> Float[Tensor, " n"]:
+    """VADER compound score of each text (``[-1, 1]``; 0 for an empty text)."""
+    sia = _vader()
+    return torch.tensor([sia.polarity_scores(t)["compound"] for t in texts], dtype=torch.float64)
+
+
+def keyword_hits(texts: Sequence[str], keywords: Iterable[str]) -> Float[Tensor, " n"]:
+    """1.0 for each text that contains any keyword as a whole word (case-insensitive), else 0.
+
+    A keyword may be several words ("stock market"); it matches the same word sequence.
+    """
+    keys = [tuple(words(k)) for k in keywords]
+    keys = [k for k in keys if k]
+    if not keys:
+        raise ValueError("no keywords")
+    out = []
+    for t in texts:
+        w = words(t)
+        grams = {tuple(w[i : i + len(k)]) for k in keys for i in range(len(w) - len(k) + 1)}
+        out.append(float(any(k in grams for k in keys)))
+    return torch.tensor(out, dtype=torch.float64)
+
+
+def repetition_rate(text: str, n: int = 4) -> float:
+    """Fraction of the text's word n-grams that repeat an earlier one: ``1 − unique/total``.
+
+    Words are :func:`words` tokens. A text with fewer than ``n`` words has no n-gram and a rate
+    of 0. Default ``n = 4`` as Welleck et al.'s seq-rep-4; 1.0 is impossible (the first n-gram
+    is always new), a text that loops one word gives ``1 − 1/(len − n + 1)``.
+    """
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    w = words(text)
+    grams = [tuple(w[i : i + n]) for i in range(len(w) - n + 1)]
+    if not grams:
+        return 0.0
+    return 1.0 - len(set(grams)) / len(grams)
+
+
+def harmonic_mean(parts: Float[Tensor, "... k"]) -> Float[Tensor, " *batch"]:
+    """Harmonic mean over the last axis, ``k / Σ 1/x_i``; 0 where any part is 0 (AxBench).
+
+    Parts must be non-negative.
+    """
+    parts = torch.as_tensor(parts, dtype=torch.float64)
+    if (parts < 0).any() or not torch.isfinite(parts).all():
+        raise ValueError("harmonic_mean needs finite non-negative parts")
+    k = parts.shape[-1]
+    zero = (parts == 0).any(-1)
+    safe = torch.where(parts == 0, torch.ones_like(parts), parts)
+    return torch.where(zero, torch.zeros_like(zero, dtype=parts.dtype), k / (1 / safe).sum(-1))
+
+
+class ContinuationScores(NamedTuple):
+    """Per-token scores of continuations under a model, one tensor per continuation."""
+
+    nll: list[Float[Tensor, " n_new"]]
+    """``−log p(y_t | prompt, y_<t)`` of every continuation token (float64)."""
+    projections: list[Float[Tensor, " n_new"]] | None
+    """``⟨h_t, v̂⟩`` at the site for every continuation token, when a direction was given."""
+
+    def perplexity(self) -> Float[Tensor, " n"]:
+        """``exp(mean NLL)`` of each continuation; NaN for an empty one."""
+        return torch.stack([x.mean().exp() if len(x) else torch.tensor(float("nan"),
+                            dtype=torch.float64) for x in self.nll])  # fmt: skip
+
+
+def continuation_scores(
+    handle: Any,
+    prompt_ids: Sequence[Int[Tensor, " n_prompt"]],
+    continuation_ids: Sequence[Int[Tensor, " n_new"]],
+    *,
+    site: str | None = None,
+    direction: Float[Tensor, " d"] | None = None,
+    batch_size: int = 16,
+) -> ContinuationScores:
+    """Score each continuation given its prompt with one forward pass of the model as it is.
+
+    Call it outside any ``steer`` context to score under the unsteered model. Sequences are
+    right-padded; logits at position ``t`` predict token ``t + 1``.
+
+    Args:
+        handle: the causal LM handle.
+        prompt_ids: the prompt tokens of each example (as generation saw them).
+        continuation_ids: the continuation tokens to score.
+        site: with ``direction``: also read each continuation token's activation there.
+        direction: ``[d]``; projections are on ``direction / ‖direction‖``.
+        batch_size: sequences per forward.
+    """
+    if len(prompt_ids) != len(continuation_ids):
+        raise ValueError("one continuation per prompt")
+    if (site is None) != (direction is None):
+        raise ValueError("pass both site and direction, or neither")
+    v = None
+    store: dict[str, Tensor] = {}
+    hook = None
+    if site is not None and direction is not None:
+        v = (direction.double() / torch.linalg.vector_norm(direction.double())).to(handle.device)
+        loc = hf_location(handle, parse_site(site, handle.n_layers))
+
+        def record(_m: Any, args: tuple, kwargs: dict, output: Any = None) -> None:
+            x = output if loc.io == "output" else (args[0] if args else kwargs["hidden_states"])
+            store["h"] = x[0] if isinstance(x, (tuple, list)) else x
+
+        if loc.io == "output":
+            hook = loc.module.register_forward_hook(lambda m, a, o: record(m, a, {}, o))
+        else:
+            hook = loc.module.register_forward_pre_hook(
+                lambda m, a, k: record(m, a, k), with_kwargs=True
+            )
+    pad = handle.tokenizer.pad_token_id or 0
+    nll: list[Tensor] = []
+    proj: list[Tensor] = []
+    try:
+        with torch.no_grad():
+            for s in range(0, len(prompt_ids), batch_size):
+                P = [torch.as_tensor(p).long() for p in prompt_ids[s : s + batch_size]]
+                C = [torch.as_tensor(c).long() for c in continuation_ids[s : s + batch_size]]
+                seqs = [torch.cat([p, c]) for p, c in zip(P, C)]
+                T = max(len(x) for x in seqs)
+                ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+                am = torch.zeros(len(seqs), T, dtype=torch.long)
+                for b, x in enumerate(seqs):
+                    ids[b, : len(x)], am[b, : len(x)] = x, 1
+                dev = handle.device
+                logits = handle.model(input_ids=ids.to(dev), attention_mask=am.to(dev)).logits
+                for b, (p, c) in enumerate(zip(P, C)):
+                    n0, n = len(p), len(c)
+                    # the token at position n0 + t is predicted by the logits at n0 + t − 1;
+                    # log-softmax in float64 over those rows only (the vocabulary is wide)
+                    logp = torch.log_softmax(logits[b, n0 - 1 : n0 - 1 + n].double(), -1)
+                    lp = logp.gather(-1, c.to(dev)[:, None])[:, 0]
+                    nll.append((-lp).cpu())
+                    if v is not None:
+                        proj.append((store["h"][b, n0 : n0 + n].double() @ v).cpu())
+    finally:
+        if hook is not None:
+            hook.remove()
+    return ContinuationScores(nll, proj if v is not None else None)
+
+
+def embed(
+    encoder: Any, texts: Sequence[str], *, batch_size: int = 32, max_length: int = 256
+) -> Float[Tensor, " *batch"]:
+    """Sentence embeddings: mean-pooled last layer over attended tokens, L2-normalised.
+
+    This is what sentence-transformers computes for all-MiniLM-L6-v2 (``1_Pooling``: mean
+    tokens; ``2_Normalize``; ``max_seq_length`` 256), including the [CLS]/[SEP] tokens.
+
+    Args:
+        encoder: an encoder handle, e.g. ``load_model("minilm-l6")``.
+        texts: strings (an empty string embeds its [CLS] [SEP] pair).
+        batch_size: texts per forward.
+        max_length: truncate longer texts (in encoder tokens).
+    """
+    if encoder.is_causal:
+        raise ValueError(f"{encoder.model_id} is a causal LM; pass an encoder (minilm-l6)")
+    tok = encoder.tokenizer
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(texts), batch_size):
+            enc = tok(list(texts[s : s + batch_size]), padding=True, truncation=True,
+                      max_length=max_length, return_tensors="pt").to(encoder.device)  # fmt: skip
+            h = encoder.model(**enc).last_hidden_state.double()  # [batch, pos, d]
+            m = enc["attention_mask"][..., None].double()
+            mean = (h * m).sum(1) / m.sum(1).clamp_min(1)
+            out.append(torch.nn.functional.normalize(mean, dim=-1).cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0, dtype=torch.float64)
+
+
+def cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:
+    """Row-wise cosine similarity."""
+    return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+class TokenProjections(NamedTuple):
+    """Each token of a text with its projection on a direction."""
+
+    tokens: list[str]
+    """Token strings (decoded one by one)."""
+    scores: Float[Tensor, " pos"]
+    """``⟨h_t, v̂⟩`` at the site."""
+
+
+def token_projections(
+    handle: Any, text: str, direction: Float[Tensor, " d"], site: str
+) -> TokenProjections:
+    """Project every token of ``text`` (tokenised as steerlab captures do) on ``direction``."""
+    from steerlab.capture import capture
+
+    cap = capture(handle, [text], site)
+    h = cap[site].double()
+    v = direction.double().to(h.device)
+    scores = h @ (v / torch.linalg.vector_norm(v))
+    ids = cap.token_ids.tolist()
+    toks = [handle.tokenizer.decode([i]) for i in ids]
+    return TokenProjections(toks, scores.cpu())

@@ -1,0 +1,695 @@
+"""Numeric attributes for PLS probes: data, the factual-recall filter, comparison prompts.
+
+Three data sets, after El-Shangiti et al. (NAACL 2025) and Heinzerling & Inui (EACL 2024):
+
+- **numbers in text** (:func:`year_sentences`, ``data/numeric/numbers_in_text.jsonl``):
+  templated sentences that mention a year or a quantity, with the value as target and its
+  character span (the span's last token is the row to probe);
+- **entities with numeric attributes** (:data:`ATTRIBUTES`, ``data/numeric/*.csv``): birth
+  years of famous people, populations of countries, atomic numbers of elements, curated from
+  general knowledge (Wikipedia values). :func:`recall_check` keeps the entities whose value
+  the model completes within a tolerance (greedy decoding of e.g. "Albert Einstein was born
+  in the year");
+- **comparisons** (:func:`comparison_prompts`): "Was X born before Y? Answer:" pairs built from
+  the kept entities; the model's answer is the sign of ``logit(" Yes") − logit(" No")``
+  (:func:`yes_no_margin`).
+
+The causal test (:func:`flip_experiment`, :func:`set_value_experiment`) moves the first
+entity's last-token representation along the first PLS direction by ``α`` (or sets its PLS
+coordinates to those of a target value) with :mod:`steerlab.steering` interventions, and counts
+the comparison answers that flip, against random directions of the same norm.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import math
+import random
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "ATTRIBUTES",
+    "Attribute",
+    "Comparison",
+    "Entities",
+    "NumberSentence",
+    "RecallResult",
+    "comparison_prompts",
+    "flip_experiment",
+    "set_value_experiment",
+    "steered_margins",
+    "data_dir",
+    "load_entities",
+    "load_number_sentences",
+    "number_sentences",
+    "parse_number",
+    "recall_check",
+    "recall_records",
+    "score_completions",
+    "wilson_interval",
+    "yes_no_margin",
+]
+
+
+def data_dir() -> Path:
+    """``data/numeric`` of the steerlab checkout (the curated CSV and JSONL files)."""
+    return Path(__file__).resolve().parents[2] / "data" / "numeric"
+
+
+# --- entities -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Attribute:
+    """A numeric attribute of a kind of entity, with its prompts and recall tolerance."""
+
+    name: str
+    """Short id: ``birth_year``, ``population``, ``atomic_number``."""
+    file: str
+    """CSV file under ``data/numeric``."""
+    column: str
+    """CSV column holding the value."""
+    recall: str
+    """Completion prompt for the recall check; ``{e}`` is the entity."""
+    compare: str
+    """Comparison prompt; ``{a}`` and ``{b}`` are entities, "Yes" means ``value(a) < value(b)``
+    (or ``>`` when ``yes_if_less`` is False)."""
+    yes_if_less: bool
+    """Whether the correct answer is Yes when ``a``'s value is smaller."""
+    tolerance: float
+    """Recall is correct if ``|parsed − true| <= tolerance`` (in ``target`` units)."""
+    max_new_tokens: int = 6
+    """Greedy tokens generated for the recall check (digits are single tokens)."""
+    log_target: bool = False
+    """Probe ``log10(value)`` instead of the value (populations span seven decades)."""
+    multiplier: float = 1.0
+    """Value in the CSV times this is the quantity the prompt asks for."""
+
+    def target(self, values: Tensor) -> Tensor:
+        """The probe target for raw values (``log10`` for populations)."""
+        return values.log10() if self.log_target else values
+
+
+#: The curated attributes. Sources: curated from general knowledge (Wikipedia values); see
+#: ``data/README.md``.
+ATTRIBUTES: dict[str, Attribute] = {
+    "birth_year": Attribute(
+        "birth_year", "birth_years.csv", "birth_year",
+        recall="{e} was born in the year",
+        compare="Was {a} born before {b}? Answer:",
+        yes_if_less=True, tolerance=5, max_new_tokens=5,
+    ),
+    "population": Attribute(
+        "population", "populations.csv", "population_millions",
+        recall="The population of {e} is about",
+        compare="Does {a} have a larger population than {b}? Answer:",
+        yes_if_less=False, tolerance=math.log10(2.0), log_target=True, multiplier=1e6,
+        max_new_tokens=7,
+    ),
+    "atomic_number": Attribute(
+        "atomic_number", "elements.csv", "atomic_number",
+        recall="The atomic number of {e} is",
+        compare="Does {a} have a larger atomic number than {b}? Answer:",
+        yes_if_less=False, tolerance=0, max_new_tokens=4,
+    ),
+}  # fmt: skip
+
+
+class Entities(NamedTuple):
+    """Entities with one numeric attribute."""
+
+    names: list[str]
+    """Entity names as they appear in prompts."""
+    values: Tensor
+    """``[n]`` float64 values in natural units (a year, a head count, an atomic number)."""
+    attribute: Attribute
+    """The attribute and its prompts."""
+
+    def subset(self, keep: Tensor | Sequence[bool]) -> Entities:
+        """The entities where ``keep`` is True."""
+        k = torch.as_tensor(keep, dtype=torch.bool)
+        return Entities([n for n, m in zip(self.names, k.tolist()) if m], self.values[k],
+                        self.attribute)  # fmt: skip
+
+    @property
+    def targets(self) -> Tensor:
+        """Probe targets (``attribute.target(values)``)."""
+        return self.attribute.target(self.values)
+
+
+def load_entities(attribute: str, path: str | Path | None = None) -> Entities:
+    """Read a curated attribute table (``birth_year``, ``population``, ``atomic_number``).
+
+    Args:
+        attribute: a key of :data:`ATTRIBUTES`.
+        path: another CSV with the same columns (default ``data/numeric/<file>``).
+    """
+    if attribute not in ATTRIBUTES:
+        raise ValueError(f"unknown attribute {attribute!r}; choose one of {sorted(ATTRIBUTES)}")
+    spec = ATTRIBUTES[attribute]
+    f = Path(path) if path is not None else data_dir() / spec.file
+    if not f.is_file():
+        raise FileNotFoundError(f"{f} not found (the curated data lives in data/numeric/)")
+    with open(f, newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    if not rows or spec.column not in rows[0]:
+        raise ValueError(f"{f}: expected a column {spec.column!r}")
+    names = [next(iter(r.values())).strip() for r in rows]
+    values = torch.tensor([float(r[spec.column]) * spec.multiplier for r in rows],
+                          dtype=torch.float64)  # fmt: skip
+    if len(set(names)) != len(names):
+        raise ValueError(f"{f}: duplicate entity names")
+    return Entities(names, values, spec)
+
+
+# --- recall check -------------------------------------------------------------------------------
+
+_NUM_RE = re.compile(
+    r"(\d[\d,]*(?:\.\d+)?)\s*(thousand|million|billion|BCE\b|BC\b|B\.C\.)?", re.IGNORECASE
+)
+_SCALE = {"thousand": 1e3, "million": 1e6, "billion": 1e9, "bce": -1, "bc": -1, "b.c.": -1}
+
+
+def parse_number(text: str) -> float:
+    """The first number in ``text`` (commas allowed; "2.5 million" → 2.5e6; "120 BCE" → -120),
+    or ``nan``."""
+    m = _NUM_RE.search(text)
+    if m is None:
+        return float("nan")
+    digits = m.group(1).rstrip(",").replace(",", "")
+    try:
+        v = float(digits)
+    except ValueError:
+        return float("nan")
+    if m.group(2):
+        v *= _SCALE[m.group(2).lower()]
+    return v
+
+
+class RecallResult(NamedTuple):
+    """The model's completions of the recall prompts and which ones are right."""
+
+    completions: list[str]
+    """Greedy continuations."""
+    parsed: Tensor
+    """``[n]`` the first number of each continuation (``nan`` if none)."""
+    correct: Tensor
+    """``[n]`` bool: parsed within the attribute's tolerance (in target units)."""
+
+
+@torch.no_grad()
+def greedy_complete(
+    handle: Any, prompts: Sequence[str], *, max_new_tokens: int = 8, batch_size: int = 16
+) -> list[str]:
+    """Greedy continuations of ``prompts`` (batched with left padding; the handle's BOS rule)."""
+    tok = handle.tokenizer
+    out: list[str] = []
+    side = tok.padding_side
+    try:
+        tok.padding_side = "left"
+        for i in range(0, len(prompts), batch_size):
+            batch = list(prompts[i : i + batch_size])
+            if handle.add_bos:
+                batch = [tok.bos_token + p for p in batch]
+            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(handle.device) for k, v in enc.items()}
+            gen = handle.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                        pad_token_id=tok.pad_token_id)  # fmt: skip
+            new = gen[:, enc["input_ids"].shape[1] :]
+            out.extend(tok.batch_decode(new, skip_special_tokens=True))
+    finally:
+        tok.padding_side = side
+    return out
+
+
+def recall_check(
+    handle: Any,
+    entities: Entities,
+    *,
+    tolerance: float | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 16,
+) -> RecallResult:
+    """Does the model know each entity's value? Greedy-complete the recall prompt and compare.
+
+    Args:
+        handle: the model.
+        entities: from :func:`load_entities`.
+        tolerance: override the attribute's tolerance (target units: years, log10 heads, ...).
+        max_new_tokens: continuation length (default the attribute's).
+        batch_size: prompts per generate call.
+    """
+    spec = entities.attribute
+    prompts = [spec.recall.format(e=n) for n in entities.names]
+    comps = greedy_complete(handle, prompts, max_new_tokens=max_new_tokens or spec.max_new_tokens,
+                            batch_size=batch_size)  # fmt: skip
+    return score_completions(entities, comps, tolerance=tolerance)
+
+
+def score_completions(
+    entities: Entities, completions: Sequence[str], *, tolerance: float | None = None
+) -> RecallResult:
+    """Parse recall completions and compare with the true values (see :func:`recall_check`)."""
+    spec = entities.attribute
+    comps = list(completions)
+    if len(comps) != len(entities.names):
+        raise ValueError(f"{len(comps)} completions for {len(entities.names)} entities")
+    parsed = torch.tensor([parse_number(c) for c in comps], dtype=torch.float64)
+    if spec.log_target:  # "about 67 million" parses to 6.7e7; a bare "67" means millions
+        parsed = torch.where((parsed > 0) & (parsed < 1e4), parsed * spec.multiplier, parsed)
+    tol = spec.tolerance if tolerance is None else tolerance
+    with torch.no_grad():
+        ok = (spec.target(parsed.clamp_min(1e-300)) - entities.targets).abs() <= tol + 1e-9
+    ok = ok & parsed.isfinite()
+    return RecallResult(comps, parsed, ok)
+
+
+# --- comparisons --------------------------------------------------------------------------------
+
+
+class Comparison(NamedTuple):
+    """A two-entity comparison prompt."""
+
+    text: str
+    """The prompt, ending in "Answer:"."""
+    a: int
+    """Index of the first entity."""
+    b: int
+    """Index of the second entity."""
+    yes: bool
+    """Whether " Yes" is the correct answer."""
+    span_a: tuple[int, int]
+    """Character span of ``a`` in ``text``."""
+    span_b: tuple[int, int]
+    """Character span of ``b`` in ``text``."""
+
+
+def comparison_prompts(
+    entities: Entities,
+    *,
+    per_entity: int = 8,
+    min_gap: float = 0.0,
+    seed: int = 0,
+    template: str | None = None,
+) -> list[Comparison]:
+    """Pairs ``(a, b)`` where every entity appears ``per_entity`` times as ``b``.
+
+    Partners are drawn at random among entities whose target differs by more than
+    ``min_gap`` (target units), so the answer is unambiguous; Yes and No answers come out
+    about equally often.
+    """
+    spec = entities.attribute
+    tmpl = template or spec.compare
+    if "{a}" not in tmpl or "{b}" not in tmpl or tmpl.index("{a}") > tmpl.index("{b}"):
+        raise ValueError("the comparison template needs {a} before {b}")
+    t = entities.targets.tolist()
+    rng = random.Random(seed)
+    out = []
+    for b in range(len(t)):
+        partners = [a for a in range(len(t)) if a != b and abs(t[a] - t[b]) > min_gap]
+        if not partners:
+            continue
+        for a in rng.sample(partners, min(per_entity, len(partners))):
+            na, nb = entities.names[a], entities.names[b]
+            pre = tmpl[: tmpl.index("{a}")]
+            mid = tmpl[tmpl.index("{a}") + 3 : tmpl.index("{b}")]
+            text = tmpl.format(a=na, b=nb)
+            sa = (len(pre), len(pre) + len(na))
+            sb0 = sa[1] + len(mid)
+            less = t[a] < t[b]
+            out.append(Comparison(text, a, b, less == spec.yes_if_less, sa, (sb0, sb0 + len(nb))))
+    return out
+
+
+@torch.no_grad()
+def yes_no_margin(
+    handle: Any, prompts: Sequence[str], *, batch_size: int = 32, yes: str = " Yes", no: str = " No"
+) -> Tensor:
+    """``logit(yes) − logit(no)`` at the last prompt token: ``[n]`` (> 0 means the model says Yes).
+
+    Prompts are right-padded and tokenised like every steerlab capture, so interventions that
+    use :func:`steerlab.steering.positions.spans` on the same texts line up with them.
+    """
+    from steerlab.capture.positions import encode_texts
+
+    tok = handle.tokenizer
+    ids = [tok(w, add_special_tokens=False)["input_ids"] for w in (yes, no)]
+    if any(len(i) != 1 for i in ids):
+        raise ValueError(f"{yes!r} and {no!r} must each be one token, got {ids}")
+    out = []
+    for i in range(0, len(prompts), batch_size):
+        enc = encode_texts(handle, list(prompts[i : i + batch_size]))
+        am = enc.attention_mask.to(handle.device)
+        logits = handle.model(input_ids=enc.input_ids.to(handle.device), attention_mask=am).logits
+        last = am.sum(1) - 1
+        lg = logits[torch.arange(len(last)), last].float()
+        out.append((lg[:, ids[0][0]] - lg[:, ids[1][0]]).cpu())
+    return torch.cat(out)
+
+
+def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion ``k/n`` (95% for ``z = 1.96``)."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = k / n
+    den = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+# --- numbers in text -----------------------------------------------------------------------------
+
+
+class NumberSentence(NamedTuple):
+    """A sentence mentioning a number, with the number's value and character span."""
+
+    text: str
+    value: float
+    span: tuple[int, int]
+    kind: str
+    """``"year"`` or ``"quantity"``."""
+    template: int
+    """Index of the template it came from."""
+
+
+YEAR_TEMPLATES = (
+    "The treaty was signed in {v}.",
+    "In {v}, the city built a new bridge over the river.",
+    "She was born in {v} in a small village.",
+    "The company was founded in {v} by two brothers.",
+    "By {v}, the railway had reached the coast.",
+    "The cathedral was completed in {v} after decades of work.",
+    "He moved to London in {v} to study law.",
+    "The war ended in {v} with a fragile peace.",
+    "The painting, finished in {v}, now hangs in the national museum.",
+    "Records from {v} describe a severe winter.",
+    "The university opened its doors in {v}.",
+    "A great fire destroyed the market in {v}.",
+    "The king died in {v} without an heir.",
+    "Their first album was released in {v}.",
+    "The law was passed in {v} after a long debate.",
+    "The ship sank off the coast in {v}.",
+    "In the year {v}, a comet was seen over Europe.",
+    "The castle was besieged in {v}.",
+    "The library holds a manuscript copied in {v}.",
+    "The first edition of the book appeared in {v}.",
+    "The town was granted a charter in {v}.",
+    "The bridge collapsed in {v} during a storm.",
+    "The museum was renovated in {v}.",
+    "The poet wrote the letter in {v}.",
+    "The census of {v} counted every household.",
+    "Coins minted in {v} are now rare.",
+    "The expedition set out in {v} and never returned.",
+    "The church bells were cast in {v}.",
+    "The harbour froze completely in the winter of {v}.",
+    "The observatory recorded an eclipse in {v}.",
+    "In {v} the river flooded the lower town.",
+    "The map was drawn in {v} by a monk.",
+    "Elections were held in {v} for the first time.",
+    "The abbey was founded in {v}.",
+    "The old mill burned down in {v}.",
+    "The two cities signed a trade agreement in {v}.",
+    "The tower, built in {v}, still stands today.",
+    "The family emigrated in {v}.",
+    "The festival was first celebrated in {v}.",
+    "The plague reached the port in {v}.",
+)
+
+QUANTITY_TEMPLATES = (
+    "The bridge is {v} meters long.",
+    "The farm has {v} sheep.",
+    "The library owns {v} books about astronomy.",
+    "About {v} people attended the concert.",
+    "The mountain hut sits at {v} meters above the sea.",
+    "The school has {v} students this year.",
+    "The recipe needs {v} grams of flour.",
+    "The village counted {v} inhabitants.",
+    "The ship carried {v} passengers.",
+    "They planted {v} trees along the road.",
+)
+
+
+def number_sentences(
+    n_years: int = 1500,
+    n_quantities: int = 500,
+    *,
+    year_range: tuple[int, int] = (1000, 2020),
+    quantity_range: tuple[int, int] = (2, 999),
+    seed: int = 0,
+) -> list[NumberSentence]:
+    """Templated sentences with a uniformly drawn year or quantity (deterministic in ``seed``)."""
+    rng = random.Random(seed)
+    out = []
+    for kind, n, tmpls, (lo, hi) in (
+        ("year", n_years, YEAR_TEMPLATES, year_range),
+        ("quantity", n_quantities, QUANTITY_TEMPLATES, quantity_range),
+    ):
+        for _ in range(n):
+            i = rng.randrange(len(tmpls))
+            v = rng.randint(lo, hi)
+            t = tmpls[i]
+            start = t.index("{v}")
+            text = t.format(v=v)
+            out.append(NumberSentence(text, float(v), (start, start + len(str(v))), kind, i))
+    return out
+
+
+def load_number_sentences(
+    path: str | Path | None = None, kind: str | None = None
+) -> list[NumberSentence]:
+    """Read ``data/numeric/numbers_in_text.jsonl`` (or ``path``), optionally one ``kind``.
+
+    Each line holds ``text``, ``value``, ``start``, ``end``, ``kind``, ``template``; the span
+    must cover exactly the value's digits, or a :class:`ValueError` names the line.
+    """
+    f = Path(path) if path is not None else data_dir() / "numbers_in_text.jsonl"
+    out = []
+    for i, line in enumerate(f.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        r = json.loads(line)
+        s, e = int(r["start"]), int(r["end"])
+        digits = r["text"][s:e]
+        if not (0 <= s < e <= len(r["text"])) or digits.replace(",", "") != f"{r['value']:g}":
+            raise ValueError(
+                f"{f}:{i}: span {(s, e)} covers {digits!r}, not the value {r['value']:g}"
+            )
+        if kind is None or r["kind"] == kind:
+            out.append(NumberSentence(r["text"], float(r["value"]), (s, e), r["kind"],
+                                      int(r["template"])))  # fmt: skip
+    return out
+
+
+def write_number_sentences(path: str | Path, sentences: Sequence[NumberSentence]) -> Path:
+    """Write sentences as JSONL (the format :func:`load_number_sentences` reads)."""
+    p = Path(path)
+    with open(p, "w") as fh:
+        for s in sentences:
+            rec = {"text": s.text, "value": s.value, "start": s.span[0], "end": s.span[1],
+                   "kind": s.kind, "template": s.template}  # fmt: skip
+            fh.write(json.dumps(rec) + "\n")
+    return p
+
+
+def recall_records(entities: Entities, result: RecallResult) -> list[dict[str, Any]]:
+    """JSON-ready rows ``name, value, completion, parsed, correct`` of a recall check."""
+    return [
+        {"name": n, "value": float(v), "completion": c,
+         "parsed": None if math.isnan(p) else p, "correct": bool(ok)}
+        for n, v, c, p, ok in zip(entities.names, entities.values.tolist(), result.completions,
+                                  result.parsed.tolist(), result.correct.tolist())
+    ]  # fmt: skip
+
+
+def rows_by(items: Sequence[Any], key: Callable[[Any], Any]) -> Tensor:
+    """Integer group ids ``[n]`` of ``items`` by ``key`` (first-seen order)."""
+    ids: dict[Any, int] = {}
+    return torch.tensor([ids.setdefault(key(x), len(ids)) for x in items], dtype=torch.long)
+
+
+# --- the causal test ----------------------------------------------------------------------------
+
+
+class FlipExperiment(NamedTuple):
+    """Answer flips when the first entity's representation is moved, per direction and α."""
+
+    rows: list[dict[str, Any]]
+    """One row per (direction, α): ``flips``, ``n``, ``flip_rate`` and its Wilson 95%
+    interval ``ci_low``/``ci_high``; ``directed`` (flips the way the edit predicts) with
+    ``directed_rate``/``directed_low``/``directed_high``; ``mean_shift`` of the Yes−No margin
+    towards the predicted answer."""
+    baseline: Tensor
+    """``[n]`` unsteered ``logit(Yes) − logit(No)``."""
+    accuracy: float
+    """Share of prompts the unsteered model answers correctly."""
+
+
+def steered_margins(
+    handle: Any,
+    comparisons: Sequence[Comparison],
+    make: Callable[[Any], Any],
+    *,
+    batch_size: int = 32,
+) -> Tensor:
+    """Yes−No margins with an intervention at the last token of entity ``a`` of each prompt.
+
+    ``make(positions)`` builds the intervention(s) for one batch, given the
+    :func:`steerlab.steering.positions.spans` rule of that batch (per-example prompt ranks
+    only hold for a batch of exactly those texts, so the rule is rebuilt per batch).
+    """
+    from steerlab.steering import spans, steer
+
+    out = []
+    for i in range(0, len(comparisons), batch_size):
+        chunk = comparisons[i : i + batch_size]
+        texts = [c.text for c in chunk]
+        pos = spans(handle, texts, [c.span_a for c in chunk], "last")
+        with steer(handle, make(pos)):
+            out.append(yes_no_margin(handle, texts, batch_size=len(texts)))
+    return torch.cat(out)
+
+
+def _flip_row(direction: str, alpha: float, m0: Tensor, m: Tensor, toward_yes: Tensor) -> dict:
+    flips = (m0 > 0) != (m > 0)
+    directed = flips & ((m > 0) == toward_yes)
+    n, k, kd = flips.numel(), int(flips.sum()), int(directed.sum())
+    lo, hi = wilson_interval(k, n)
+    dlo, dhi = wilson_interval(kd, n)
+    sign = torch.where(toward_yes, 1.0, -1.0)
+    return {
+        "direction": direction, "alpha": alpha, "flips": k, "n": n, "flip_rate": k / n,
+        "ci_low": lo, "ci_high": hi, "directed": kd, "directed_rate": kd / n,
+        "directed_low": dlo, "directed_high": dhi,
+        "mean_shift": float(((m - m0) * sign).mean()),
+    }  # fmt: skip
+
+
+def flip_experiment(
+    handle: Any,
+    comparisons: Sequence[Comparison],
+    direction: Tensor,
+    layer: int,
+    alphas: Sequence[float],
+    *,
+    unit: float = 1.0,
+    increases_value: bool = True,
+    yes_if_less: bool = True,
+    n_random: int = 3,
+    seed: int = 0,
+    kind: str = "resid_post",
+    batch_size: int = 32,
+) -> FlipExperiment:
+    """Move entity ``a``'s last-token representation along ``direction`` by ``α·unit`` and count
+    answer flips, against random directions of the same norm (El-Shangiti et al. 2025, §4).
+
+    Args:
+        handle: the model.
+        comparisons: prompts from :func:`comparison_prompts`.
+        direction: ``[d_model]`` e.g. ``PLSProbe.direction`` (normalised here).
+        layer: the edit is applied at ``<kind>.<layer>`` (the site the probe was fitted on).
+        alphas: strengths, in units of ``unit``.
+        unit: length of α = 1 in activation units (e.g. the spread of the entities' PLS
+            coordinate), the same for the random directions.
+        increases_value: whether ``+direction`` raises the probe's prediction (orients the
+            "directed" count).
+        yes_if_less: the attribute's answer rule (:attr:`Attribute.yes_if_less`).
+        n_random: random Gaussian directions (each over every prompt; pooled counts).
+        seed: seed of the random directions.
+        kind: site kind.
+        batch_size: prompts per forward.
+    """
+    from steerlab.steering import AddVector
+
+    site = f"{kind}.{layer}"
+    u = direction.detach().double().cpu()
+    u = u / torch.linalg.vector_norm(u)
+    g = torch.Generator().manual_seed(seed)
+    randoms = [torch.randn(u.shape[0], generator=g, dtype=torch.float64) for _ in range(n_random)]
+    m0 = yes_no_margin(handle, [c.text for c in comparisons], batch_size=batch_size)
+    truth = torch.tensor([c.yes for c in comparisons])
+    rows = []
+    for alpha in alphas:
+        # raising a's value makes "a < b" less likely: Yes gets less likely iff yes_if_less
+        up = (alpha > 0) == increases_value
+        toward_yes = torch.full_like(truth, up != yes_if_less)
+        for name, vecs in (("pls", [u]), ("random", randoms)):
+            ms = []
+            for v in vecs:
+
+                def make(pos, v=v):
+                    return AddVector(v.float(), alpha * unit, site, pos)
+
+                ms.append(steered_margins(handle, comparisons, make, batch_size=batch_size))
+            m = torch.cat(ms)
+            rows.append(_flip_row(name, float(alpha), m0.repeat(len(vecs)), m,
+                                  toward_yes.repeat(len(vecs))))  # fmt: skip
+    acc = float(((m0 > 0) == truth).double().mean())
+    return FlipExperiment(rows, m0, acc)
+
+
+def set_value_experiment(
+    handle: Any,
+    comparisons: Sequence[Comparison],
+    probe: Any,
+    layer: int,
+    entities: Entities,
+    *,
+    offset: float,
+    kind: str = "resid_post",
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Set entity ``a``'s PLS coordinates to those of value ``value(b) ± offset`` and count how
+    often the answer becomes the one that value implies (``SetCoords`` with
+    :meth:`PLSProbe.coords_for_value`).
+
+    Half the prompts (even index) get ``value(b) − offset`` (a becomes smaller than b), the
+    others ``value(b) + offset``. Returns agreement with the implied answers before and after,
+    with Wilson intervals.
+    """
+    from steerlab.steering import SetCoords
+
+    sub = probe.subspace()
+    t = entities.targets
+    lower = torch.tensor([i % 2 == 0 for i in range(len(comparisons))])
+    goal = torch.stack([t[c.b] - offset if lo else t[c.b] + offset
+                        for c, lo in zip(comparisons, lower.tolist())])  # fmt: skip
+    coords = probe.coords_for_value(goal).float()
+    implied_yes = lower == entities.attribute.yes_if_less  # a smaller than b
+    site = f"{kind}.{layer}"
+    m0 = yes_no_margin(handle, [c.text for c in comparisons], batch_size=batch_size)
+    out = []
+    for i in range(0, len(comparisons), batch_size):
+        chunk = comparisons[i : i + batch_size]
+        cc = coords[i : i + batch_size]
+
+        def make(pos, cc=cc):
+            # one SetCoords per example (each has its own target), applied per example
+            return [[SetCoords(sub.to(dtype=torch.float32), c, site, pos)] for c in cc]
+
+        from steerlab.steering import spans, steer
+
+        texts = [c.text for c in chunk]
+        pos = spans(handle, texts, [c.span_a for c in chunk], "last")
+        with steer(handle, make(pos), per_example=True):
+            out.append(yes_no_margin(handle, texts, batch_size=len(texts)))
+    m = torch.cat(out)
+    n = len(comparisons)
+    before = int(((m0 > 0) == implied_yes).sum())
+    after = int(((m > 0) == implied_yes).sum())
+    return {
+        "offset": offset, "n": n, "k": sub.k,
+        "agree_before": before, "agree_after": after,
+        "before_ci": wilson_interval(before, n), "after_ci": wilson_interval(after, n),
+    }  # fmt: skip

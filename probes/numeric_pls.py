@@ -1,0 +1,249 @@
+"""PLS subspaces for numeric attributes, after El-Shangiti et al. (NAACL 2025), on one model.
+
+    python probes/numeric_pls.py                       # embedded SmolLM2-135M, all stages
+    python probes/numeric_pls.py --stages years        # only numbers in text
+
+Stages (each writes into --out, default runs/numeric_pls/):
+
+- ``years``: sentences mentioning a year (and a quantity) from data/numeric/numbers_in_text.jsonl;
+  residuals at the number's last digit, every layer in one capture pass; a PLS probe per layer
+  (components by 5-fold CV, 10% held out): held-out R² and MAE per layer.
+- ``entities``: birth years, populations (log10), atomic numbers. The factual-recall check
+  (greedy completion, cached in recall_<attribute>.json) filters the entities; the entity's last
+  token in its comparison prompt ("Was X born before") is probed per layer, for all curated
+  entities and for the recall-filtered ones.
+- ``flips``: the first PLS direction of birth years (fitted on all curated people at the best
+  layer) moves X in "Was X born before Y? Answer:" (X, Y among the recalled people) by α, in
+  units of the people's spread along it; answer flips (sign of logit " Yes" − logit " No")
+  against random directions of the same norm, with Wilson 95% intervals; and SetCoords to the
+  PLS coordinates of value(Y) ± 100 years.
+
+Results: results.json (every number printed) and report.html (figures).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from steerlab import load_model
+from steerlab.probes.numeric import (
+    ATTRIBUTES,
+    comparison_prompts,
+    flip_experiment,
+    load_entities,
+    load_number_sentences,
+    recall_check,
+    recall_records,
+    score_completions,
+    set_value_experiment,
+)
+from steerlab.probes.pls import PLSConfig, fit_pls
+from steerlab.probes.sweep import capture_layers, format_table, pls_sweep
+from steerlab.views import write_html
+from steerlab.views.probes import flip_rates, layer_curves, pls_components
+
+
+def _best(rows):
+    return max(rows, key=lambda r: r["r2"])
+
+
+def stage_years(model, args, results, figs):
+    sents = load_number_sentences()
+    for kind, n in (("year", args.n_years), ("quantity", args.n_quantities)):
+        rows_in = [s for s in sents if s.kind == kind][:n]
+        if not rows_in:
+            continue
+        t0 = time.time()
+        cap = capture_layers(model, [s.text for s in rows_in], [s.span for s in rows_in],
+                             batch_size=args.batch_size)  # fmt: skip
+        y = torch.tensor([s.value for s in rows_in], dtype=torch.float64)
+        rows = pls_sweep(cap.acts, y, PLSConfig(max_components=args.max_components))
+        best = _best(rows)
+        print(f"\n[{kind}s in text] n={len(rows_in)}  ({time.time() - t0:.0f} s)")
+        print(format_table(rows, ["layer", "r2", "mae", "cv_r2", "n_components"]))
+        print(f"best layer {best['layer']}: held-out R² {best['r2']:.3f}, MAE {best['mae']:.1f}")
+        results[f"{kind}s_in_text"] = {"n": len(rows_in), "rows": rows, "best": best}
+        figs[f"{kind}s in text"] = rows
+
+
+def stage_entities(model, args, results, figs, out):
+    ents = {}
+    for attr in args.attributes:
+        e = load_entities(attr)
+        cache = out / f"recall_{attr}.json"
+        if cache.is_file() and not args.redo_recall:
+            rec = json.loads(cache.read_text())["rows"]
+            if [r["name"] for r in rec] != e.names:
+                raise SystemExit(f"{cache} is stale (other entities); rerun with --redo-recall")
+            # re-scored from the cached completions, so parser fixes need no new generation
+            keep = score_completions(e, [r["completion"] for r in rec]).correct
+        else:
+            t0 = time.time()
+            r = recall_check(model, e, batch_size=args.batch_size)
+            cache.write_text(json.dumps({"attribute": attr, "model": model.model_id,
+                                         "tolerance": e.attribute.tolerance,
+                                         "rows": recall_records(e, r)}, indent=1))  # fmt: skip
+            keep = r.correct
+            print(f"recall check {attr}: {time.time() - t0:.0f} s")
+        spec = e.attribute
+        prefix = spec.compare[: spec.compare.index("{a}")]
+        t0 = time.time()
+        cap = capture_layers(model, [prefix + n for n in e.names], "last",
+                             batch_size=args.batch_size)  # fmt: skip
+        info = {"n_curated": len(e.names), "n_kept": int(keep.sum()),
+                "tolerance": spec.tolerance, "target": "log10" if spec.log_target else "value"}  # fmt: skip
+        cfg = PLSConfig(max_components=args.max_components, test_fraction=0.2)
+        for which, mask in (("all", torch.ones_like(keep)), ("kept", keep)):
+            if int(mask.sum()) < 30:
+                info[which] = None
+                continue
+            acts = {L: x[mask] for L, x in cap.acts.items()}
+            rows = pls_sweep(acts, e.targets[mask], cfg)
+            info[which] = {"rows": rows, "best": _best(rows)}
+            figs[f"{attr} ({which})"] = rows
+        print(f"\n[{attr}] curated {info['n_curated']}, kept by recall {info['n_kept']} "
+              f"({time.time() - t0:.0f} s)")  # fmt: skip
+        for which in ("all", "kept"):
+            if info[which] is not None:
+                b = info[which]["best"]
+                print(
+                    f"  {which:>4}: best layer {b['layer']}: held-out R² {b['r2']:.3f}, "
+                    f"MAE {b['mae']:.3g} (n_test {b['n_test']}, {b['n_components']} comps)"
+                )
+        results.setdefault("entities", {})[attr] = info
+        ents[attr] = (e, keep, cap)
+    return ents
+
+
+def stage_flips(model, args, results, ents, figures):
+    e, keep, cap = ents["birth_year"]
+    # the probe is fitted on every curated person (more rows: a steadier direction); the
+    # comparison prompts use the people the model recalls (or everyone if too few)
+    rows = results["entities"]["birth_year"]["all"]["rows"]
+    layer = args.flip_layer if args.flip_layer is not None else _best(rows)["layer"]
+    x = cap.acts[layer].double()
+    res = fit_pls(x, e.targets, PLSConfig(max_components=args.max_components, test_fraction=0.2),
+                  meta={"site": f"resid_post.{layer}", "target": "birth_year"})  # fmt: skip
+    probe = res.probe
+    u = probe.direction
+    coords = probe.subspace(1).project(x)[:, 0]
+    unit = float(coords.std())
+    increases = bool(float(u.double() @ probe.coef.double()) > 0)
+    scores = probe.transform(x)
+    if probe.n_components < 2:
+        scores = torch.stack([scores[:, 0], torch.zeros(len(x), dtype=scores.dtype)], 1)
+    figures["birth years in the top two PLS components"] = pls_components(
+        scores[:, :2], e.values, e.names, value_name="birth year",
+        title=f"People in the top two PLS components (resid_post.{layer}); "
+              f"{int(keep.sum())} recalled of {len(e.names)}",
+    )  # fmt: skip
+    use = keep if int(keep.sum()) >= 20 else torch.ones_like(keep)
+    which = "kept" if use is keep else "all"
+    sub_e = e.subset(use)
+    cmp = comparison_prompts(sub_e, per_entity=args.per_entity, min_gap=args.min_gap, seed=0)
+    g = torch.Generator().manual_seed(0)
+    cmp = [cmp[i] for i in torch.randperm(len(cmp), generator=g)[: args.n_prompts].tolist()]
+    t0 = time.time()
+    exp = flip_experiment(model, cmp, u, layer, args.alphas, unit=unit, increases_value=increases,
+                          yes_if_less=True, n_random=args.n_random,
+                          batch_size=args.batch_size)  # fmt: skip
+    print(f"\n[flips] birth_year ({which}: {len(sub_e.names)} people), resid_post.{layer}, "
+          f"{len(cmp)} prompts, unsteered accuracy {exp.accuracy:.3f}; α unit = {unit:.3g} "
+          f"(spread of the PLS coordinate); PLS test R² {res.test.r2:.3f} "
+          f"({time.time() - t0:.0f} s)")  # fmt: skip
+    print(
+        format_table(
+            exp.rows,
+            [
+                "direction",
+                "alpha",
+                "flips",
+                "n",
+                "flip_rate",
+                "ci_low",
+                "ci_high",
+                "directed",
+                "directed_rate",
+                "mean_shift",
+            ],
+        )
+    )
+    setc = set_value_experiment(model, cmp, probe, layer, sub_e, offset=args.set_offset,
+                                batch_size=args.batch_size)  # fmt: skip
+    print(
+        f"[set coords] k={setc['k']} to value(Y) ± {args.set_offset:g}: answers agreeing with "
+        f"the set value {setc['agree_before']}/{setc['n']} before → {setc['agree_after']}/"
+        f"{setc['n']} after (95% CI {setc['after_ci'][0]:.3f}–{setc['after_ci'][1]:.3f})"
+    )
+    results["flips"] = {"layer": layer, "entities": which, "n_entities": len(sub_e.names),
+                        "n_prompts": len(cmp), "unit": unit, "accuracy": exp.accuracy,
+                        "probe_test_r2": res.test.r2, "n_components": res.n_components,
+                        "rows": exp.rows, "set_coords": setc}  # fmt: skip
+    figures["α vs answer flips (PLS vs random)"] = flip_rates(
+        exp.rows, title=f"Answer flips, birth-year comparisons, resid_post.{layer}"
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--out", default="runs/numeric_pls")
+    ap.add_argument("--stages", nargs="+", default=["years", "entities", "flips"],
+                    choices=["years", "entities", "flips"])  # fmt: skip
+    ap.add_argument("--n-years", type=int, default=1000)
+    ap.add_argument("--n-quantities", type=int, default=300)
+    ap.add_argument("--attributes", nargs="+", default=list(ATTRIBUTES), choices=list(ATTRIBUTES))
+    ap.add_argument("--max-components", type=int, default=10)
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--redo-recall", action="store_true")
+    ap.add_argument("--tag", default="", help="suffix of results<tag>.json / report<tag>.html")
+    ap.add_argument("--flip-layer", type=int, default=None, help="default: best R² layer")
+    ap.add_argument("--alphas", type=float, nargs="+", default=[-8.0, -4.0, 4.0, 8.0])
+    ap.add_argument("--n-prompts", type=int, default=120)
+    ap.add_argument("--n-random", type=int, default=2)
+    ap.add_argument("--per-entity", type=int, default=4, help="prompts per person as Y")
+    ap.add_argument("--min-gap", type=float, default=20.0, help="years between X and Y")
+    ap.add_argument("--set-offset", type=float, default=100.0)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.model)
+    results: dict = {"model": model.model_id, "args": vars(args)}
+    curves: dict = {}
+    figures: dict = {}
+    if "years" in args.stages:
+        stage_years(model, args, results, curves)
+    ents = {}
+    if "entities" in args.stages or "flips" in args.stages:
+        if "flips" in args.stages and "birth_year" not in args.attributes:
+            args.attributes.append("birth_year")
+        ents = stage_entities(model, args, results, curves, out)
+    if "flips" in args.stages:
+        stage_flips(model, args, results, ents, figures)
+    figs = {}
+    if curves:
+        figs["Held-out R² of the PLS probe per layer"] = layer_curves(
+            curves, ["r2"], title="PLS probe: held-out R² per layer", y_title="held-out R²"
+        )
+    figs.update(figures)
+    (out / f"results{args.tag}.json").write_text(json.dumps(results, indent=1, default=float))
+    if figs:
+        write_html(
+            figs,
+            out / f"report{args.tag}.html",
+            title="Numeric PLS probes",
+            notes=f"Model {model.model_id}. Command: python {' '.join(sys.argv)}",
+        )
+    print(f"\nwrote {out}/results{args.tag}.json and report{args.tag}.html")
+
+
+if __name__ == "__main__":
+    main()

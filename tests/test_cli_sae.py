@@ -112,11 +112,13 @@ def test_killed_train_resumes_bit_exact(tmp_path):
     a, b = load_sae(ref_out / "sae"), load_sae(out / "sae")
     for n in ("W_enc", "b_enc", "W_dec", "b_dec"):
         assert torch.equal(getattr(a, n), getattr(b, n)), n
-    # the log has each step once, in order, as the uninterrupted run's
+    # the log has each step at most once, in order. Only the line of the checkpoint step may
+    # be missing: train() writes the checkpoint, then calls back, and the kill can fall between
     steps = [json.loads(ln)["step"] for ln in (out / "train_log.jsonl").read_text().splitlines()]
     ref_steps = [json.loads(ln)["step"]
                  for ln in (ref_out / "train_log.jsonl").read_text().splitlines()]
-    assert steps == ref_steps
+    assert steps == sorted(set(steps)) and set(steps) <= set(ref_steps)
+    assert set(ref_steps) - set(steps) <= {partial["step"]}
     # a finished run rerun is a no-op that rewrites the same weights
     r = subprocess.run(_train_args(store, out), env=env, capture_output=True, text=True)
     assert r.returncode == 0 and torch.equal(load_sae(out / "sae").W_dec, a.W_dec)

@@ -258,7 +258,7 @@ def _context_html(tokenizer: Any, ids: list[int], pos: int, window: int) -> str:
     left = tokenizer.decode(ids[max(0, pos - window) : pos])
     tok = tokenizer.decode(ids[pos : pos + 1])
     right = tokenizer.decode(ids[pos + 1 : pos + 1 + window])
-    esc = lambda s: html.escape(s).replace("\n", "↵")  # noqa: E731
+    esc = lambda s: html.escape(s, quote=False).replace("\n", "↵")  # noqa: E731
     return (f"{esc(left)}<b><span style='color:#d62728'>[{esc(tok)}]</span></b>"
             f"{esc(right)}")  # fmt: skip
 
@@ -315,8 +315,8 @@ def latent_dashboard(
             header={"values": ["act", "top-activating contexts"], "align": "left"},
             cells={"values": [values, contexts], "align": "left", "height": 26},
         ), row=1, col=1)  # fmt: skip
-        up = [html.escape(tok.decode([t])) for t in eff.top_ids[li].tolist()]
-        down = [html.escape(tok.decode([t])) for t in eff.bottom_ids[li].tolist()]
+        up = [html.escape(tok.decode([t]), quote=False) for t in eff.top_ids[li].tolist()]
+        down = [html.escape(tok.decode([t]), quote=False) for t in eff.bottom_ids[li].tolist()]
         fig.add_trace(go.Table(
             header={"values": ["promoted", "", "suppressed", ""], "align": "left"},
             cells={"values": [up, [f"{v:+.2f}" for v in eff.top_values[li].tolist()],

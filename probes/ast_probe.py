@@ -152,7 +152,9 @@ def main() -> None:
 
     def features(h, feature_sites: list[str]):
         t = time.perf_counter()
-        f = cached_leaf_features(h, snippets, out / "features" / h.model_id, feature_sites)
+        f = cached_leaf_features(
+            h, snippets, out / "features" / h.model_id, feature_sites, part_size=200, chunk_size=32
+        )
         print(
             f"{h.model_id} leaf features: {f} in {time.perf_counter() - t:.0f} s "
             f"(straddling tokens: {f.meta['straddling_tokens']})"

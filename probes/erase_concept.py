@@ -67,7 +67,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rlace-ranks", default="1,2,4")
     ap.add_argument("--rlace-iter", type=int, default=1500, help="R-LACE game iterations")
-    ap.add_argument("--rlace-lr", type=float, default=0.05, help="both players (rescaled inputs)")
+    ap.add_argument("--rlace-lr", type=float, default=0.02, help="both players (rescaled inputs)")
     ap.add_argument("--rlace-eval-every", type=int, default=100)
     ap.add_argument("--inlp-iter", type=int, default=40, help="most INLP classifiers")
     ap.add_argument("--tolerance", type=float, default=0.02, help="'at majority' tolerance")
@@ -129,7 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3. accuracy vs rank for the three methods
     rcfg = RlaceConfig(max_iter=args.rlace_iter, eval_every=args.rlace_eval_every,
-                       lr_P=args.rlace_lr, lr_predictor=args.rlace_lr, epsilon=0.01,
+                       lr_P=args.rlace_lr, lr_predictor=args.rlace_lr, epsilon=0.001,
                        dtype="float32", seed=args.seed)  # fmt: skip
     icfg = InlpConfig(n_iter=args.inlp_iter, epsilon=0.01, seed=args.seed)
     curves = accuracy_vs_rank(xtr, ytr, xte, yte, rlace_ranks=_ints(args.rlace_ranks),
@@ -208,6 +208,7 @@ def main(argv: list[str] | None = None) -> dict:
         "n_test": int(test.sum()),
         "site": site,
         "majority": maj,
+        "constant": curves.constant,
         "probe_by_site": {s: v._asdict() for s, v in scores.items()},
         "accuracy_vs_rank": curves.to_json(),
         "inlp_directions_needed": needed,

@@ -13,7 +13,7 @@ Stages (each writes into --out, default runs/numeric_pls/):
   token in its comparison prompt ("Was X born before") is probed per layer, for all curated
   entities and for the recall-filtered ones.
 - ``flips``: the first PLS direction of birth years (fitted on all curated people at the best
-  layer) moves X in "Was X born before Y? Answer:" (X, Y among the recalled people) by α, in
+  layer of the first half of the network) moves X in "Was X born before Y? Answer:" (X, Y among the recalled people) by α, in
   units of the people's spread along it; answer flips (sign of logit " Yes" − logit " No")
   against random directions of the same norm, with Wilson 95% intervals; and SetCoords to the
   PLS coordinates of value(Y) ± 100 years.
@@ -127,7 +127,10 @@ def stage_flips(model, args, results, ents, figures):
     # the probe is fitted on every curated person (more rows: a steadier direction); the
     # comparison prompts use the people the model recalls (or everyone if too few)
     rows = results["entities"]["birth_year"]["all"]["rows"]
-    layer = args.flip_layer if args.flip_layer is not None else _best(rows)["layer"]
+    # an edit of resid_post.L at X only reaches the answer through the blocks after L, and the
+    # last block's output at X is read by nothing: search the first half of the network
+    early = [r for r in rows if r["layer"] < model.n_layers // 2]
+    layer = args.flip_layer if args.flip_layer is not None else _best(early)["layer"]
     x = cap.acts[layer].double()
     res = fit_pls(x, e.targets, PLSConfig(max_components=args.max_components, test_fraction=0.2),
                   meta={"site": f"resid_post.{layer}", "target": "birth_year"})  # fmt: skip
@@ -204,7 +207,12 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--redo-recall", action="store_true")
     ap.add_argument("--tag", default="", help="suffix of results<tag>.json / report<tag>.html")
-    ap.add_argument("--flip-layer", type=int, default=None, help="default: best R² layer")
+    ap.add_argument(
+        "--flip-layer",
+        type=int,
+        default=None,
+        help="default: the best R² layer in the first half of the network",
+    )
     ap.add_argument("--alphas", type=float, nargs="+", default=[-8.0, -4.0, 4.0, 8.0])
     ap.add_argument("--n-prompts", type=int, default=120)
     ap.add_argument("--n-random", type=int, default=2)

@@ -281,14 +281,17 @@ NB["03_probes_pls.ipynb"] = [
     ),
     new_code_cell(
         "people = load_entities('birth_year')\n"
-        "people = people.subset([i < 120 for i in range(len(people.names))])\n"
+        "people = people.subset([i < 100 for i in range(len(people.names))])\n"
         "rec = recall_check(model, people, batch_size=40)\n"
         "kept = people.subset(rec.correct)\n"
         "print(f'{len(kept.names)} of {len(people.names)} birth years recalled within 5 years')\n"
         "ent = capture_layers(model, ['Was ' + n for n in people.names], 'last')\n"
         "prow = pls_sweep(ent.acts, people.targets, PLSConfig(max_components=5, test_fraction=0.2))\n"
-        "L = max(prow, key=lambda r: r['r2'])['layer']\n"
-        "print(f'best layer {L}: held-out R² {max(r[\"r2\"] for r in prow):.3f} (all {len(people.names)} people)')"
+        "print(format_table(prow[::3], ['layer', 'r2', 'mae', 'n_components']))\n"
+        "# an edit at resid_post.L reaches the answer only through the blocks after L (the last\n"
+        "# block's output at X is read by nothing), so take the best layer of the first half\n"
+        "L = max(prow[:15], key=lambda r: r['r2'])['layer']\n"
+        "print(f'layer {L}: held-out R² {prow[L][\"r2\"]:.3f} ({len(people.names)} people)')"
     ),
     new_code_cell(
         "x = ent.acts[L].double()\n"
@@ -430,6 +433,289 @@ NB["02_steering_vectors.ipynb"] = [
         "HTML(token_projection_html(tp.tokens, tp.scores))"
     ),
     new_code_cell("token_projection_figure(tp.tokens, tp.scores, per_row=10)"),
+]
+
+
+NB["04_concept_erasure.ipynb"] = [
+    new_markdown_cell(
+        "# Linear concept erasure: LEACE, R-LACE and INLP, inside the model\n\n"
+        "This notebook runs offline on the embedded **SmolLM2-135M-Instruct**. The concept is "
+        "the gender of the person in short third-person bios (`data/erasure/gender.jsonl`: "
+        "templates x first names x professions, in the spirit of Bias in Bios), read at each "
+        "text's last token; the held-out split uses first names never seen in training. We "
+        "(1) capture every layer in one pass and find where gender is most linearly "
+        "decodable, (2) erase it there with LEACE (closed form, Belrose et al. 2023), R-LACE "
+        "(a rank-k minimax game, Ravfogel et al. 2022) and INLP (iterated nullspace "
+        "projections, Ravfogel et al. 2020) and compare a fresh probe's held-out accuracy "
+        "with the majority rate, as a function of the rank of the edit, (3) apply the LEACE "
+        "eraser inside the model with `steer` and measure its cost in language modelling, and "
+        "(4) scrub two layers. The full-size run is `probes/erase_concept.py`."
+    ),
+    new_code_cell(
+        "import tempfile\n"
+        "\n"
+        "import torch\n"
+        "from threadpoolctl import threadpool_limits\n"
+        "\n"
+        "from steerlab import load_model\n"
+        "from steerlab.capture import capture\n"
+        "from steerlab.data import chunk_tokens, prose_corpus\n"
+        "from steerlab.probes.erasure import LeaceEraser, probe_scores\n"
+        "from steerlab.probes.erasure_eval import (accuracy_vs_rank, best_site, directions_needed,\n"
+        "                                          evaluate_eraser, load_concept, probe_by_site)\n"
+        "from steerlab.probes.erasure_model import EraserEdit, lm_cost, scrub\n"
+        "from steerlab.probes.inlp import InlpConfig\n"
+        "from steerlab.probes.rlace import RlaceConfig\n"
+        "from steerlab.steering import load_intervention, steer\n"
+        "from steerlab.views.erasure import (accuracy_vs_rank_figure, erasure_pca_figure,\n"
+        "                                    probe_by_site_figure)\n"
+        "\n"
+        "# small problems on a shared CPU: one torch and one BLAS thread avoid oversubscription\n"
+        "torch.set_num_threads(1)\n"
+        "threadpool_limits(1)\n"
+        "model = load_model()\n"
+        "data = load_concept(n=320)  # a seeded subset of the 2,016 texts\n"
+        "train, test = ~data.test, data.test\n"
+        "y = data.labels\n"
+        "print(f'{len(data.texts)} texts, {int(test.sum())} held out; classes {data.class_names}')\n"
+        "for r in data.records[:3]:\n"
+        "    print(r['label'], r['text'])"
+    ),
+    new_markdown_cell(
+        "## 1. Where is gender linearly decodable?\n\n"
+        "One capture pass returns the last-token residual stream after every block. A fresh "
+        "logistic probe per layer (standardised features, trained on the train names, scored "
+        "on the held-out names) picks the layer to erase at; ties go to the lower held-out "
+        "log-loss."
+    ),
+    new_code_cell(
+        "sites = [f'resid_post.{layer}' for layer in range(model.n_layers)]\n"
+        "cap = capture(model, data.texts, sites, positions='last', batch_size=32)\n"
+        "scores = probe_by_site(cap.acts, y, train, test)\n"
+        "site = best_site(scores)\n"
+        "majority = float(torch.bincount(y[test]).max()) / int(test.sum())\n"
+        "print(f'best site {site}: held-out accuracy {scores[site].accuracy:.3f} '\n"
+        "      f'(majority {majority:.3f})')\n"
+        "probe_by_site_figure(scores, majority)"
+    ),
+    new_markdown_cell(
+        "## 2. Erase it at that layer\n\n"
+        "LEACE is closed form: `r(x) = x − P(x − μ)` with the oblique rank-1 `P` that makes "
+        "both class means equal with the least squared change, so no linear classifier beats "
+        "a constant on the training rows. `evaluate_eraser` trains a *fresh* probe on erased "
+        "training rows and scores it on erased held-out rows, and reports the squared change "
+        "and the rank of the edit. A probe that learned nothing predicts the training split's "
+        "majority class; when that class is the *minority* of the held-out split it scores `1 "
+        "− majority`, so `constant` is printed beside the majority rate."
+    ),
+    new_code_cell(
+        "x = cap[site].double()\n"
+        "xtr, ytr, xte, yte = x[train], y[train], x[test], y[test]\n"
+        "leace = LeaceEraser.fit(xtr, ytr)\n"
+        "ev = evaluate_eraser(leace, xtr, ytr, xte, yte)\n"
+        "print(f'probe accuracy {ev.accuracy_before:.3f} -> {ev.accuracy:.3f}; majority {ev.majority:.3f}, '\n"
+        "      f'constant probe {ev.constant:.3f}')\n"
+        "print(f'rank {ev.rank}; mean squared change {ev.mse:.1f} = {ev.relative_mse:.1%} of the variance')"
+    ),
+    new_markdown_cell(
+        "R-LACE plays a game: a rank-k orthogonal projection (relaxed to the fantope) against "
+        "a logistic predictor, alternating SGD steps; it keeps the projection with the "
+        "highest held-out loss on a dev split of the training rows. Its steps scale with the "
+        "activations, so it runs on unit-RMS inputs (`rlace_rescaled`; the projection is "
+        "scale-free). INLP removes one classifier direction at a time; its curve shows how "
+        "many directions a plain probe needs to lose. Kept short here (300 game steps, 20 "
+        "classifiers; the recipe runs longer): with ~200 training rows in 576 dimensions, "
+        "every INLP classifier finds a fresh separating direction, and R-LACE's game has not "
+        "settled; `probes/erase_concept.py` runs both on all 2,016 texts."
+    ),
+    new_code_cell(
+        "curves = accuracy_vs_rank(\n"
+        "    xtr, ytr, xte, yte, rlace_ranks=(1,),\n"
+        "    rlace_config=RlaceConfig(max_iter=300, eval_every=100, lr_P=0.02, lr_predictor=0.02,\n"
+        "                             epsilon=0.001, dtype='float32'),\n"
+        "    inlp_config=InlpConfig(n_iter=20, epsilon=0.01),\n"
+        ")\n"
+        "for method, c in curves.curves.items():\n"
+        "    print(f'{method:>6}:', ', '.join(f'rank {r}: {a:.3f}' for r, a in zip(c.ranks, c.accuracy)))\n"
+        "print('INLP needs', directions_needed(curves.curves['inlp'], curves.majority), 'directions to '\n"
+        "      'come within 2 points of the majority rate')\n"
+        "accuracy_vs_rank_figure(curves)"
+    ),
+    new_code_cell(
+        "erased = {f'{m} (rank {c.ranks[-1]})': c.erasers[-1](xte) for m, c in curves.curves.items()}\n"
+        "erasure_pca_figure(xte, erased, yte, class_names=data.class_names)"
+    ),
+    new_markdown_cell(
+        "## 3. Inside the model\n\n"
+        "`EraserEdit` turns any eraser into a steering intervention, saved and loaded like "
+        "the others. Captured under `steer`, the site's activations are exactly the eraser "
+        "applied to the plain capture, and a fresh probe on them is at the majority rate."
+    ),
+    new_code_cell(
+        "iv = EraserEdit(leace, site)  # every token, prompt and generation\n"
+        "with steer(model, iv):\n"
+        "    inside = capture(model, data.texts, site, positions='last', batch_size=32)[site]\n"
+        "print('max |in-model - eraser(captured)| =', (inside.double() - leace(x)).abs().max().item())\n"
+        "acc = probe_scores(inside[train], ytr, inside[test], yte)[1]\n"
+        "print(f'fresh probe on in-model erased activations: {acc:.3f} (majority {majority:.3f}, '\n"
+        "      f'constant {ev.constant:.3f})')\n"
+        "path = iv.save(tempfile.mkdtemp() + '/leace-gender')\n"
+        "print(load_intervention(path))"
+    ),
+    new_markdown_cell(
+        "What does the model do without the gender direction at that layer? Greedy "
+        "continuations with and without the eraser, and the price in language modelling: mean "
+        "next-token cross-entropy on a prose sample (the Python reference manual, shipped "
+        "with CPython)."
+    ),
+    new_code_cell(
+        "kw = dict(max_new_tokens=16, do_sample=False, pad_token_id=model.tokenizer.eos_token_id)\n"
+        "for prompt in ['Jessica is a nurse at the city hospital. Every morning,',\n"
+        "               'Michael is a nurse at the city hospital. Every morning,']:\n"
+        "    enc = model.tokenizer(prompt, return_tensors='pt')\n"
+        "    plain = model.model.generate(**enc, **kw)[0, enc.input_ids.shape[1]:]\n"
+        "    with steer(model, iv):\n"
+        "        edited = model.model.generate(**enc, **kw)[0, enc.input_ids.shape[1]:]\n"
+        "    print(prompt, '\\n   plain :', repr(model.tokenizer.decode(plain)),\n"
+        "          '\\n   erased:', repr(model.tokenizer.decode(edited)))\n"
+        "prose = chunk_tokens(model.tokenizer, prose_corpus(docstrings=False), seq_len=128,\n"
+        "                     n_tokens=1024)\n"
+        "cost = lm_cost(model, prose, iv)\n"
+        "print(f'cross-entropy {cost.ce_base:.4f} -> {cost.ce_edited:.4f} nats/token '\n"
+        "      f'(+{cost.increase:.4f}) over {cost.n_tokens} tokens')"
+    ),
+    new_markdown_cell(
+        "## 4. Scrubbing several layers\n\n"
+        "Erasing at one layer leaves the concept to be recomputed later. Concept scrubbing "
+        "fits one LEACE eraser per layer, in order, each on activations captured with the "
+        "earlier erasers already applied in the model."
+    ),
+    new_code_cell(
+        "layer = int(site.split('.')[1])\n"
+        "pair = [f'resid_post.{max(layer - 6, 0)}', site]\n"
+        "texts_tr = [t for t, keep in zip(data.texts, train.tolist()) if keep][:120]\n"
+        "res = scrub(model, texts_tr, ytr[:120], pair, batch_size=32)\n"
+        "for s, e in res.erasers.items():\n"
+        "    print(s, e)\n"
+        "print(lm_cost(model, prose, res.interventions, base=cost.ce_base))"
+    ),
+]
+
+
+NB["06_ast_probe.ipynb"] = [
+    new_markdown_cell(
+        "# AST-Probe: recover Python syntax trees from hidden states\n\n"
+        "Hernández López et al. (ASE 2022) ask whether a code model's hidden states hold the "
+        "abstract syntax tree of the code it reads. Their probe projects each AST leaf's "
+        "vector with a matrix `B` (d_model x rank, kept near-orthonormal) and reads off, for "
+        "each pair of adjacent leaves, a *syntactic distance* `d̂_i = ‖Bᵀh_i − Bᵀh_{i−1}‖²` and "
+        "the label of their lowest common ancestor; each leaf also gets a unary label. Splitting "
+        "the leaves recursively at the largest `d̂` rebuilds a tree, which is scored against "
+        "tree-sitter's AST by labelled-constituent F1.\n\n"
+        "This notebook runs the probe at two depths of the embedded SmolLM2-135M on a small "
+        "sample of standard-library functions (a couple of minutes on a CPU). "
+        "`python probes/ast_probe.py` runs every layer, the rank sweep and both baselines."
+    ),
+    new_code_cell(
+        "import torch\n"
+        "from steerlab import load_model, Subspace\n"
+        "from steerlab.probes.ast_data import load_ast_snippets\n"
+        "from steerlab.probes.ast_features import capture_leaf_features, snippet_from_code, "
+        "subsample_splits\n"
+        "from steerlab.probes.ast_probe import AstProbeConfig, evaluate_ast_probe, "
+        "fit_ast_probe, predict_trees, split_data\n"
+        "from steerlab.views.ast import f1_by_layer, pick_example, tree_figure, tree_pair\n\n"
+        "torch.set_num_threads(1)  # small matrices: one thread avoids synchronisation overhead\n"
+        "model = load_model()\n"
+        "ds = load_ast_snippets(max_leaves=50, tokenizer=model.tokenizer)\n"
+        "splits = subsample_splits(ds, n_train=150, n_dev=40, n_test=60, seed=0)\n"
+        "print({k: len(v) for k, v in splits.items()}, 'of', ds.counts['kept'], 'functions kept;',\n"
+        "      {k: ds.counts[k] for k in ('syntax_error', 'empty_body', 'too_many_leaves', "
+        "'duplicate')})"
+    ),
+    new_markdown_cell(
+        "## Data and targets\n\nEach function is cleaned (no comments or docstrings, strings "
+        "collapsed to one leaf) and parsed with tree-sitter. The probe's targets come from the "
+        "binarised tree: a distance and a label per adjacent leaf pair, a unary label per leaf."
+    ),
+    new_code_cell(
+        "s = splits['test'][0]\n"
+        "t = s.targets()\n"
+        "print(s.code)\n"
+        "for leaf, d, c in list(zip(s.leaves, t.d, t.c))[:8]:\n"
+        "    print(f'{leaf!r:>12}  d={d:2d}  {c}')"
+    ),
+    new_markdown_cell(
+        "## Leaf vectors\n\nOne forward pass pools every leaf's subword tokens (located "
+        "through the tokenizer's character offsets) at the requested sites: the embeddings "
+        "(`resid_pre.0`, depth 0) and the output of block 14 (depth 15)."
+    ),
+    new_code_cell(
+        "SITES = ['resid_pre.0', 'resid_post.14']\n"
+        "snippets = splits['train'] + splits['dev'] + splits['test']\n"
+        "feats = capture_leaf_features(model, snippets, SITES)\n"
+        "feats, feats.meta['straddling_tokens']"
+    ),
+    new_markdown_cell(
+        "## Train and score\n\nThe paper's loss (pairwise hinge on the distances, "
+        "cross-entropy on the labels, `5‖BᵀB − I‖²`), Adam and early stopping on dev; a higher "
+        "learning rate than the paper's 1e-3 because this sample is small."
+    ),
+    new_code_cell(
+        "cfg = AstProbeConfig(rank=64, lr=1e-2, max_epochs=12, patience=3, lr_patience=1)\n"
+        "runs, probes = [], {}\n"
+        "for depth, site in zip([0, 15], SITES):\n"
+        "    data = split_data(feats, site, splits)\n"
+        "    fit = fit_ast_probe(data['train'], data['dev'], cfg, meta={'site': site})\n"
+        "    ev = evaluate_ast_probe(fit.probe, data['test'])\n"
+        "    probes[site] = (fit.probe, data)\n"
+        "    runs.append({'depth': depth, 'site': site, 'rank': cfg.rank, 'f1': ev.f1})\n"
+        "    print(f'{site:>14}: test F1 {ev.f1:.3f} (P {ev.precision:.3f}, R {ev.recall:.3f}), '\n"
+        "          f'label accuracy c {ev.c_accuracy:.3f} u {ev.u_accuracy:.3f}')\n"
+        "f1_by_layer(runs, embeddings_f1=runs[0]['f1'], reference={'code models': 0.75})"
+    ),
+    new_markdown_cell(
+        "## Predicted vs gold tree\n\nGreen nodes are constituents (label and leaf span) "
+        "found in both trees, red ones only in this tree. Hover a node for its label and code."
+    ),
+    new_code_cell(
+        "probe, data = probes['resid_post.14']\n"
+        "trees = predict_trees(probe, data['test'])\n"
+        "ev = evaluate_ast_probe(probe, data['test'])\n"
+        "k = pick_example(ev.per_snippet, [len(t.leaves) for t in data['test'].targets])\n"
+        "tree_pair(trees[k], data['test'].trees[k], splits['test'][k].leaves,\n"
+        "          code=splits['test'][k].code)"
+    ),
+    new_markdown_cell(
+        "## Your own code\n\n`snippet_from_code` cleans and parses a function (and says why "
+        "when it cannot); the probe then predicts its tree from the model's hidden states."
+    ),
+    new_code_cell(
+        "mine = snippet_from_code('def area(w, h):\\n    if w < 0:\\n        return 0\\n"
+        "    return w * h\\n')\n"
+        "h = capture_leaf_features(model, [mine], ['resid_post.14'])['resid_post.14']\n"
+        "tree_pair(probe.predict(h, mine.leaves), mine.tree, mine.leaves, code=mine.code)"
+    ),
+    new_code_cell(
+        "try:\n"
+        "    snippet_from_code('def broken(:\\n    return')\n"
+        "except ValueError as e:\n"
+        "    print(e)"
+    ),
+    new_markdown_cell(
+        "## The syntactic subspace\n\n`probe.subspace()` is the span of the directions the "
+        "probe reads, as a `Subspace`. Its principal angles to the top principal directions "
+        "of the same layer say whether syntax lives in the high-variance directions."
+    ),
+    new_code_cell(
+        "sub = probe.subspace()\n"
+        "x = data['train'].x[data['train'].index[data['train'].index >= 0]].float()\n"
+        "pca = Subspace.from_pca(x, k=sub.k)\n"
+        "rnd = Subspace.from_vectors(torch.randn(sub.k, model.d_model))\n"
+        "print(sub, '\\nmedian principal angle to the top-64 PCA directions: '\n"
+        "      f'{torch.rad2deg(sub.principal_angles(pca)).median():.1f} deg; '\n"
+        "      f'to a random 64-dim subspace: {torch.rad2deg(sub.principal_angles(rnd)).median():.1f} deg')"
+    ),
 ]
 
 

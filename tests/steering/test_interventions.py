@@ -12,6 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import steerlab.artifacts
+from steerlab.probes.erasure import LeaceEraser
+from steerlab.probes.erasure_model import EraserEdit
+from steerlab.saes.sae import SaeConfig, build_sae
+from steerlab.saes.splice import Replace, SaeSplice
 from steerlab.sites import SiteError
 from steerlab.steering import (
     KINDS,
@@ -187,7 +191,17 @@ def _all_kinds(d: int = 16):
         "loreft": LoReFT(d, 4, SITE, Positions("prompt", "indices", indices=((0, 1), (2,)))),
         "low_rank_edit": lre,
         "compose": Compose([AddVector(v, 1.0, "resid_post.1"), Ablate(v, "zero", site=SITE)]),
+        "eraser_edit": EraserEdit(
+            LeaceEraser.fit(torch.randn(64, d, generator=g), torch.arange(64) % 2), SITE, "last"
+        ),
+        "replace": Replace(torch.randn(d, generator=g), SITE, "prompt:last_2"),
+        "sae_splice": SaeSplice(build_sae(SaeConfig(d_in=d, d_sae=32, k=4, site=SITE))),
     }
+
+
+def test_every_registered_kind_is_round_tripped():
+    # the parametrisation below covers every kind; a new kind must be added to _all_kinds
+    assert set(_all_kinds()) == set(KINDS)
 
 
 @pytest.mark.parametrize("kind", sorted(KINDS))

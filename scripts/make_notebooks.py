@@ -548,17 +548,17 @@ NB["04_concept_erasure.ipynb"] = [
     new_markdown_cell(
         "## 3. Inside the model\n\n"
         "`EraserEdit` turns any eraser into a steering intervention, saved and loaded like "
-        "the others. Captured under `steer`, the site's activations are exactly the eraser "
-        "applied to the plain capture, and a fresh probe on them is at the majority rate."
+        "the others. Captured under `steer`, the site's activations are the eraser applied to "
+        "the plain capture, up to float32 rounding, so the probe results above hold inside "
+        "the model (the tests check it with a fresh probe on re-captured activations)."
     ),
     new_code_cell(
         "iv = EraserEdit(leace, site)  # every token, prompt and generation\n"
+        "few = data.texts[:64]\n"
         "with steer(model, iv):\n"
-        "    inside = capture(model, data.texts, site, positions='last', batch_size=32)[site]\n"
-        "print('max |in-model - eraser(captured)| =', (inside.double() - leace(x)).abs().max().item())\n"
-        "acc = probe_scores(inside[train], ytr, inside[test], yte)[1]\n"
-        "print(f'fresh probe on in-model erased activations: {acc:.3f} (majority {majority:.3f}, '\n"
-        "      f'constant {ev.constant:.3f})')\n"
+        "    inside = capture(model, few, site, positions='last', batch_size=32)[site]\n"
+        "print('max |in-model - eraser(captured)| =', (inside.double() - leace(x[:64])).abs().max().item(),\n"
+        "      'on activations of norm', x[:64].norm(dim=1).mean().item())\n"
         "path = iv.save(tempfile.mkdtemp() + '/leace-gender')\n"
         "print(load_intervention(path))"
     ),
@@ -593,8 +593,8 @@ NB["04_concept_erasure.ipynb"] = [
     new_code_cell(
         "layer = int(site.split('.')[1])\n"
         "pair = [f'resid_post.{max(layer - 6, 0)}', site]\n"
-        "texts_tr = [t for t, keep in zip(data.texts, train.tolist()) if keep][:120]\n"
-        "res = scrub(model, texts_tr, ytr[:120], pair, batch_size=32)\n"
+        "texts_tr = [t for t, keep in zip(data.texts, train.tolist()) if keep][:96]\n"
+        "res = scrub(model, texts_tr, ytr[:96], pair, batch_size=32)\n"
         "for s, e in res.erasers.items():\n"
         "    print(s, e)\n"
         "print(lm_cost(model, prose, res.interventions, base=cost.ce_base))"

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -356,11 +357,25 @@ def capture_leaf_features(
     return LeafFeatures(acts, offsets, meta)
 
 
+def _concat(parts: Sequence[LeafFeatures], meta: dict[str, Any]) -> LeafFeatures:
+    """Join features of consecutive snippet lists (same sites) into one."""
+    sites = parts[0].sites
+    acts = {s: torch.cat([p[s] for p in parts]) for s in sites}
+    shift = torch.tensor([0] + [p.n_leaves for p in parts[:-1]]).cumsum(0)
+    offsets = torch.cat([parts[0].offsets[:1]] + [p.offsets[1:] + k for p, k in zip(parts, shift)])
+    for k in ("straddling_tokens", "no_leaves"):
+        meta[k] = sum(int(p.meta.get(k, 0)) for p in parts)
+    meta["n_leaves"] = int(offsets[-1])
+    return LeafFeatures(acts, offsets, meta)
+
+
 def cached_leaf_features(
     handle: Any,
     snippets: Sequence[AstSnippet],
     path: str | os.PathLike,
     sites: Sequence[str] | None = None,
+    *,
+    part_size: int | None = None,
     **kwargs: Any,
 ) -> LeafFeatures:
     """:func:`capture_leaf_features`, reusing ``path`` when its key matches (else overwriting it).
@@ -368,6 +383,16 @@ def cached_leaf_features(
     The key (:func:`features_key`) covers the model id, the tokenizer, every snippet's text and
     leaf spans, and the sites; give each model (e.g. a random-weights baseline) its own
     ``model_id`` so that their caches never collide.
+
+    Args:
+        handle: the model.
+        snippets: the snippets.
+        path: the artifact directory.
+        sites: default all layers (:func:`layer_sites`).
+        part_size: capture ``part_size`` snippets at a time, each cached under
+            ``path/parts/``, so that an interrupted capture resumes after the last finished
+            part; the parts are joined (and removed) at the end.
+        **kwargs: passed to :func:`capture_leaf_features`.
     """
     sites = layer_sites(handle.n_layers) if sites is None else list(sites)
     key = features_key(handle.model_id, handle.tokenizer_fingerprint(), snippets, sites)
@@ -381,6 +406,23 @@ def cached_leaf_features(
             logger.info("reusing leaf features from %s", path)
             return LeafFeatures.load(path)
         logger.info("leaf features at %s are stale (key %s != %s); recapturing", path, cached, key)
-    feats = capture_leaf_features(handle, snippets, sites, **kwargs)
-    feats.save(path)
+    if part_size is None or len(snippets) <= part_size:
+        feats = capture_leaf_features(handle, snippets, sites, **kwargs)
+    else:
+        if part_size < 1:
+            raise ValueError(f"part_size must be >= 1, got {part_size}")
+        parts = []
+        for k, start in enumerate(range(0, len(snippets), part_size)):
+            part = snippets[start : start + part_size]
+            parts.append(
+                cached_leaf_features(handle, part, path / "parts" / f"{k:04d}", sites, **kwargs)
+            )
+            logger.info(
+                "%s: part %d of %d done",
+                handle.model_id,
+                k + 1,
+                math.ceil(len(snippets) / part_size),
+            )
+        feats = _concat(parts, {**parts[0].meta, "key": key})
+    feats.save(path)  # replaces the directory, parts included
     return feats

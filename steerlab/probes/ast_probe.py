@@ -9,9 +9,12 @@ martin-wey/ast-probe, ``src/probe``). For a snippet with leaf vectors ``h_0 … 
     ``ĉ_i = argmax (Bᵀ z_i − Bᵀ z_{i−1}) C``     (label of the lowest common ancestor)
     ``û_i = argmax (Bᵀ z_i) U``                  (unary label of leaf i)
 
-with ``z = (h − μ) ⊙ s`` a per-dimension standardisation fitted on the training leaves (a
-fixed affine change of coordinates; the reference's RoBERTa outputs are already LayerNorm-ed,
-a decoder's residual stream is not). Training minimises
+with ``z = (h − μ) ⊙ s`` a fixed per-dimension rescaling fitted on the training leaves
+(:attr:`AstProbeConfig.normalize`; by default ``μ = 0`` and ``s = 1/σ``). The reference reads
+RoBERTa's LayerNorm-ed outputs; a decoder's residual stream has dimensions whose scale differs
+by 10⁴ (massive activations), and the orthogonality penalty fixes the scale of ``B``, so the
+rescaling matters. The mean is kept because the probe has no bias: ``Bᵀz U`` learns the unary
+labels' prior only through it. Training minimises
 
     ``L = rank(d̂, d) + CE(ĉ, c) + CE(û, u) + λ ‖BᵀB − I‖²_F``
 
@@ -68,7 +71,13 @@ __all__ = [
 
 @dataclass
 class AstProbeConfig:
-    """Hyperparameters of the AST-Probe (defaults: the reference's, ``src/main.py``)."""
+    """Hyperparameters of the AST-Probe.
+
+    Defaults are the reference's (``src/main.py``: rank 128, λ = 5, Adam 1e-3, batch 32,
+    20 epochs, patience 5, ``ReduceLROnPlateau`` ×0.1 with patience 0), except ``normalize``
+    (the reference uses raw encoder outputs). Those settings assume ~600 steps per epoch
+    (20k snippets); with a few hundred snippets raise ``lr`` and ``lr_patience``.
+    """
 
     rank: int = 128
     """Columns of ``B``: the dimension of the syntactic subspace."""

@@ -52,6 +52,7 @@ __all__ = [
     "SiteProbe",
     "accuracy_vs_rank",
     "best_site",
+    "constant_rate",
     "directions_needed",
     "evaluate_eraser",
     "inlp_prefix",
@@ -127,6 +128,10 @@ class ErasureEval(NamedTuple):
     """The same probe without erasure."""
     majority: float
     """Majority rate of the test labels."""
+    constant: float
+    """Test accuracy of always predicting the training split's majority class: what a probe
+    that learned nothing scores. It is ``1 − majority`` for two classes whose majority flips
+    between the splits, so compare ``accuracy`` with both."""
     mse: float
     """Mean over test rows of ``‖x − r(x)‖²`` (summed over d_model)."""
     relative_mse: float
@@ -150,7 +155,24 @@ def evaluate_eraser(
     xt = check_features(x_test, "x_test").double()
     total = float((xt - xt.mean(0)).square().sum(-1).mean())
     rel = rep.mse / total if total > 0 else float("nan")
-    return ErasureEval(rep.accuracy, rep.accuracy_before, rep.majority, rep.mse, rel, rep.rank)
+    const = constant_rate(z_train, z_test)
+    return ErasureEval(
+        rep.accuracy, rep.accuracy_before, rep.majority, const, rep.mse, rel, rep.rank
+    )
+
+
+def constant_rate(z_train: Tensor, z_test: Tensor) -> float:
+    """Test accuracy of always predicting the most frequent training class (class indices)."""
+    ytr = _labels(z_train, "z_train")
+    yte = _labels(z_test, "z_test")
+    top = int(torch.bincount(ytr).argmax())
+    return float((yte == top).double().mean())
+
+
+def _labels(z: Tensor, name: str) -> Tensor:
+    if z.ndim == 2 and z.shape[1] > 1:  # one-hot rows
+        z = z.argmax(1)
+    return check_labels(z, name=name, min_classes=1)[0]
 
 
 class RankCurve(NamedTuple):
@@ -177,11 +199,14 @@ class RankCurves(NamedTuple):
     """Majority rate of the test labels."""
     accuracy_before: float
     """Held-out probe accuracy without erasure (every curve's rank-0 point)."""
+    constant: float
+    """Test accuracy of always predicting the training majority class (see ErasureEval)."""
 
     def to_json(self) -> dict:
         """The numbers (no erasers), JSON-serialisable."""
         return {
             "majority": self.majority,
+            "constant": self.constant,
             "accuracy_before": self.accuracy_before,
             "curves": {
                 m: {"ranks": c.ranks, "accuracy": c.accuracy, "mse": c.mse}
@@ -296,7 +321,7 @@ def accuracy_vs_rank(
             # the rank after each classifier (a multiclass classifier adds C − 1 directions)
             ranks = sorted(({h["rank"] for h in full.meta["history"]} | {full.rank}) - {0})
             curves["inlp"] = curve("inlp", [inlp_prefix(full, r) for r in ranks])
-    return RankCurves(curves, maj, acc0)
+    return RankCurves(curves, maj, acc0, constant_rate(ytr, yte))
 
 
 def directions_needed(curve: RankCurve, majority: float, tolerance: float = 0.02) -> int | None:

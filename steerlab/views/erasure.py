@@ -33,8 +33,9 @@ def accuracy_vs_rank_figure(curves: Any, *, title: str | None = None) -> go.Figu
         curves: :class:`steerlab.probes.erasure_eval.RankCurves` (or its ``to_json()`` dict).
         title: figure title.
 
-    The dashed line is the majority rate (what a probe that learned nothing scores); every
-    curve starts at rank 0, the accuracy without erasure.
+    The dashed line is the majority rate of the test labels; a dotted line marks what a
+    constant probe (the training majority) scores when that differs. Every curve starts at
+    rank 0, the accuracy without erasure.
     """
     data = curves.to_json() if hasattr(curves, "to_json") else dict(curves)
     if not data.get("curves"):
@@ -66,11 +67,19 @@ def accuracy_vs_rank_figure(curves: Any, *, title: str | None = None) -> go.Figu
         annotation_text=f"majority {maj:.3f}",
         annotation_position="bottom right",
     )
+    const = data.get("constant")
+    if const is not None and abs(const - maj) > 1e-9:  # the training majority is not the test's
+        fig.add_hline(
+            y=const,
+            line={"dash": "dot", "color": "gray"},
+            annotation_text=f"constant (training majority) {const:.3f}",
+            annotation_position="top right",
+        )
     fig.update_layout(
         title=title or "Held-out probe accuracy after erasure vs rank of the edit",
         xaxis_title="rank of the edit (directions erased)",
         yaxis_title="held-out probe accuracy",
-        yaxis={"range": [min(0.4, maj - 0.05), 1.02], "tickformat": ".0%"},
+        yaxis={"range": [min(0.4, maj - 0.05, (const or 1) - 0.05), 1.02], "tickformat": ".0%"},
         template="plotly_white",
         height=450,
     )
@@ -82,12 +91,24 @@ def accuracy_vs_rank_figure(curves: Any, *, title: str | None = None) -> go.Figu
 def probe_by_site_figure(
     scores: Mapping[str, Any], majority: float | None = None, *, title: str | None = None
 ) -> go.Figure:
-    """Held-out probe accuracy at each site (``probe_by_site``'s result), best site marked."""
+    """Held-out probe accuracy at each site, the best one marked (ties: lower log-loss).
+
+    Args:
+        scores: site -> :class:`~steerlab.probes.erasure_eval.SiteProbe` (``probe_by_site``'s
+            result), an ``(accuracy, log_loss)`` pair, or its JSON dict.
+        majority: the majority rate, drawn as a dashed line.
+        title: figure title.
+    """
     if not scores:
         raise ValueError("no sites to plot")
     sites = list(scores)
-    acc = [float(scores[s][0]) for s in sites]
-    best = max(range(len(sites)), key=lambda i: (acc[i], -float(scores[sites[i]][1])))
+
+    def field(v: Any, name: str, i: int) -> float:  # SiteProbe, (acc, loss) or a JSON dict
+        return float(v[name] if isinstance(v, Mapping) else v[i])
+
+    acc = [field(scores[s], "accuracy", 0) for s in sites]
+    loss = [field(scores[s], "log_loss", 1) for s in sites]
+    best = max(range(len(sites)), key=lambda i: (acc[i], -loss[i]))
     fig = go.Figure(
         go.Scatter(x=sites, y=acc, mode="lines+markers", name="probe accuracy",
                    hovertemplate="%{x}: %{y:.3f}<extra></extra>")

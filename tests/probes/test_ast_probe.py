@@ -380,6 +380,18 @@ def test_feature_cache_is_reused_and_invalidated(model, snippets, tmp_path, monk
         cached_leaf_features(model, snippets[1:3], tmp_path / "c", sites)
 
 
+def test_feature_cache_in_parts_equals_one_pass(model, snippets, tmp_path):
+    sn, sites = snippets[:3], ["resid_pre.0"]
+    whole = capture_leaf_features(model, sn, sites, dtype=torch.float32)
+    parts = cached_leaf_features(model, sn, tmp_path / "p", sites, part_size=2, dtype=torch.float32)
+    # embeddings only: the same rows whichever batch a snippet was in
+    assert torch.equal(parts["resid_pre.0"], whole["resid_pre.0"])
+    assert torch.equal(parts.offsets, whole.offsets)
+    assert parts.meta["key"] == whole.meta["key"]
+    assert parts.meta["straddling_tokens"] == whole.meta["straddling_tokens"]
+    assert not (tmp_path / "p" / "parts").exists()
+
+
 def test_no_leaf_snippet_is_skipped_in_capture(model, snippets):
     empty = AstSnippet(code="", tree=Tree("module"), leaf_spans=[], path="<x>", name="e", line=1)
     feats = capture_leaf_features(model, [snippets[0], empty], ["resid_pre.0"])

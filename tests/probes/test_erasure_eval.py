@@ -25,6 +25,7 @@ from steerlab.probes.erasure_eval import (
     evaluate_eraser,
     inlp_prefix,
     probe_by_site,
+    rlace_rescaled,
 )
 from steerlab.probes.inlp import InlpConfig, inlp
 from steerlab.probes.rlace import RlaceConfig
@@ -74,6 +75,11 @@ def test_evaluate_eraser(data):
     assert ev.accuracy_before > 0.95
     assert abs(ev.accuracy - ev.majority) <= CHANCE_TOL
     assert ev.majority == majority_rate(yte)
+    # the constant baseline: the training majority class's share of the test labels
+    top = int(torch.bincount(ytr).argmax())
+    assert ev.constant == float((yte == top).double().mean())
+    assert math.isclose(ev.constant, ev.majority) or math.isclose(ev.constant, 1 - ev.majority)
+    assert abs(ev.accuracy - ev.constant) <= CHANCE_TOL  # the probe learned ~nothing
     # relative_mse is mse over the total variance, recomputed independently in float64
     total = ((xte - xte.mean(0)) ** 2).sum(1).mean()
     assert math.isclose(ev.relative_mse, ev.mse / float(total), rel_tol=1e-12)
@@ -124,6 +130,19 @@ def test_inlp_prefix():
     assert torch.equal(inlp_prefix(e, 0)(x), x)
     with pytest.raises(ValueError, match="rank must be in"):
         inlp_prefix(e, e.rank + 1)
+
+
+def test_rlace_rescaled_is_scale_free(data):
+    xtr, ytr, _, _ = data
+    cfg = RlaceConfig(max_iter=20, eval_every=10, lr_P=0.02, lr_predictor=0.02)
+    a = rlace_rescaled(xtr, ytr, cfg)
+    b = rlace_rescaled(100.0 * xtr, ytr, cfg)  # the game sees the same unit-RMS inputs
+    # x / s and (100 x) / (100 s) differ by round-off (1e-16 relative) over 20 SGD steps
+    assert torch.allclose(a.P, b.P, atol=1e-9)
+    assert torch.allclose(100.0 * a.bias, b.bias, rtol=1e-9)
+    assert math.isclose(b.meta["input_scale"], 100.0 * a.meta["input_scale"], rel_tol=1e-12)
+    with pytest.raises(ValueError, match="zero variance"):
+        rlace_rescaled(torch.ones(10, 3, dtype=torch.float64), torch.arange(10) % 2)
 
 
 def test_directions_needed():
@@ -177,10 +196,11 @@ def test_figures(data):
     curves = RankCurves(
         {"leace": RankCurve("leace", [0, 1], [0.99, 0.5], [0.0, 1.0], [None, None]),
          "inlp": RankCurve("inlp", [0, 1, 2], [0.99, 0.7, 0.5], [0.0, 1.0, 2.0], [None] * 3)},
-        0.5, 0.99,
+        0.5, 0.99, 0.48,
     )  # fmt: skip
     fig = accuracy_vs_rank_figure(curves)
     assert isinstance(fig, go.Figure) and [t.name for t in fig.data] == ["LEACE", "INLP"]
+    assert len(fig.layout.shapes) == 2  # majority and constant lines (they differ here)
     assert accuracy_vs_rank_figure(curves.to_json()).data[1].y == (0.99, 0.7, 0.5)
     e = LeaceEraser.fit(xtr, ytr)
     for basis in ("own", "before"):
@@ -193,6 +213,8 @@ def test_figures(data):
     scores = {"resid_post.0": SiteProbe(0.7, 0.6), "resid_post.1": SiteProbe(0.9, 0.3)}
     fig = probe_by_site_figure(scores, 0.5)
     assert fig.data[1].name == "best: resid_post.1"
+    as_json = {k: v._asdict() for k, v in scores.items()}  # as summary.json stores them
+    assert probe_by_site_figure(as_json).data[1].name == "best: resid_post.1"
 
 
 # --- data -------------------------------------------------------------------------------------

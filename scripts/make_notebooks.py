@@ -1,7 +1,13 @@
 """Write the narrative notebooks from cell sources kept here (so diffs stay readable).
 
-    python scripts/make_notebooks.py
+    python scripts/make_notebooks.py                      # every notebook
+    python scripts/make_notebooks.py 06_ast_probe.ipynb   # only these
+
+The notebooks are written without outputs; execute them with
+``jupyter nbconvert --to notebook --execute --inplace notebooks/NAME.ipynb`` before committing.
 """
+
+import sys
 
 from pathlib import Path
 
@@ -718,11 +724,158 @@ NB["06_ast_probe.ipynb"] = [
     ),
 ]
 
+NB["07_multi_subspace_steering.ipynb"] = [
+    new_markdown_cell(
+        "# Multi-subspace steering (MSRS): two attributes, one orthonormal basis\n\n"
+        "MSRS (arXiv 2508.10599) steers several attributes at once with one module "
+        "`h' = h + Rᵀ diag(m(h)) (W h + b − R h)`: the rows of `R` are orthonormal and split "
+        "into a *shared* block and one block per attribute, and `m(h) = sigmoid(MLP(h))` gives "
+        "each block a gate. This notebook runs offline on the embedded "
+        "**SmolLM2-135M-Instruct** with two attributes from `data/steering`: negative sentiment "
+        "and casual register. It initialises the blocks from activation differences, trains the "
+        "module on (prompt, target) pairs, steers each attribute alone and both together, draws "
+        "the gates over a steered text and compares the learned subspaces with CAA vectors. "
+        "`python scripts/msrs_experiment.py` runs the full comparison (CAA, LoReFT, prompting, "
+        "interference)."
+    ),
+    new_code_cell(
+        "import os\n"
+        "from pathlib import Path\n"
+        "import torch\n"
+        "import steerlab\n"
+        "from steerlab import load_model\n"
+        "from steerlab.capture import capture\n"
+        "from steerlab.steering import load_intervention, scored\n"
+        "from steerlab.steering.generate import generate\n"
+        "from steerlab.steering.msrs import MSRS, MSRSLoss, init_bases, read_differences\n"
+        "from steerlab.steering.pairs import load_pairs, load_prompts\n"
+        "from steerlab.steering.train import TrainConfig, TrainExample, train_intervention\n"
+        "from steerlab.steering.vectors import fit_vector\n"
+        "from steerlab.views.msrs import gate_figure\n\n"
+        "if (os.cpu_count() or 1) <= 2:\n"
+        "    torch.set_num_threads(1)  # small ops: one thread avoids synchronisation overhead\n"
+        "DATA = Path(steerlab.__file__).resolve().parents[1] / 'data' / 'steering'  # the checkout\n"
+        "model = load_model()\n"
+        "SITE = 'resid_post.9'\n"
+        "# attribute -> (pair file, the side we steer towards)\n"
+        "ATTRS = {'sentiment': ('sentiment.jsonl', 'negative'),\n"
+        "         'formality': ('formality.jsonl', 'negative')}  # negative = casual register\n"
+        "pairs = {a: load_pairs(DATA / f).subset(range(48)) for a, (f, _) in ATTRS.items()}\n"
+        "examples = [TrainExample(p.prompt, getattr(p, side), a)\n"
+        "            for a, (_, side) in ATTRS.items() for p in pairs[a]]\n"
+        "prompts = load_prompts(DATA / 'neutral_prompts.jsonl')[:6]\n"
+        "examples[0], examples[-1]"
+    ),
+    new_markdown_cell(
+        "## Initial subspaces\n\nThe per-pair differences `x_target − x_other` (mean over the "
+        "assistant's tokens) of both attributes are stacked; the shared block is their top "
+        "singular vectors, each attribute's block the top singular vectors of what is left of "
+        "its own differences. `energy` says how much of each attribute's difference energy each "
+        "block keeps."
+    ),
+    new_code_cell(
+        "diffs = read_differences(model, pairs, SITE, target={a: s for a, (_, s) in ATTRS.items()})\n"
+        "init = init_bases(diffs, shared_rank=2, attribute_ranks=2)\n"
+        "{block: {a: round(v, 3) for a, v in e.items()} for block, e in init.energy.items()}"
+    ),
+    new_markdown_cell(
+        "## Train\n\nCross-entropy on the target tokens with the module at the last prompt "
+        "token, plus MSRS's gate prior (shared ≈ 1, own attribute 0.9, others 0.1) and a term "
+        "that keeps each block near its initial span. The orthogonal parametrisation keeps `R` "
+        "orthonormal throughout."
+    ),
+    new_code_cell(
+        "torch.manual_seed(0)\n"
+        "msrs = MSRS.from_init(init, SITE)\n"
+        "cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, max_target_tokens=12)\n"
+        "res = train_intervention(model, msrs, examples, cfg, extra_loss=MSRSLoss())\n"
+        "R = msrs.R.weight.detach()\n"
+        "print('CE per epoch', [round(x, 3) for x in res.epoch_ce],\n"
+        "      '| max |R Rᵀ − I| =', float((R @ R.T - torch.eye(len(R))).abs().max()))"
+    ),
+    new_markdown_cell(
+        "## Steer one attribute, or both\n\n`set_active` switches attributes off (their gates "
+        "become exactly 0; the shared block stays on while any attribute is). With the default "
+        "position rule, `scored()`, each attribute block acts at the prompt token with the "
+        "largest projection `‖R_i h_t‖` (MSRS's token-level steering); `'last'` applies every "
+        "block at the last prompt token, as in training."
+    ),
+    new_code_cell(
+        "plain = generate(model, prompts, None, max_new_tokens=24)\n"
+        "rows = {'unsteered': plain.texts}\n"
+        "for rule in ['last', scored()]:\n"
+        "    msrs.positions = steerlab.steering.as_positions(rule)\n"
+        "    for active in (['sentiment'], ['formality'], ['sentiment', 'formality']):\n"
+        "        msrs.set_active(active)\n"
+        "        g = generate(model, prompts, msrs, max_new_tokens=24)\n"
+        "        rows[f\"{'+'.join(active)} @ {msrs.positions}\"] = g.texts\n"
+        "for label, texts in rows.items():\n"
+        "    print(f'--- {label}')\n"
+        "    for t in texts[:3]:\n"
+        "        print('  ', t.replace(chr(10), ' ')[:110])"
+    ),
+    new_markdown_cell(
+        "## Gates over a steered text\n\nThe gate of every block and its projection at every "
+        "token (the module's input: the unsteered activations of the steered text); crosses "
+        "mark the token each attribute block chooses in the prompt."
+    ),
+    new_code_cell(
+        "msrs.set_active(['sentiment', 'formality'])\n"
+        "msrs.positions = scored()\n"
+        "g = generate(model, prompts[:1], msrs, max_new_tokens=24)\n"
+        "ids = torch.cat([g.prompt_ids[0], g.token_ids[0]])\n"
+        "h = capture(model, ids[None], SITE, positions=torch.ones(1, len(ids), dtype=torch.bool))[SITE]\n"
+        "tr = msrs.trace(h)\n"
+        "plen = len(g.prompt_ids[0])\n"
+        "chosen = {n: int(tr.scores[:plen, i].argmax()) for i, n in enumerate(tr.names) if i}\n"
+        "tokens = model.tokenizer.convert_ids_to_tokens(ids.tolist())\n"
+        "print({n: tokens[p] for n, p in chosen.items()})\n"
+        "gate_figure(tr, tokens, chosen=chosen, start=max(0, min(chosen.values()) - 4))"
+    ),
+    new_markdown_cell(
+        "## Learned subspaces\n\nThe attribute blocks are orthogonal by construction (90°). "
+        "How far did training move them from their initial span, and how close is each "
+        "attribute's span (shared + own block) to that attribute's CAA vector?"
+    ),
+    new_code_cell(
+        "caa = {a: fit_vector(model, pairs[a], SITE, chat=True).directions[0] for a in ATTRS}\n"
+        "start = 0\n"
+        "for name, size in zip(init.names, init.sizes):\n"
+        "    moved = msrs.subspace(name).principal_angles(\n"
+        "        steerlab.Subspace.from_vectors(init.R[start:start + size]))\n"
+        "    start += size\n"
+        "    print(f'{name:>10}: angles to its initial span {torch.rad2deg(moved).round().tolist()} deg')\n"
+        "for a in ATTRS:\n"
+        "    span = steerlab.Subspace.from_vectors(torch.cat([msrs.block('shared'), msrs.block(a)]).detach().double())\n"
+        "    for b in ATTRS:\n"
+        "        ang = span.principal_angles(steerlab.Subspace.from_vectors(caa[b].double()))[0]\n"
+        "        print(f'span(shared+{a}) vs CAA {b}: {float(torch.rad2deg(ang)):.1f} deg')"
+    ),
+    new_markdown_cell(
+        "## Save and load\n\nLike every intervention: a directory with `cfg.json` (kind `msrs`, "
+        "blocks, attributes, active set, position rule) and `msrs.safetensors`."
+    ),
+    new_code_cell(
+        "import tempfile\n"
+        "with tempfile.TemporaryDirectory() as d:\n"
+        "    msrs.save(Path(d) / 'msrs')\n"
+        "    back = load_intervention(Path(d) / 'msrs')\n"
+        "    same = generate(model, prompts[:2], back, max_new_tokens=16).texts == \\\n"
+        "        generate(model, prompts[:2], msrs, max_new_tokens=16).texts\n"
+        "print(type(back).__name__, back.active, 'same generations:', same)"
+    ),
+]
+
 
 def main() -> None:
     here = Path(__file__).resolve().parent.parent / "notebooks"
     here.mkdir(exist_ok=True)
-    for name, cells in NB.items():
+    names = sys.argv[1:] or list(NB)
+    unknown = sorted(set(names) - set(NB))
+    if unknown:
+        raise SystemExit(f"unknown notebooks {unknown}; known: {sorted(NB)}")
+    for name in names:
+        cells = NB[name]
         nb = new_notebook(cells=cells)
         nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
                                      "language": "python"}

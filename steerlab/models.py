@@ -67,12 +67,27 @@ def _package_dir(name: str) -> Path:
     return Path(next(iter(spec.submodule_search_locations)))
 
 
+def _file_stamp(path: Path, window: int = 1 << 20) -> str:
+    """Size and sha256 of the first and last MiB: identifies the file's content cheaply.
+
+    Not the mtime: every environment that installs the same wheel (a CI checkout, a second
+    venv) shares the cache, and an mtime stamp made them rebuild it in turn.
+    """
+    size = path.stat().st_size
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        h.update(f.read(window))
+        f.seek(max(size - window, 0))
+        h.update(f.read(window))
+    return f"{size}:{h.hexdigest()[:16]}"
+
+
 def _smollm2_dir() -> Path:
     """The cached HF directory of SmolLM2-135M-Instruct, built from the GGUF file once."""
     gguf_folder = _package_dir("smollm2-135m-instruct")
     gguf = gguf_folder / SMOLLM2_GGUF
     target = cache_dir() / "smollm2-135m-instruct"
-    stamp = f"{gguf.stat().st_size}:{int(gguf.stat().st_mtime)}"
+    stamp = _file_stamp(gguf)
     done = target / "steerlab_source.json"
     if done.is_file() and json.loads(done.read_text()).get("gguf_stamp") == stamp:
         return target

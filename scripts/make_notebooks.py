@@ -8,7 +8,6 @@ The notebooks are written without outputs; execute them with
 """
 
 import sys
-
 from pathlib import Path
 
 import nbformat

@@ -240,3 +240,14 @@ def test_token_contexts(tok):
     assert same == (tokens, contexts)
     with pytest.raises(IndexError):
         token_contexts(tok, ids, [(0, 32)])
+
+
+def test_interleaved_named_corpora():
+    from steerlab.data import interleave
+
+    assert interleave([["a", "b", "c"], ["1"], ["x", "y"]]) == ["a", "1", "x", "b", "y", "c"]
+    with pytest.raises(ValueError, match="at least one"):
+        interleave([])
+    prose, code = load_texts("prose"), load_texts("code", max_docs=50)
+    mixed = load_texts("prose+code", max_docs=6)
+    assert mixed[0::2] == prose[:3] and mixed[1::2] == code[:3]

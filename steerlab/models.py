@@ -99,8 +99,12 @@ def _smollm2_dir() -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         gguf_folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
     )
-    tmp = target.with_name(target.name + ".tmp")
-    tmp.mkdir(parents=True, exist_ok=True)
+    import shutil
+    import tempfile
+
+    # a private temporary directory: two processes may build the cache at the same time
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     # save_pretrained refuses GGUF-loaded models, so write an ordinary HF directory by hand.
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
@@ -119,11 +123,17 @@ def _smollm2_dir() -> Path:
     )
     tok.save_pretrained(tmp)
     (tmp / "steerlab_source.json").write_text(json.dumps({"gguf": str(gguf), "gguf_stamp": stamp}))
+    # swap by renames, so a reader never sees a half-written directory under the target name
+    old = None
     if target.exists():
-        import shutil
-
-        shutil.rmtree(target)
-    tmp.rename(target)
+        old = target.with_name(f"{target.name}.old-{os.getpid()}")
+        target.rename(old)
+    try:
+        tmp.rename(target)
+    except OSError:  # another process put a fresh cache in place meanwhile: keep theirs
+        shutil.rmtree(tmp, ignore_errors=True)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
     return target
 
 

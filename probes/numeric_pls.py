@@ -12,6 +12,9 @@ Stages (each writes into --out, default runs/numeric_pls/):
   (greedy completion, cached in recall_<attribute>.json) filters the entities; the entity's last
   token in its comparison prompt ("Was X born before") is probed per layer, for all curated
   entities and for the recall-filtered ones.
+- ``shifts``: the same direction (below) moves each recalled person in "X was born in the
+  year" by α at the name's last token; the year the model then states moves the intended way
+  (directed changes, Wilson 95% intervals) against random directions of the same norm.
 - ``flips``: the first PLS direction of birth years (fitted on all curated people at the best
   layer of the first half of the network) moves X in "Was X born before Y? Answer:" (X, Y among the recalled people) by α, in
   units of the people's spread along it; answer flips (sign of logit " Yes" − logit " No")
@@ -43,6 +46,7 @@ from steerlab.probes.numeric import (
     recall_records,
     score_completions,
     set_value_experiment,
+    value_shift_experiment,
 )
 from steerlab.probes.pls import PLSConfig, fit_pls
 from steerlab.probes.sweep import capture_layers, format_table, pls_sweep
@@ -122,10 +126,12 @@ def stage_entities(model, args, results, figs, out):
     return ents
 
 
-def stage_flips(model, args, results, ents, figures):
+def _year_direction(model, args, results, ents):
+    """The first PLS direction of birth years at the flip layer, fitted on all curated people
+    (more rows: a steadier direction); cached on ``args`` for the later stages."""
+    if getattr(args, "_direction", None) is not None:
+        return args._direction
     e, keep, cap = ents["birth_year"]
-    # the probe is fitted on every curated person (more rows: a steadier direction); the
-    # comparison prompts use the people the model recalls (or everyone if too few)
     rows = results["entities"]["birth_year"]["all"]["rows"]
     # an edit of resid_post.L at X only reaches the answer through the blocks after L, and the
     # last block's output at X is read by nothing: search the first half of the network
@@ -139,6 +145,37 @@ def stage_flips(model, args, results, ents, figures):
     coords = probe.subspace(1).project(x)[:, 0]
     unit = float(coords.std())
     increases = bool(float(u.double() @ probe.coef.double()) > 0)
+    args._direction = (layer, x, res, probe, u, unit, increases)
+    return args._direction
+
+
+def stage_shifts(model, args, results, ents, figures):
+    """Causal test on a task the model does: move each recalled person along the PLS direction
+    in "X was born in the year" and read the year it then states."""
+    e, keep, _ = ents["birth_year"]
+    layer, _, res, _, u, unit, increases = _year_direction(model, args, results, ents)
+    sub_e = e.subset(keep)
+    t0 = time.time()
+    out = value_shift_experiment(model, sub_e, u, layer, args.alphas, unit=unit,
+                                 increases_value=increases, n_random=args.n_random,
+                                 batch_size=args.batch_size)  # fmt: skip
+    print(f"\n[value shifts] birth_year, {len(sub_e.names)} recalled people, resid_post.{layer}, "
+          f"α unit = {unit:.3g}; edit at the name's last token of \"X was born in the year\" "
+          f"({time.time() - t0:.0f} s)")  # fmt: skip
+    print(format_table(out["rows"], ["direction", "alpha", "n", "directed", "changed",
+                                     "directed_rate", "ci_low", "ci_high", "mean_shift",
+                                     "median_shift"]))  # fmt: skip
+    results["value_shifts"] = {"layer": layer, "n_entities": len(sub_e.names), "unit": unit,
+                               "probe_test_r2": res.test.r2, **out}  # fmt: skip
+    figures["α vs directed changes of the recalled birth year (PLS vs random)"] = flip_rates(
+        out["rows"], rate="directed_rate",
+        title=f"Recalled birth year moved in the intended direction, resid_post.{layer}",
+    )
+
+
+def stage_flips(model, args, results, ents, figures):
+    e, keep, _ = ents["birth_year"]
+    layer, x, res, probe, u, unit, increases = _year_direction(model, args, results, ents)
     scores = probe.transform(x)
     if probe.n_components < 2:
         scores = torch.stack([scores[:, 0], torch.zeros(len(x), dtype=scores.dtype)], 1)
@@ -198,8 +235,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--out", default="runs/numeric_pls")
-    ap.add_argument("--stages", nargs="+", default=["years", "entities", "flips"],
-                    choices=["years", "entities", "flips"])  # fmt: skip
+    ap.add_argument("--stages", nargs="+", default=["years", "entities", "shifts", "flips"],
+                    choices=["years", "entities", "shifts", "flips"])  # fmt: skip
     ap.add_argument("--n-years", type=int, default=1000)
     ap.add_argument("--n-quantities", type=int, default=300)
     ap.add_argument("--attributes", nargs="+", default=list(ATTRIBUTES), choices=list(ATTRIBUTES))
@@ -230,10 +267,12 @@ def main() -> None:
     if "years" in args.stages:
         stage_years(model, args, results, curves)
     ents = {}
-    if "entities" in args.stages or "flips" in args.stages:
-        if "flips" in args.stages and "birth_year" not in args.attributes:
+    if {"entities", "flips", "shifts"} & set(args.stages):
+        if {"flips", "shifts"} & set(args.stages) and "birth_year" not in args.attributes:
             args.attributes.append("birth_year")
         ents = stage_entities(model, args, results, curves, out)
+    if "shifts" in args.stages:
+        stage_shifts(model, args, results, ents, figures)
     if "flips" in args.stages:
         stage_flips(model, args, results, ents, figures)
     figs = {}

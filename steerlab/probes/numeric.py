@@ -39,6 +39,8 @@ from torch import Tensor
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "steered_greedy",
+    "value_shift_experiment",
     "ATTRIBUTES",
     "Attribute",
     "Comparison",
@@ -637,6 +639,123 @@ def flip_experiment(
                                   toward_yes.repeat(len(vecs))))  # fmt: skip
     acc = float(((m0 > 0) == truth).double().mean())
     return FlipExperiment(rows, m0, acc)
+
+
+@torch.no_grad()
+def steered_greedy(
+    handle: Any,
+    prompts: Sequence[str],
+    char_spans: Sequence[tuple[int, int]],
+    make: Callable[[Any], Any] | None,
+    *,
+    max_new_tokens: int = 5,
+    batch_size: int = 32,
+) -> list[str]:
+    """Greedy continuations with an edit at the last token of a character span of each prompt.
+
+    Each step re-runs the whole (prompt + continuation so far) without a KV cache, so the span
+    rule of :func:`steerlab.steering.positions.spans` stays valid: appending text never moves
+    the span's tokens. ``make(positions)`` builds the intervention(s); ``None`` runs unsteered.
+    Slower than cached generation, and exact for any position rule.
+    """
+    from steerlab.capture.positions import encode_texts
+    from steerlab.steering import spans, steer
+
+    out: list[str] = []
+    for i in range(0, len(prompts), batch_size):
+        base = list(prompts[i : i + batch_size])
+        sp = list(char_spans[i : i + batch_size])
+        ids: list[list[int]] = [[] for _ in base]
+        for _ in range(max_new_tokens):
+            texts = [b + handle.tokenizer.decode(t) for b, t in zip(base, ids)]
+            enc = encode_texts(handle, texts)
+            am = enc.attention_mask.to(handle.device)
+            ivs = [] if make is None else make(spans(handle, texts, sp, "last"))
+            with steer(handle, ivs):
+                logits = handle.model(input_ids=enc.input_ids.to(handle.device),
+                                      attention_mask=am).logits  # fmt: skip
+            last = am.sum(1) - 1
+            nxt = logits[torch.arange(len(texts)), last].argmax(-1).tolist()
+            for row, t in zip(ids, nxt):
+                row.append(t)
+        out.extend(handle.tokenizer.decode(t) for t in ids)
+    return out
+
+
+def value_shift_experiment(
+    handle: Any,
+    entities: Entities,
+    direction: Tensor,
+    layer: int,
+    alphas: Sequence[float],
+    *,
+    unit: float = 1.0,
+    increases_value: bool = True,
+    n_random: int = 3,
+    seed: int = 0,
+    kind: str = "resid_post",
+    max_new_tokens: int | None = None,
+    batch_size: int = 32,
+) -> dict[str, Any]:
+    """Move each entity's representation along ``direction`` in its recall prompt and read the
+    value the model then states (El-Shangiti et al. 2025: the PLS subspace is causal for the
+    attribute's value), against random directions of the same norm.
+
+    The edit ``AddVector(direction, α·unit)`` acts at the entity's last token of the recall
+    prompt (``"{e} was born in the year"``); the continuation is decoded greedily
+    (:func:`steered_greedy`) and parsed. A *directed change* is a parsed value that moved in the
+    direction α should move it (``+`` when ``α > 0`` and ``increases_value``); counts come with
+    Wilson 95% intervals. Use the entities the model recalls, so the unsteered value is right.
+
+    Returns:
+        ``{"baseline": [...parsed values], "rows": [{direction, alpha, n, directed, changed,
+        directed_rate, ci_low, ci_high, mean_shift, median_shift}, ...]}``; shifts are in value
+        units, signed so that positive is the intended direction.
+    """
+    from steerlab.steering import AddVector
+
+    spec = entities.attribute
+    prefix = spec.recall[: spec.recall.index("{e}")]
+    prompts = [spec.recall.format(e=n) for n in entities.names]
+    char_spans = [(len(prefix), len(prefix) + len(n)) for n in entities.names]
+    n_new = max_new_tokens or spec.max_new_tokens
+    site = f"{kind}.{layer}"
+    u = direction.detach().double().cpu()
+    u = u / torch.linalg.vector_norm(u)
+    g = torch.Generator().manual_seed(seed)
+    randoms = [torch.randn(u.shape[0], generator=g, dtype=torch.float64) for _ in range(n_random)]
+
+    def parsed(texts: list[str]) -> Tensor:
+        return torch.tensor([parse_number(t) for t in texts], dtype=torch.float64)
+
+    v0 = parsed(steered_greedy(handle, prompts, char_spans, None, max_new_tokens=n_new,
+                               batch_size=batch_size))  # fmt: skip
+    rows = []
+    for alpha in alphas:
+        sign = 1.0 if (alpha > 0) == increases_value else -1.0
+        for name, vecs in (("pls", [u]), ("random", randoms)):
+            shifts = []
+            for v in vecs:
+
+                def make(pos, v=v):
+                    return AddVector(v.float(), alpha * unit, site, pos)
+
+                v1 = parsed(steered_greedy(handle, prompts, char_spans, make,
+                                           max_new_tokens=n_new, batch_size=batch_size))  # fmt: skip
+                shifts.append((v1 - v0) * sign)
+            d = torch.cat(shifts)
+            ok = d.isfinite()
+            n, kd, kc = int(ok.sum()), int((d[ok] > 0).sum()), int((d[ok] != 0).sum())
+            lo, hi = wilson_interval(kd, n)
+            rows.append({
+                "direction": name, "alpha": float(alpha), "n": n, "directed": kd,
+                "changed": kc, "directed_rate": kd / n if n else float("nan"),
+                "ci_low": lo, "ci_high": hi,
+                "mean_shift": float(d[ok].mean()) if n else float("nan"),
+                "median_shift": float(d[ok].median()) if n else float("nan"),
+                "unparsed": int((~ok).sum()),
+            })  # fmt: skip
+    return {"baseline": v0.tolist(), "rows": rows}
 
 
 def set_value_experiment(

@@ -250,3 +250,49 @@ def test_set_value_experiment_runs_per_example(tiny_models):
     out = set_value_experiment(h, cmp, probe, 1, e, offset=100, batch_size=4)
     assert out["n"] == len(cmp) and out["k"] == 2
     assert 0 <= out["agree_after"] <= out["n"]
+
+
+def test_steered_greedy_matches_generate_and_edits_the_entity(model):
+    """Unsteered, the cache-free decoding equals HF ``generate`` (greedy_complete); with an
+    edit at the entity's last token it equals a hand-written hook at that token."""
+    from steerlab.probes.numeric import greedy_complete, steered_greedy
+    from steerlab.steering import AddVector
+
+    names = ["Albert Einstein", "Isaac Newton", "Marie Curie"]
+    prompts = [f"{n} was born in the year" for n in names]
+    sp = [(0, len(n)) for n in names]
+    assert steered_greedy(model, prompts, sp, None, max_new_tokens=4) == greedy_complete(
+        model, prompts, max_new_tokens=4
+    )
+    v = torch.randn(model.d_model, generator=torch.Generator().manual_seed(0))
+    got = steered_greedy(model, prompts[:1], sp[:1],
+                         lambda pos: AddVector(v, 40.0, "resid_post.3", pos), max_new_tokens=4)  # fmt: skip
+    idx = len(model.tokenizer(names[0], add_special_tokens=False)["input_ids"]) - 1
+    idx += int(model.add_bos)
+
+    def hook(_m, _a, out):
+        hs = (out[0] if isinstance(out, tuple) else out).clone()
+        if hs.shape[1] > idx:  # the full prompt pass, not a cached decoding step
+            hs[:, idx] += 40.0 * v / v.norm()
+        return (hs, *out[1:]) if isinstance(out, tuple) else hs
+
+    handle = model.model.model.layers[3].register_forward_hook(hook)
+    try:
+        want = greedy_complete(model, prompts[:1], max_new_tokens=4)
+    finally:
+        handle.remove()
+    assert got == want
+
+
+def test_value_shift_experiment_alpha_zero_moves_nothing(tiny_models):
+    from steerlab.probes.numeric import value_shift_experiment
+
+    h = tiny_models["gpt2"]
+    e, _ = _tiny_comparisons()
+    out = value_shift_experiment(h, e, torch.ones(64), 1, [0.0, 50.0], n_random=2,
+                                 max_new_tokens=3, batch_size=4)  # fmt: skip
+    rows = {(r["direction"], r["alpha"]): r for r in out["rows"]}
+    zero = rows[("pls", 0.0)]
+    assert zero["directed"] == 0 and zero["changed"] == 0
+    assert rows[("random", 0.0)]["n"] + rows[("random", 0.0)]["unparsed"] == 2 * len(e.names)
+    assert len(out["baseline"]) == len(e.names)

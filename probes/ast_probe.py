@@ -58,9 +58,9 @@ def _ints(s: str) -> list[int]:
 def parse_args() -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--n-train", type=int, default=1600, help="training snippets")
-    ap.add_argument("--n-dev", type=int, default=200, help="dev snippets (early stopping)")
-    ap.add_argument("--n-test", type=int, default=300, help="test snippets")
+    ap.add_argument("--n-train", type=int, default=800, help="training snippets")
+    ap.add_argument("--n-dev", type=int, default=150, help="dev snippets (early stopping)")
+    ap.add_argument("--n-test", type=int, default=250, help="test snippets")
     ap.add_argument("--max-leaves", type=int, default=100, help="drop longer functions")
     ap.add_argument("--seed", type=int, default=0, help="data split, subsample, probe init")
     ap.add_argument("--rank", type=int, default=128, help="rank of the layer sweep")
@@ -72,10 +72,10 @@ def parse_args() -> argparse.Namespace:
         help="depths probed on the random model: 'all', 'everyN' or a list; the best depth "
         "of the model is always added (its capture stops after the deepest one)",
     )
-    ap.add_argument("--epochs", type=int, default=40, help="most epochs per probe")
+    ap.add_argument("--epochs", type=int, default=16, help="most epochs per probe")
     ap.add_argument("--lr", type=float, default=1e-2)
     ap.add_argument("--lr-patience", type=int, default=1)
-    ap.add_argument("--patience", type=int, default=5, help="early-stopping patience")
+    ap.add_argument("--patience", type=int, default=3, help="early-stopping patience")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--orth-lambda", type=float, default=5.0)
     ap.add_argument(

@@ -25,6 +25,7 @@ from steerlab.steering.interventions import (
     SetCoords,
     load_intervention,
 )
+from steerlab.steering.msrs import MSRS, MSRSLoss, init_bases
 from steerlab.steering.positions import (
     Positions,
     TokenView,
@@ -48,6 +49,8 @@ __all__ = [
     "LoReFT",
     "LowRankEdit",
     "MLPGate",
+    "MSRS",
+    "MSRSLoss",
     "PositionTracker",
     "Positions",
     "SetCoords",
@@ -57,6 +60,7 @@ __all__ = [
     "as_positions",
     "component",
     "first_n",
+    "init_bases",
     "last_n",
     "load_intervention",
     "scored",

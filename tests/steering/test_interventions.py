@@ -16,6 +16,7 @@ from steerlab.probes.erasure import LeaceEraser
 from steerlab.probes.erasure_model import EraserEdit
 from steerlab.saes.sae import SaeConfig, build_sae
 from steerlab.saes.splice import Replace, SaeSplice
+from steerlab.steering.msrs import MSRS
 from steerlab.sites import SiteError
 from steerlab.steering import (
     KINDS,
@@ -196,6 +197,7 @@ def _all_kinds(d: int = 16):
         ),
         "replace": Replace(torch.randn(d, generator=g), SITE, "prompt:last_2"),
         "sae_splice": SaeSplice(build_sae(SaeConfig(d_in=d, d_sae=32, k=4, site=SITE))),
+        "msrs": MSRS(d, [1, 2, 1], ["x", "y"], SITE, hidden=4),
     }
 
 

@@ -16,7 +16,6 @@ from steerlab.probes.erasure import LeaceEraser
 from steerlab.probes.erasure_model import EraserEdit
 from steerlab.saes.sae import SaeConfig, build_sae
 from steerlab.saes.splice import Replace, SaeSplice
-from steerlab.steering.msrs import MSRS
 from steerlab.sites import SiteError
 from steerlab.steering import (
     KINDS,
@@ -34,6 +33,7 @@ from steerlab.steering import (
     load_intervention,
     scored,
 )
+from steerlab.steering.msrs import MSRS
 from steerlab.subspace import Subspace
 
 ATOL = 1e-10

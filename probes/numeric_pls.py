@@ -126,11 +126,14 @@ def stage_entities(model, args, results, figs, out):
     return ents
 
 
+_DIRECTION: dict = {}  # the fitted birth-year direction, shared by the shifts and flips stages
+
+
 def _year_direction(model, args, results, ents):
     """The first PLS direction of birth years at the flip layer, fitted on all curated people
-    (more rows: a steadier direction); cached on ``args`` for the later stages."""
-    if getattr(args, "_direction", None) is not None:
-        return args._direction
+    (more rows: a steadier direction); computed once for the later stages."""
+    if "fit" in _DIRECTION:
+        return _DIRECTION["fit"]
     e, keep, cap = ents["birth_year"]
     rows = results["entities"]["birth_year"]["all"]["rows"]
     # an edit of resid_post.L at X only reaches the answer through the blocks after L, and the
@@ -145,8 +148,8 @@ def _year_direction(model, args, results, ents):
     coords = probe.subspace(1).project(x)[:, 0]
     unit = float(coords.std())
     increases = bool(float(u.double() @ probe.coef.double()) > 0)
-    args._direction = (layer, x, res, probe, u, unit, increases)
-    return args._direction
+    _DIRECTION["fit"] = (layer, x, res, probe, u, unit, increases)
+    return _DIRECTION["fit"]
 
 
 def stage_shifts(model, args, results, ents, figures):

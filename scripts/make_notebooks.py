@@ -322,6 +322,20 @@ NB["03_probes_pls.ipynb"] = [
         "flip_rates(exp.rows)"
     ),
     new_markdown_cell(
+        "The 135M model answers these comparisons near chance (above), so there is little for "
+        "a direction to flip. It does *recall* many birth years, so the causal test that fits "
+        "this model edits X in \"X was born in the year\" and reads the year it then states: "
+        "a *directed* change moves the year the way α should move it."
+    ),
+    new_code_cell(
+        "from steerlab.probes.numeric import value_shift_experiment\n"
+        "shift = value_shift_experiment(model, kept, u, L, [-8.0, 8.0], unit=unit,\n"
+        "                               increases_value=up, n_random=2)\n"
+        "print(format_table(shift['rows'], ['direction', 'alpha', 'n', 'directed', 'changed',\n"
+        "                                   'directed_rate', 'ci_low', 'ci_high', 'median_shift']))\n"
+        "flip_rates(shift['rows'], rate='directed_rate', title='Recalled year moved as intended')"
+    ),
+    new_markdown_cell(
         "## 4. Selectivity of a token-level probe\n\nEvery token of small standard-library "
         "functions is labelled with its lexical role (keyword, builtin, definition, attribute, "
         "name, number, string, operator). The control task gives each word *type* a random "

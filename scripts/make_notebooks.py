@@ -285,13 +285,12 @@ NB["03_probes_pls.ipynb"] = [
         "start of the comparison prompt) is probed."
     ),
     new_code_cell(
-        "people = load_entities('birth_year')\n"
-        "people = people.subset([i < 100 for i in range(len(people.names))])\n"
+        "people = load_entities('birth_year')  # 301 people\n"
         "rec = recall_check(model, people, batch_size=40)\n"
         "kept = people.subset(rec.correct)\n"
         "print(f'{len(kept.names)} of {len(people.names)} birth years recalled within 5 years')\n"
         "ent = capture_layers(model, ['Was ' + n for n in people.names], 'last')\n"
-        "prow = pls_sweep(ent.acts, people.targets, PLSConfig(max_components=5, test_fraction=0.2))\n"
+        "prow = pls_sweep(ent.acts, people.targets, PLSConfig(max_components=10, test_fraction=0.2))\n"
         "print(format_table(prow[::3], ['layer', 'r2', 'mae', 'n_components']))\n"
         "# an edit at resid_post.L reaches the answer only through the blocks after L (the last\n"
         "# block's output at X is read by nothing), so take the best layer of the first half\n"
@@ -300,7 +299,7 @@ NB["03_probes_pls.ipynb"] = [
     ),
     new_code_cell(
         "x = ent.acts[L].double()\n"
-        "probe = fit_pls(x, people.targets, PLSConfig(n_components=3, test_fraction=0.2)).probe\n"
+        "probe = fit_pls(x, people.targets, PLSConfig(max_components=10, test_fraction=0.2)).probe\n"
         "pls_components(probe.transform(x)[:, :2], people.values, people.names, value_name='birth year')"
     ),
     new_markdown_cell(

@@ -66,9 +66,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--site", default=None, help="erase here instead of the best site")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--rlace-ranks", default="1,2,4")
-    ap.add_argument("--rlace-iter", type=int, default=1500, help="R-LACE game iterations")
-    ap.add_argument("--rlace-lr", type=float, default=0.02, help="both players (rescaled inputs)")
-    ap.add_argument("--rlace-eval-every", type=int, default=100)
+    # R-LACE: the paper's Bias in Bios settings (lr 0.005, predictor momentum 0.9); with
+    # lr 0.02 and no momentum the game stalls at 0.56 on gender (5.1 points above majority)
+    ap.add_argument("--rlace-iter", type=int, default=4000, help="R-LACE game iterations")
+    ap.add_argument("--rlace-lr", type=float, default=0.005, help="both players (rescaled inputs)")
+    ap.add_argument("--rlace-momentum", type=float, default=0.9, help="predictor's SGD momentum")
+    ap.add_argument("--rlace-eval-every", type=int, default=250)
     ap.add_argument("--inlp-iter", type=int, default=40, help="most INLP classifiers")
     ap.add_argument("--tolerance", type=float, default=0.02, help="'at majority' tolerance")
     ap.add_argument("--ce-tokens", type=int, default=8192, help="prose tokens for the LM cost")
@@ -129,7 +132,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # 3. accuracy vs rank for the three methods
     rcfg = RlaceConfig(max_iter=args.rlace_iter, eval_every=args.rlace_eval_every,
-                       lr_P=args.rlace_lr, lr_predictor=args.rlace_lr, epsilon=0.001,
+                       lr_P=args.rlace_lr, lr_predictor=args.rlace_lr,
+                       momentum=args.rlace_momentum, epsilon=0.001,
                        dtype="float32", seed=args.seed)  # fmt: skip
     icfg = InlpConfig(n_iter=args.inlp_iter, epsilon=0.01, seed=args.seed)
     curves = accuracy_vs_rank(xtr, ytr, xte, yte, rlace_ranks=_ints(args.rlace_ranks),

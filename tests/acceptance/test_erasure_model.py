@@ -3,8 +3,8 @@
 At the best layer for gender (data/erasure/gender.jsonl, held-out names): a fresh probe after
 LEACE scores what a probe that learned nothing scores (within 2 points of the majority rate or
 of the constant training-majority probe: the majority class can flip between the splits);
-R-LACE rank 1 removes most of the concept (measured 5.1 points above the majority on the full
-data, 14.7 on this subset: not the paper's near-majority); INLP's curve comes down (measured 0.98 -> 0.88 over 40
+R-LACE rank 1 removes most of the concept (measured 3.1 points above the majority on the full
+data, see the README); INLP's curve comes down (measured 0.98 -> 0.88 over 40
 directions: it does not reach the majority, see the README); in-model LEACE leaves a fresh
 probe at chance and its cross-entropy cost on prose is finite and positive. Takes ~10 min of
 one CPU core (the capture of 1,000 sentences at 30 layers and the R-LACE game dominate).
@@ -43,8 +43,8 @@ def test_erase_gender_at_best_layer(tmp_path):
 
     before = summary["accuracy_vs_rank"]["accuracy_before"]
     assert near_chance(curves["leace"]["accuracy"][1], 0.02), curves["leace"]
-    # R-LACE's game is data dependent here: rank 1 leaves 0.558 on the full data (5.1 points
-    # above the majority, README) and 0.655 on this 1,000-text subset; check it removes most
+    # R-LACE's game is stochastic: rank 1 leaves 0.539 on the full data (3.1 points above the
+    # majority, README); on this 1,000-text subset check only that it removes most of it
     assert curves["rlace"]["accuracy"][1] < before - 0.25, curves["rlace"]
     inlp_acc = curves["inlp"]["accuracy"]
     assert inlp_acc[-1] < before - 0.05 and min(inlp_acc[1:]) < inlp_acc[1], inlp_acc

@@ -54,6 +54,15 @@ def register(kind: str) -> Callable[[type], type]:
     return deco
 
 
+def check_json(value: Any, what: str = "meta") -> None:
+    """Raise a ValueError naming ``what`` unless ``value`` is JSON-serialisable (it goes into
+    ``cfg.json``, never into a pickle)."""
+    try:
+        json.dumps(value)
+    except TypeError as e:
+        raise ValueError(f"{what} must be JSON-serialisable: {e}") from None
+
+
 def tensors_name(kind: str) -> str:
     """File name of the tensors of an artifact of ``kind``."""
     return f"{kind}.safetensors"

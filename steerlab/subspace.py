@@ -7,7 +7,6 @@ are affine and act on the last dimension of any batch of activations.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -18,7 +17,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import check_json, load_artifact, register, save_artifact
 
 logger = logging.getLogger(__name__)
 
@@ -114,10 +113,7 @@ class Subspace:
                 f"basis columns are not orthonormal: max|BᵀB − I| = {err:.3g} > {tol:.3g}; "
                 "use Subspace.from_vectors to orthonormalise arbitrary vectors"
             )
-        try:
-            json.dumps(self.meta)
-        except TypeError as e:
-            raise ValueError(f"meta must be JSON-serialisable: {e}") from None
+        check_json(self.meta)
 
     @property
     def d_model(self) -> int:

@@ -18,7 +18,6 @@ arXiv 2306.03819) is fitted here from streamed float64 statistics, following Ele
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -29,7 +28,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import check_json, load_artifact, register, save_artifact
 from steerlab.probes._checks import check_features, check_labels, check_targets, check_width
 from steerlab.subspace import Subspace
 
@@ -88,10 +87,7 @@ class AffineEraser:
             raise ValueError(f"factors must be floating point, got {L.dtype}")
         if not all(bool(torch.isfinite(t).all()) for t in tensors):
             raise ValueError("eraser factors contain NaN or inf")
-        try:
-            json.dumps(self.meta)
-        except TypeError as e:
-            raise ValueError(f"meta must be JSON-serialisable: {e}") from None
+        check_json(self.meta)
 
     @property
     def d_model(self) -> int:

@@ -26,7 +26,6 @@ accuracy on that task is memorising types, not reading the representation. Selec
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -37,7 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import check_json, load_artifact, register, save_artifact
 from steerlab.probes._checks import check_features, check_labels, check_targets, check_width
 from steerlab.probes.pls import split_ids
 from steerlab.subspace import Subspace
@@ -119,10 +118,7 @@ class LinearProbe:
                              f"{tuple(b.shape)}, mean {tuple(mu.shape)}")  # fmt: skip
         if self.meta.get("kind") not in ("logistic", "ridge"):
             raise ValueError("meta['kind'] must be 'logistic' or 'ridge'")
-        try:
-            json.dumps(self.meta)
-        except TypeError as e:
-            raise ValueError(f"meta must be JSON-serialisable: {e}") from None
+        check_json(self.meta)
 
     @property
     def kind(self) -> str:

@@ -31,7 +31,6 @@ score, hence the prediction, unchanged.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from collections.abc import Iterable
@@ -44,7 +43,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import check_json, load_artifact, register, save_artifact
 from steerlab.probes._checks import check_features, check_finite, check_width
 from steerlab.subspace import Subspace
 
@@ -264,10 +263,7 @@ class PLSProbe:
             check_finite(t, name)
         if bool((self.scale <= 0).any()):
             raise ValueError("scale must be positive")
-        try:
-            json.dumps(self.meta)
-        except TypeError as e:
-            raise ValueError(f"meta must be JSON-serialisable: {e}") from None
+        check_json(self.meta)
 
     @property
     def d_model(self) -> int:

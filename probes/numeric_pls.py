@@ -21,6 +21,12 @@ Stages (each writes into --out, default runs/numeric_pls/):
   against random directions of the same norm, with Wilson 95% intervals; and SetCoords to the
   PLS coordinates of value(Y) ± 100 years.
 
+- ``compare``: the comparison this model does, "Which year is later, X or Y?" with both years
+  in the prompt (answer read at the later year's digit). A PLS probe of X's year at X's last
+  digit, fitted on training prompts; on held-out prompts X is moved along its first PLS
+  direction by α (flips against random directions of the same norm), and its PLS coordinates
+  are set to those of value(Y) ± 100.
+
 Results: results.json (every number printed) and report.html (figures).
 """
 
@@ -47,6 +53,7 @@ from steerlab.probes.numeric import (
     score_completions,
     set_value_experiment,
     value_shift_experiment,
+    year_comparisons,
 )
 from steerlab.probes.pls import PLSConfig, fit_pls
 from steerlab.probes.sweep import capture_layers, format_table, pls_sweep
@@ -147,7 +154,9 @@ def _year_direction(model, args, results, ents):
     u = probe.direction
     coords = probe.subspace(1).project(x)[:, 0]
     unit = float(coords.std())
-    increases = bool(float(u.double() @ probe.coef.double()) > 0)
+    if float(u.double() @ probe.coef.double()) < 0:
+        u = -u  # orient: α > 0 raises the predicted value
+    increases = True
     _DIRECTION["fit"] = (layer, x, res, probe, u, unit, increases)
     return _DIRECTION["fit"]
 
@@ -171,7 +180,8 @@ def stage_shifts(model, args, results, ents, figures):
     results["value_shifts"] = {"layer": layer, "n_entities": len(sub_e.names), "unit": unit,
                                "probe_test_r2": res.test.r2, **out}  # fmt: skip
     figures["α vs directed changes of the recalled birth year (PLS vs random)"] = flip_rates(
-        out["rows"], rate="directed_rate",
+        out["rows"],
+        rate="directed_rate",
         title=f"Recalled birth year moved in the intended direction, resid_post.{layer}",
     )
 
@@ -234,12 +244,61 @@ def stage_flips(model, args, results, ents, figures):
     )
 
 
+def stage_compare(model, args, results, figures):
+    """The comparison the model does: "Which year is later, X or Y?" with both years in the
+    prompt. A PLS probe of X's year at X's last digit (fitted on training prompts, one capture
+    pass for all the layers), then, at each --compare-layers layer, X moved along its first PLS direction
+    in held-out prompts, against random directions of the same norm; and X's PLS coordinates
+    set to those of value(Y) ± --set-offset."""
+    train_e, train = year_comparisons(model, args.n_compare_train, seed=1)
+    years, test = year_comparisons(model, args.n_compare, seed=0)
+    train_years = train_e.values[[c.a for c in train]]
+    t0 = time.time()
+    cap = capture_layers(model, [c.text for c in train], [c.span_a for c in train],
+                         layers=sorted(set(args.compare_layers)), batch_size=args.batch_size)  # fmt: skip
+    out = {"n_train": len(train), "n_test": len(test), "layers": {}}
+    for layer in args.compare_layers:
+        x = cap.acts[layer].double()
+        res = fit_pls(x, train_years, PLSConfig(max_components=args.max_components,
+                                                test_fraction=0.2),
+                      meta={"site": f"resid_post.{layer}", "target": "year_in_context"})  # fmt: skip
+        probe = res.probe
+        u = probe.direction
+        unit = float(probe.subspace(1).project(x)[:, 0].std())
+        if float(u.double() @ probe.coef.double()) < 0:
+            u = -u  # orient: α > 0 raises X's year
+        increases = True
+        exp = flip_experiment(model, test, u, layer, args.alphas, unit=unit,
+                              increases_value=increases, yes_if_less=False,
+                              n_random=args.n_random, batch_size=args.batch_size)  # fmt: skip
+        print(f"\n[compare] \"Which year is later, X or Y?\" resid_post.{layer}: PLS of X's year "
+              f"on {len(train)} training prompts, held-out R² {res.test.r2:.3f} "
+              f"({res.n_components} comps); {len(test)} test prompts, unsteered accuracy "
+              f"{exp.accuracy:.3f}; α unit = {unit:.3g} ({time.time() - t0:.0f} s)")  # fmt: skip
+        print(format_table(exp.rows, ["direction", "alpha", "flips", "n", "flip_rate", "ci_low",
+                                      "ci_high", "directed", "eligible", "mean_shift"]))  # fmt: skip
+        setc = set_value_experiment(model, test, probe, layer, years, offset=args.set_offset,
+                                    batch_size=args.batch_size)  # fmt: skip
+        print(f"[set coords] k={setc['k']}, X set to the coordinates of value(Y) ± "
+              f"{args.set_offset:g}: answers agreeing with the set value {setc['agree_before']}/"
+              f"{setc['n']} before → {setc['agree_after']}/{setc['n']} after (95% CI "
+              f"{setc['after_ci'][0]:.3f}–{setc['after_ci'][1]:.3f})")  # fmt: skip
+        out["layers"][str(layer)] = {"probe_test_r2": res.test.r2, "n_components": res.n_components,
+                                     "unit": unit, "accuracy": exp.accuracy, "rows": exp.rows,
+                                     "set_coords": setc}  # fmt: skip
+        figures[f"α vs answer flips, years in context, resid_post.{layer}"] = flip_rates(
+            exp.rows, title=f'Answer flips, "Which year is later, X or Y?", resid_post.{layer}'
+        )
+    results["compare"] = out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="smollm2-135m-instruct")
     ap.add_argument("--out", default="runs/numeric_pls")
-    ap.add_argument("--stages", nargs="+", default=["years", "entities", "shifts", "flips"],
-                    choices=["years", "entities", "shifts", "flips"])  # fmt: skip
+    ap.add_argument("--stages", nargs="+", default=["years", "entities", "shifts", "flips",
+                                                    "compare"],
+                    choices=["years", "entities", "shifts", "flips", "compare"])  # fmt: skip
     ap.add_argument("--n-years", type=int, default=1000)
     ap.add_argument("--n-quantities", type=int, default=300)
     ap.add_argument("--attributes", nargs="+", default=list(ATTRIBUTES), choices=list(ATTRIBUTES))
@@ -259,6 +318,11 @@ def main() -> None:
     ap.add_argument("--per-entity", type=int, default=4, help="prompts per person as Y")
     ap.add_argument("--min-gap", type=float, default=20.0, help="years between X and Y")
     ap.add_argument("--set-offset", type=float, default=100.0)
+    ap.add_argument("--compare-layers", type=int, nargs="+", default=[5, 8],
+                    help="layers of the years-in-context flip test")  # fmt: skip
+    ap.add_argument("--n-compare", type=int, default=200, help="test prompts (compare stage)")
+    ap.add_argument("--n-compare-train", type=int, default=400,
+                    help="prompts the compare stage's PLS probe is fitted on")  # fmt: skip
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -278,6 +342,8 @@ def main() -> None:
         stage_shifts(model, args, results, ents, figures)
     if "flips" in args.stages:
         stage_flips(model, args, results, ents, figures)
+    if "compare" in args.stages:
+        stage_compare(model, args, results, figures)
     figs = {}
     if curves:
         figs["Held-out R² of the PLS probe per layer"] = layer_curves(

@@ -232,7 +232,7 @@ NB["03_probes_pls.ipynb"] = [
         "embedded **SmolLM2-135M-Instruct**, offline. We (1) probe every layer for the value of a "
         "year mentioned in a sentence, (2) check which birth years the model knows and find the "
         "PLS subspace of those entities, (3) move an entity along the first PLS direction and "
-        "count how often the model's Yes/No comparison answer flips, against random directions, "
+        "count how often the model's comparison answer flips, against random directions, "
         "and (4) measure a token-level probe's *selectivity* with Hewitt & Liang's control task. "
         "The full-size runs are `probes/numeric_pls.py` and `probes/linear_sweep.py`."
     ),
@@ -333,6 +333,37 @@ NB["03_probes_pls.ipynb"] = [
         "print(format_table(shift['rows'], ['direction', 'alpha', 'n', 'directed', 'changed',\n"
         "                                   'directed_rate', 'ci_low', 'ci_high', 'median_shift']))\n"
         "flip_rates(shift['rows'], rate='directed_rate', title='Recalled year moved as intended')"
+    ),
+    new_markdown_cell(
+        "### A comparison the model does\n\nWith both years in the prompt, \"Which year is "
+        "later, X or Y?\" in the chat template and answered \"The later year is 1…\", the model "
+        "is right about 93% of the time; its choice is the margin between the two years' second "
+        "digits (`Comparison.answer_ids`). A PLS probe of X's year at X's last digit, fitted on "
+        "*other* prompts, gives the direction; lowering X along it (α < 0) should turn the "
+        "answer to Y, raising it should turn it to X."
+    ),
+    new_code_cell(
+        "from steerlab.probes.numeric import year_comparisons\n"
+        "train_years, train = year_comparisons(model, 160, seed=1)\n"
+        "_, test = year_comparisons(model, 64, seed=0)\n"
+        "print(repr(test[0].text[-70:]))\n"
+        "yc = capture_layers(model, [c.text for c in train], [c.span_a for c in train], layers=[8])\n"
+        "xy = yc.acts[8].double()\n"
+        "yres = fit_pls(xy, train_years.values[[c.a for c in train]], PLSConfig(max_components=8))\n"
+        "uy = yres.probe.direction\n"
+        "uy = uy if float(uy.double() @ yres.probe.coef) > 0 else -uy  # α > 0 raises X's year\n"
+        "yunit = float(yres.probe.subspace(1).project(xy)[:, 0].std())\n"
+        "yexp = flip_experiment(model, test, uy, 8, [-8.0, 8.0], unit=yunit, yes_if_less=False,\n"
+        "                       n_random=1)\n"
+        "print(f'held-out R² of the year {yres.test.r2:.3f}; unsteered accuracy {yexp.accuracy:.2f}')\n"
+        "print(format_table(yexp.rows, ['direction', 'alpha', 'flips', 'n', 'flip_rate', 'ci_low',\n"
+        "                               'ci_high', 'directed', 'eligible']))\n"
+        "flip_rates(yexp.rows, title='Which year is later? Answer flips, PLS vs random')"
+    ),
+    new_markdown_cell(
+        "Lowering X flips many answers to Y, far more than random directions of the same norm; "
+        "raising X moves the margin towards X too, but flips few answers (the README has the "
+        "full run: `python probes/numeric_pls.py --stages compare`)."
     ),
     new_markdown_cell(
         "## 4. Selectivity of a token-level probe\n\nEvery token of small standard-library "
@@ -478,7 +509,7 @@ NB["04_concept_erasure.ipynb"] = [
         "from steerlab import load_model\n"
         "from steerlab.capture import capture\n"
         "from steerlab.data import chunk_tokens, prose_corpus\n"
-        "from steerlab.probes.erasure import LeaceEraser, probe_scores\n"
+        "from steerlab.probes.erasure import LeaceEraser\n"
         "from steerlab.probes.erasure_eval import (accuracy_vs_rank, best_site, directions_needed,\n"
         "                                          evaluate_eraser, load_concept, probe_by_site)\n"
         "from steerlab.probes.erasure_model import EraserEdit, lm_cost, scrub\n"
@@ -642,7 +673,7 @@ NB["06_ast_probe.ipynb"] = [
         "subsample_splits\n"
         "from steerlab.probes.ast_probe import AstProbeConfig, evaluate_ast_probe, "
         "fit_ast_probe, predict_trees, split_data\n"
-        "from steerlab.views.ast import f1_by_layer, pick_example, tree_figure, tree_pair\n\n"
+        "from steerlab.views.ast import f1_by_layer, pick_example, tree_pair\n\n"
         "torch.set_num_threads(1)  # small matrices: one thread avoids synchronisation overhead\n"
         "model = load_model()\n"
         "ds = load_ast_snippets(max_leaves=50, tokenizer=model.tokenizer)\n"

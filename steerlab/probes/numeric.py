@@ -12,7 +12,9 @@ Three data sets, after El-Shangiti et al. (NAACL 2025) and Heinzerling & Inui (E
   in the year");
 - **comparisons** (:func:`comparison_prompts`): "Was X born before Y? Answer:" pairs built from
   the kept entities; the model's answer is the sign of ``logit(" Yes") − logit(" No")``
-  (:func:`yes_no_margin`).
+  (:func:`yes_no_margin`). SmolLM2-135M answers these at chance, so
+  :func:`year_comparisons` adds the comparison it does: "Which year is later, X or Y?" with
+  both years in the prompt, read out at the answer's digit (:func:`comparison_margins`).
 
 The causal test (:func:`flip_experiment`, :func:`set_value_experiment`) moves the first
 entity's last-token representation along the first PLS direction by ``α`` (or sets its PLS
@@ -47,7 +49,11 @@ __all__ = [
     "Entities",
     "NumberSentence",
     "RecallResult",
+    "YEAR_IN_CONTEXT",
+    "answer_margins",
+    "comparison_margins",
     "comparison_prompts",
+    "year_comparisons",
     "flip_experiment",
     "set_value_experiment",
     "steered_margins",
@@ -79,7 +85,7 @@ class Attribute:
     name: str
     """Short id: ``birth_year``, ``population``, ``atomic_number``."""
     file: str
-    """CSV file under ``data/numeric``."""
+    """CSV file under ``data/numeric`` (empty when the values are given in the prompt)."""
     column: str
     """CSV column holding the value."""
     recall: str
@@ -141,6 +147,10 @@ class Entities(NamedTuple):
     def subset(self, keep: Tensor | Sequence[bool]) -> Entities:
         """The entities where ``keep`` is True."""
         k = torch.as_tensor(keep, dtype=torch.bool)
+        if k.shape != (len(self.names),):
+            raise ValueError(
+                f"keep must be a mask of {len(self.names)} booleans, got {tuple(k.shape)}"
+            )
         return Entities([n for n, m in zip(self.names, k.tolist()) if m], self.values[k],
                         self.attribute)  # fmt: skip
 
@@ -295,6 +305,9 @@ class Comparison(NamedTuple):
     """Character span of ``a`` in ``text``."""
     span_b: tuple[int, int]
     """Character span of ``b`` in ``text``."""
+    answer_ids: tuple[int, int] | None = None
+    """Token ids ``(positive, negative)`` whose logit difference is the answer margin (> 0: the
+    answer is the positive one, correct iff ``yes``); None means ``(" Yes", " No")``."""
 
 
 def comparison_prompts(
@@ -334,30 +347,139 @@ def comparison_prompts(
     return out
 
 
+#: Years given in the prompt itself ("Which year is later, 1832 or 1907?"): no table and no
+#: recall check, the value is in the context. "Yes" (the positive answer) means ``a`` is later.
+YEAR_IN_CONTEXT = Attribute(
+    "year_in_context", file="", column="", recall="",
+    compare="Which year is later, {a} or {b}?", yes_if_less=False, tolerance=0.0,
+)  # fmt: skip
+
+
+def year_comparisons(
+    handle: Any,
+    n: int,
+    *,
+    lo: int = 1100,
+    hi: int = 1999,
+    seed: int = 0,
+    question: str = YEAR_IN_CONTEXT.compare,
+    answer_prefix: str = "The later year is ",
+) -> tuple[Entities, list[Comparison]]:
+    """``n`` chat prompts comparing two years given in context, read out at a digit.
+
+    The prompt is the model's chat template around ``question`` (e.g. "Which year is later,
+    1832 or 1907?") followed by the assistant's ``answer_prefix`` and the years' shared first
+    digit ("The later year is 1"). The two years differ in their second digit, so the model's
+    choice is the margin ``logit(a's 2nd digit) − logit(b's 2nd digit)`` at the last token
+    (:attr:`Comparison.answer_ids`; > 0 picks ``a``, correct iff ``a`` is later). This is the
+    comparison this 135M model does (accuracy ≈ 0.93; it answers "Was X born before Y?" at
+    chance), so it is where moving ``a``'s representation along a PLS direction can flip answers.
+
+    Returns:
+        The years as :class:`Entities` (names are the year strings; :data:`YEAR_IN_CONTEXT`)
+        and the comparisons, whose ``a``/``b`` index those entities. Pairs are drawn uniformly
+        from ``[lo, hi]``, so ``a`` is the later year about half the time.
+    """
+    if not 1000 <= lo < hi <= 1999:
+        raise ValueError(f"lo and hi must satisfy 1000 <= lo < hi <= 1999, got {lo}, {hi}")
+    if (
+        "{a}" not in question
+        or "{b}" not in question
+        or question.index("{a}") > question.index("{b}")
+    ):
+        raise ValueError("the question needs {a} before {b}")
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    digit = {d: _single_token(handle, d) for d in "0123456789"}
+    if len(handle.tokenizer("1850", add_special_tokens=False)["input_ids"]) != 4:
+        raise ValueError(
+            "this readout needs a tokenizer that writes numbers one digit per token "
+            "(Llama-3, SmolLM, Qwen...); use comparison_prompts with Yes/No answers instead"
+        )
+    rng = random.Random(seed)
+    pairs = []
+    while len(pairs) < n:
+        x, y = rng.randint(lo, hi), rng.randint(lo, hi)
+        if str(x)[1] != str(y)[1]:
+            pairs.append((x, y))
+    names = list(dict.fromkeys(str(v) for p in pairs for v in p))
+    index = {nm: i for i, nm in enumerate(names)}
+    ents = Entities(names, torch.tensor([float(v) for v in names], dtype=torch.float64),
+                    YEAR_IN_CONTEXT)  # fmt: skip
+    out = []
+    for x, y in pairs:
+        q = question.format(a=x, b=y)
+        text = handle.chat(q) + answer_prefix + str(x)[0]
+        q0 = text.index(q)
+        sa0 = q0 + question.index("{a}")
+        sb0 = sa0 + 4 + len(question[question.index("{a}") + 3 : question.index("{b}")])
+        assert text[sa0 : sa0 + 4] == str(x) and text[sb0 : sb0 + 4] == str(y)
+        out.append(Comparison(text, index[str(x)], index[str(y)], x > y, (sa0, sa0 + 4),
+                              (sb0, sb0 + 4), (digit[str(x)[1]], digit[str(y)[1]])))  # fmt: skip
+    return ents, out
+
+
 @torch.no_grad()
-def yes_no_margin(
-    handle: Any, prompts: Sequence[str], *, batch_size: int = 32, yes: str = " Yes", no: str = " No"
+def answer_margins(
+    handle: Any,
+    prompts: Sequence[str],
+    pos_ids: Sequence[int] | Tensor,
+    neg_ids: Sequence[int] | Tensor,
+    *,
+    batch_size: int = 32,
 ) -> Tensor:
-    """``logit(yes) − logit(no)`` at the last prompt token: ``[n]`` (> 0 means the model says Yes).
+    """``logit(pos_i) − logit(neg_i)`` at the last token of prompt ``i``: ``[n]`` float32.
 
     Prompts are right-padded and tokenised like every steerlab capture, so interventions that
     use :func:`steerlab.steering.positions.spans` on the same texts line up with them.
     """
     from steerlab.capture.positions import encode_texts
 
-    tok = handle.tokenizer
-    ids = [tok(w, add_special_tokens=False)["input_ids"] for w in (yes, no)]
-    if any(len(i) != 1 for i in ids):
-        raise ValueError(f"{yes!r} and {no!r} must each be one token, got {ids}")
+    pos = torch.as_tensor(pos_ids, dtype=torch.long).reshape(-1)
+    neg = torch.as_tensor(neg_ids, dtype=torch.long).reshape(-1)
+    if not len(pos) == len(neg) == len(prompts):
+        raise ValueError(f"{len(prompts)} prompts but {len(pos)} / {len(neg)} answer ids")
     out = []
     for i in range(0, len(prompts), batch_size):
         enc = encode_texts(handle, list(prompts[i : i + batch_size]))
         am = enc.attention_mask.to(handle.device)
         logits = handle.model(input_ids=enc.input_ids.to(handle.device), attention_mask=am).logits
-        last = am.sum(1) - 1
-        lg = logits[torch.arange(len(last)), last].float()
-        out.append((lg[:, ids[0][0]] - lg[:, ids[1][0]]).cpu())
+        rows = torch.arange(am.shape[0], device=am.device)
+        lg = logits[rows, am.sum(1) - 1].float().cpu()
+        r = torch.arange(lg.shape[0])
+        out.append(lg[r, pos[i : i + batch_size]] - lg[r, neg[i : i + batch_size]])
     return torch.cat(out)
+
+
+def _single_token(handle: Any, word: str) -> int:
+    ids = handle.tokenizer(word, add_special_tokens=False)["input_ids"]
+    if len(ids) != 1:
+        raise ValueError(f"the answer {word!r} must be one token, got {ids}")
+    return ids[0]
+
+
+def yes_no_margin(
+    handle: Any, prompts: Sequence[str], *, batch_size: int = 32, yes: str = " Yes", no: str = " No"
+) -> Tensor:
+    """``logit(yes) − logit(no)`` at the last prompt token: ``[n]`` (> 0 means the model says Yes).
+
+    :func:`answer_margins` with the same two answer tokens for every prompt.
+    """
+    y, n = _single_token(handle, yes), _single_token(handle, no)
+    k = len(prompts)
+    return answer_margins(handle, prompts, [y] * k, [n] * k, batch_size=batch_size)
+
+
+def comparison_margins(
+    handle: Any, comparisons: Sequence[Comparison], *, batch_size: int = 32
+) -> Tensor:
+    """The answer margin of each comparison: ``logit(positive) − logit(negative)`` with its
+    :attr:`Comparison.answer_ids` (``" Yes"``/``" No"`` where unset)."""
+    if any(c.answer_ids is None for c in comparisons):
+        yn = (_single_token(handle, " Yes"), _single_token(handle, " No"))
+    ids = [c.answer_ids if c.answer_ids is not None else yn for c in comparisons]
+    return answer_margins(handle, [c.text for c in comparisons], [i[0] for i in ids],
+                          [i[1] for i in ids], batch_size=batch_size)  # fmt: skip
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -530,10 +652,11 @@ class FlipExperiment(NamedTuple):
     rows: list[dict[str, Any]]
     """One row per (direction, α): ``flips``, ``n``, ``flip_rate`` and its Wilson 95%
     interval ``ci_low``/``ci_high``; ``directed`` (flips the way the edit predicts) with
-    ``directed_rate``/``directed_low``/``directed_high``; ``mean_shift`` of the Yes−No margin
-    towards the predicted answer."""
+    ``directed_rate``/``directed_low``/``directed_high``; ``eligible`` (prompts whose unsteered
+    answer is not the predicted one, the most directed flips there can be); ``mean_shift`` of
+    the answer margin towards the predicted answer."""
     baseline: Tensor
-    """``[n]`` unsteered ``logit(Yes) − logit(No)``."""
+    """``[n]`` unsteered answer margins (:func:`comparison_margins`; Yes − No by default)."""
     accuracy: float
     """Share of prompts the unsteered model answers correctly."""
 
@@ -545,7 +668,8 @@ def steered_margins(
     *,
     batch_size: int = 32,
 ) -> Tensor:
-    """Yes−No margins with an intervention at the last token of entity ``a`` of each prompt.
+    """Answer margins (:func:`comparison_margins`) with an intervention at the last token of
+    entity ``a`` of each prompt.
 
     ``make(positions)`` builds the intervention(s) for one batch, given the
     :func:`steerlab.steering.positions.spans` rule of that batch (per-example prompt ranks
@@ -559,7 +683,7 @@ def steered_margins(
         texts = [c.text for c in chunk]
         pos = spans(handle, texts, [c.span_a for c in chunk], "last")
         with steer(handle, make(pos)):
-            out.append(yes_no_margin(handle, texts, batch_size=len(texts)))
+            out.append(comparison_margins(handle, chunk, batch_size=len(chunk)))
     return torch.cat(out)
 
 
@@ -567,13 +691,15 @@ def _flip_row(direction: str, alpha: float, m0: Tensor, m: Tensor, toward_yes: T
     flips = (m0 > 0) != (m > 0)
     directed = flips & ((m > 0) == toward_yes)
     n, k, kd = flips.numel(), int(flips.sum()), int(directed.sum())
+    # a directed flip needs an unsteered answer other than the predicted one
+    eligible = int(((m0 > 0) != toward_yes).sum())
     lo, hi = wilson_interval(k, n)
     dlo, dhi = wilson_interval(kd, n)
     sign = torch.where(toward_yes, 1.0, -1.0)
     return {
         "direction": direction, "alpha": alpha, "flips": k, "n": n, "flip_rate": k / n,
         "ci_low": lo, "ci_high": hi, "directed": kd, "directed_rate": kd / n,
-        "directed_low": dlo, "directed_high": dhi,
+        "directed_low": dlo, "directed_high": dhi, "eligible": eligible,
         "mean_shift": float(((m - m0) * sign).mean()),
     }  # fmt: skip
 
@@ -617,9 +743,11 @@ def flip_experiment(
     site = f"{kind}.{layer}"
     u = direction.detach().double().cpu()
     u = u / torch.linalg.vector_norm(u)
+    if n_random < 0:
+        raise ValueError(f"n_random must be >= 0, got {n_random}")
     g = torch.Generator().manual_seed(seed)
     randoms = [torch.randn(u.shape[0], generator=g, dtype=torch.float64) for _ in range(n_random)]
-    m0 = yes_no_margin(handle, [c.text for c in comparisons], batch_size=batch_size)
+    m0 = comparison_margins(handle, comparisons, batch_size=batch_size)
     truth = torch.tensor([c.yes for c in comparisons])
     rows = []
     for alpha in alphas:
@@ -627,6 +755,8 @@ def flip_experiment(
         up = (alpha > 0) == increases_value
         toward_yes = torch.full_like(truth, up != yes_if_less)
         for name, vecs in (("pls", [u]), ("random", randoms)):
+            if not vecs:  # n_random=0: the PLS rows only
+                continue
             ms = []
             for v in vecs:
 
@@ -787,7 +917,7 @@ def set_value_experiment(
     coords = probe.coords_for_value(goal).float()
     implied_yes = lower == entities.attribute.yes_if_less  # a smaller than b
     site = f"{kind}.{layer}"
-    m0 = yes_no_margin(handle, [c.text for c in comparisons], batch_size=batch_size)
+    m0 = comparison_margins(handle, comparisons, batch_size=batch_size)
     out = []
     for i in range(0, len(comparisons), batch_size):
         chunk = comparisons[i : i + batch_size]
@@ -802,7 +932,7 @@ def set_value_experiment(
         texts = [c.text for c in chunk]
         pos = spans(handle, texts, [c.span_a for c in chunk], "last")
         with steer(handle, make(pos), per_example=True):
-            out.append(yes_no_margin(handle, texts, batch_size=len(texts)))
+            out.append(comparison_margins(handle, chunk, batch_size=len(chunk)))
     m = torch.cat(out)
     n = len(comparisons)
     before = int(((m0 > 0) == implied_yes).sum())

@@ -4,7 +4,10 @@
 - the recall filter keeps some, not all, birth years;
 - moving a recalled person along the first PLS direction of birth years moves the year the
   model states the intended way more often than random directions of the same norm (Wilson
-  95% intervals do not overlap).
+  95% intervals do not overlap);
+- in "Which year is later, X or Y?" (both years in the prompt, the comparison this model
+  does), moving X along the first PLS direction of its year flips the answers more often than
+  random directions of the same norm (the paper's flip test; intervals do not overlap).
 
 Thresholds are set below what probes/numeric_pls.py measured (see the README), so the checks
 catch regressions without depending on the exact numbers of one run.
@@ -16,10 +19,12 @@ import pytest
 import torch
 
 from steerlab.probes.numeric import (
+    flip_experiment,
     load_entities,
     load_number_sentences,
     recall_check,
     value_shift_experiment,
+    year_comparisons,
 )
 from steerlab.probes.pls import PLSConfig, fit_pls
 from steerlab.probes.sweep import capture_layers, pls_sweep
@@ -62,3 +67,26 @@ def test_recall_filter_and_pls_direction_moves_recalled_years(model):
 
 LAYER = 14
 ALPHA = 8.0
+
+
+def test_pls_direction_flips_year_comparisons_more_than_random(model):
+    """Stage ``compare`` of probes/numeric_pls.py, smaller: a PLS probe of X's year at X's last
+    digit on 300 training prompts, then X moved by α = −8 (its year lowered: the answer should
+    turn to Y) in 100 other prompts, against 2 random directions of the same norm."""
+    layer = 8
+    train_e, train = year_comparisons(model, 300, seed=1)
+    _, test = year_comparisons(model, 100, seed=0)
+    cap = capture_layers(model, [c.text for c in train], [c.span_a for c in train], layers=[layer])
+    x = cap.acts[layer].double()
+    res = fit_pls(x, train_e.values[[c.a for c in train]], PLSConfig(max_components=10))
+    probe = res.probe
+    assert res.test.r2 > 0.9  # the year in the prompt is linearly decodable (measured 0.99)
+    unit = float(probe.subspace(1).project(x)[:, 0].std())
+    u = probe.direction if float(probe.direction.double() @ probe.coef) > 0 else -probe.direction
+    exp = flip_experiment(model, test, u, layer, [-8.0], unit=unit, yes_if_less=False,
+                          n_random=2)  # fmt: skip
+    assert exp.accuracy > 0.85  # the model does this comparison (measured 0.935 on 200)
+    pls, rnd = exp.rows
+    assert pls["direction"] == "pls" and rnd["direction"] == "random"
+    assert pls["ci_low"] > rnd["ci_high"], exp.rows
+    assert pls["directed"] > 0.8 * pls["flips"], exp.rows  # the flips go the predicted way

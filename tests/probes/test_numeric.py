@@ -13,6 +13,8 @@ import torch
 from steerlab.probes.linear import ProbeConfig
 from steerlab.probes.numeric import (
     ATTRIBUTES,
+    answer_margins,
+    comparison_margins,
     comparison_prompts,
     data_dir,
     load_entities,
@@ -21,6 +23,7 @@ from steerlab.probes.numeric import (
     parse_number,
     recall_check,
     wilson_interval,
+    year_comparisons,
     yes_no_margin,
 )
 from steerlab.probes.pls import PLSConfig, fit_pls
@@ -119,6 +122,64 @@ def test_recall_and_yes_no_on_the_embedded_model(model):
     m = yes_no_margin(model, ["Is the sky blue? Answer:", "Was Isaac Newton born before "
                               "Albert Einstein? Answer:"])  # fmt: skip
     assert m.shape == (2,) and torch.isfinite(m).all()
+
+
+def test_year_comparisons_prompts_spans_and_answer_tokens(model):
+    years, cmp = year_comparisons(model, 40, seed=3)
+    tok = model.tokenizer
+    assert len(cmp) == 40 and 10 < sum(c.yes for c in cmp) < 30  # a is later about half the time
+    for c in cmp:
+        xa, xb = c.text[slice(*c.span_a)], c.text[slice(*c.span_b)]
+        assert (xa, xb) == (years.names[c.a], years.names[c.b])
+        assert float(xa) == float(years.values[c.a]) and c.yes == (int(xa) > int(xb))
+        assert c.text.startswith(model.chat(f"Which year is later, {xa} or {xb}?"))
+        assert c.text.endswith("The later year is " + xa[0])
+        assert xa[1] != xb[1]
+        assert c.answer_ids == tuple(tok(d, add_special_tokens=False)["input_ids"][0]
+                                     for d in (xa[1], xb[1]))  # fmt: skip
+    # the same seed gives the same prompts; the default Yes/No readout is unchanged
+    assert [c.text for c in year_comparisons(model, 40, seed=3)[1]] == [c.text for c in cmp]
+
+
+def test_comparison_margins_equal_the_logits_of_single_forwards(model):
+    """Batched, padded margins equal logit(positive) − logit(negative) of one unpadded forward
+    of each prompt (float32: ~1e-4); Yes/No comparisons give yes_no_margin."""
+    _, cmp = year_comparisons(model, 5, seed=0)
+    got = comparison_margins(model, cmp, batch_size=3)
+    for c, g in zip(cmp, got.tolist()):
+        ids = model.tokenizer(c.text, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        if model.add_bos:
+            ids = torch.cat([torch.tensor([[model.tokenizer.bos_token_id]]), ids], 1)
+        with torch.no_grad():
+            lg = model.model(input_ids=ids).logits[0, -1].float()
+        assert g == pytest.approx(float(lg[c.answer_ids[0]] - lg[c.answer_ids[1]]), abs=2e-3)
+    people = load_entities("birth_year")
+    yn = comparison_prompts(people.subset([i < 4 for i in range(len(people.names))]), per_entity=1)
+    with pytest.raises(ValueError, match="mask of 301"):
+        people.subset(range(4))
+    torch.testing.assert_close(comparison_margins(model, yn),
+                               yes_no_margin(model, [c.text for c in yn]))  # fmt: skip
+
+
+def test_year_comparisons_bad_input(model):
+    with pytest.raises(ValueError, match="1000 <= lo < hi <= 1999"):
+        year_comparisons(model, 4, lo=1900, hi=2020)
+    with pytest.raises(ValueError, match="{a} before {b}"):
+        year_comparisons(model, 4, question="Is {b} later than {a}?")
+    with pytest.raises(ValueError, match="n must be"):
+        year_comparisons(model, 0)
+
+    class MergingTokenizer:  # GPT-2-style BPE: "1850" is one token
+        def __call__(self, text, add_special_tokens=False):
+            return {"input_ids": [7] if text.isdigit() else [1, 2]}
+
+    class Handle:
+        tokenizer = MergingTokenizer()
+
+    with pytest.raises(ValueError, match="one digit per token"):
+        year_comparisons(Handle(), 4)
+    with pytest.raises(ValueError, match="prompts but"):
+        answer_margins(model, ["a", "b"], [1], [2])
 
 
 def test_capture_layers_one_pass_and_span_errors(tiny_models):

@@ -382,6 +382,9 @@ def year_comparisons(
     """
     if not 1000 <= lo < hi <= 1999:
         raise ValueError(f"lo and hi must satisfy 1000 <= lo < hi <= 1999, got {lo}, {hi}")
+    if lo // 100 == hi // 100:
+        raise ValueError(f"lo and hi must span two centuries (the years' second digits differ), "
+                         f"got {lo}, {hi}")  # fmt: skip
     if (
         "{a}" not in question
         or "{b}" not in question

@@ -164,6 +164,8 @@ def test_comparison_margins_equal_the_logits_of_single_forwards(model):
 def test_year_comparisons_bad_input(model):
     with pytest.raises(ValueError, match="1000 <= lo < hi <= 1999"):
         year_comparisons(model, 4, lo=1900, hi=2020)
+    with pytest.raises(ValueError, match="two centuries"):
+        year_comparisons(model, 4, lo=1800, hi=1899)
     with pytest.raises(ValueError, match="{a} before {b}"):
         year_comparisons(model, 4, question="Is {b} later than {a}?")
     with pytest.raises(ValueError, match="n must be"):

@@ -151,13 +151,8 @@ def _year_direction(model, args, results, ents):
     res = fit_pls(x, e.targets, PLSConfig(max_components=args.max_components, test_fraction=0.2),
                   meta={"site": f"resid_post.{layer}", "target": "birth_year"})  # fmt: skip
     probe = res.probe
-    u = probe.direction
-    coords = probe.subspace(1).project(x)[:, 0]
-    unit = float(coords.std())
-    if float(u.double() @ probe.coef.double()) < 0:
-        u = -u  # orient: α > 0 raises the predicted value
-    increases = True
-    _DIRECTION["fit"] = (layer, x, res, probe, u, unit, increases)
+    u, unit = probe.steering_direction(x)  # α > 0 raises the predicted birth year
+    _DIRECTION["fit"] = (layer, x, res, probe, u, unit)
     return _DIRECTION["fit"]
 
 
@@ -165,11 +160,11 @@ def stage_shifts(model, args, results, ents, figures):
     """Causal test on a task the model does: move each recalled person along the PLS direction
     in "X was born in the year" and read the year it then states."""
     e, keep, _ = ents["birth_year"]
-    layer, _, res, _, u, unit, increases = _year_direction(model, args, results, ents)
+    layer, _, res, _, u, unit = _year_direction(model, args, results, ents)
     sub_e = e.subset(keep)
     t0 = time.time()
     out = value_shift_experiment(model, sub_e, u, layer, args.alphas, unit=unit,
-                                 increases_value=increases, n_random=args.n_random,
+                                 n_random=args.n_random,
                                  batch_size=args.batch_size)  # fmt: skip
     print(f"\n[value shifts] birth_year, {len(sub_e.names)} recalled people, resid_post.{layer}, "
           f"α unit = {unit:.3g}; edit at the name's last token of \"X was born in the year\" "
@@ -188,7 +183,7 @@ def stage_shifts(model, args, results, ents, figures):
 
 def stage_flips(model, args, results, ents, figures):
     e, keep, _ = ents["birth_year"]
-    layer, x, res, probe, u, unit, increases = _year_direction(model, args, results, ents)
+    layer, x, res, probe, u, unit = _year_direction(model, args, results, ents)
     scores = probe.transform(x)
     if probe.n_components < 2:
         scores = torch.stack([scores[:, 0], torch.zeros(len(x), dtype=scores.dtype)], 1)
@@ -204,7 +199,7 @@ def stage_flips(model, args, results, ents, figures):
     g = torch.Generator().manual_seed(0)
     cmp = [cmp[i] for i in torch.randperm(len(cmp), generator=g)[: args.n_prompts].tolist()]
     t0 = time.time()
-    exp = flip_experiment(model, cmp, u, layer, args.alphas, unit=unit, increases_value=increases,
+    exp = flip_experiment(model, cmp, u, layer, args.alphas, unit=unit,
                           yes_if_less=True, n_random=args.n_random,
                           batch_size=args.batch_size)  # fmt: skip
     print(f"\n[flips] birth_year ({which}: {len(sub_e.names)} people), resid_post.{layer}, "
@@ -263,13 +258,8 @@ def stage_compare(model, args, results, figures):
                                                 test_fraction=0.2),
                       meta={"site": f"resid_post.{layer}", "target": "year_in_context"})  # fmt: skip
         probe = res.probe
-        u = probe.direction
-        unit = float(probe.subspace(1).project(x)[:, 0].std())
-        if float(u.double() @ probe.coef.double()) < 0:
-            u = -u  # orient: α > 0 raises X's year
-        increases = True
-        exp = flip_experiment(model, test, u, layer, args.alphas, unit=unit,
-                              increases_value=increases, yes_if_less=False,
+        u, unit = probe.steering_direction(x)  # α > 0 raises X's year
+        exp = flip_experiment(model, test, u, layer, args.alphas, unit=unit, yes_if_less=False,
                               n_random=args.n_random, batch_size=args.batch_size)  # fmt: skip
         print(f"\n[compare] \"Which year is later, X or Y?\" resid_post.{layer}: PLS of X's year "
               f"on {len(train)} training prompts, held-out R² {res.test.r2:.3f} "

@@ -310,11 +310,10 @@ NB["03_probes_pls.ipynb"] = [
     ),
     new_code_cell(
         "cmp = comparison_prompts(people, per_entity=1, min_gap=20)[:48]\n"
-        "u = probe.direction\n"
-        "unit = float(probe.subspace(1).project(x)[:, 0].std())\n"
-        "up = bool(u.double() @ probe.coef > 0)\n"
-        "exp = flip_experiment(model, cmp, u, L, [-8.0, 8.0], unit=unit, increases_value=up,\n"
-        "                      n_random=1)\n"
+        "# the first PLS direction, signed so that α > 0 raises the birth year, and the\n"
+        "# people's spread along it (the unit of α)\n"
+        "u, unit = probe.steering_direction(x)\n"
+        "exp = flip_experiment(model, cmp, u, L, [-8.0, 8.0], unit=unit, n_random=1)\n"
         "print(f'unsteered accuracy {exp.accuracy:.2f}')\n"
         "print(format_table(exp.rows, ['direction', 'alpha', 'flips', 'n', 'flip_rate', 'ci_low',\n"
         "                              'ci_high', 'directed']))\n"
@@ -328,8 +327,7 @@ NB["03_probes_pls.ipynb"] = [
     ),
     new_code_cell(
         "from steerlab.probes.numeric import value_shift_experiment\n"
-        "shift = value_shift_experiment(model, kept, u, L, [-8.0, 8.0], unit=unit,\n"
-        "                               increases_value=up, n_random=2)\n"
+        "shift = value_shift_experiment(model, kept, u, L, [-8.0, 8.0], unit=unit, n_random=2)\n"
         "print(format_table(shift['rows'], ['direction', 'alpha', 'n', 'directed', 'changed',\n"
         "                                   'directed_rate', 'ci_low', 'ci_high', 'median_shift']))\n"
         "flip_rates(shift['rows'], rate='directed_rate', title='Recalled year moved as intended')"
@@ -350,9 +348,7 @@ NB["03_probes_pls.ipynb"] = [
         "yc = capture_layers(model, [c.text for c in train], [c.span_a for c in train], layers=[8])\n"
         "xy = yc.acts[8].double()\n"
         "yres = fit_pls(xy, train_years.values[[c.a for c in train]], PLSConfig(max_components=8))\n"
-        "uy = yres.probe.direction\n"
-        "uy = uy if float(uy.double() @ yres.probe.coef) > 0 else -uy  # α > 0 raises X's year\n"
-        "yunit = float(yres.probe.subspace(1).project(xy)[:, 0].std())\n"
+        "uy, yunit = yres.probe.steering_direction(xy)  # α > 0 raises X's year\n"
         "yexp = flip_experiment(model, test, uy, 8, [-8.0, 8.0], unit=yunit, yes_if_less=False,\n"
         "                       n_random=1)\n"
         "print(f'held-out R² of the year {yres.test.r2:.3f}; unsteered accuracy {yexp.accuracy:.2f}')\n"

@@ -478,9 +478,10 @@ def comparison_margins(
 ) -> Tensor:
     """The answer margin of each comparison: ``logit(positive) − logit(negative)`` with its
     :attr:`Comparison.answer_ids` (``" Yes"``/``" No"`` where unset)."""
+    yn = None
     if any(c.answer_ids is None for c in comparisons):
         yn = (_single_token(handle, " Yes"), _single_token(handle, " No"))
-    ids = [c.answer_ids if c.answer_ids is not None else yn for c in comparisons]
+    ids = [c.answer_ids or yn for c in comparisons]
     return answer_margins(handle, [c.text for c in comparisons], [i[0] for i in ids],
                           [i[1] for i in ids], batch_size=batch_size)  # fmt: skip
 

@@ -349,6 +349,24 @@ class PLSProbe:
         """The unit raw-space gradient of the first PLS score, ``(w₁/σ)/‖w₁/σ‖``."""
         return self.subspace(1).basis[:, 0]
 
+    def steering_direction(
+        self, x: Float[Tensor, "n d_model"]
+    ) -> tuple[Float[Tensor, " d_model"], float]:
+        """:attr:`direction` signed so that adding it raises the prediction (``u · coef > 0``),
+        and the spread of the rows ``x`` along it (the standard deviation of their coordinate).
+
+        The spread is the natural unit of a steering strength: ``AddVector(u, α · unit)`` moves
+        a representation by ``α`` times the spread of e.g. the entities the probe was fitted on,
+        and ``α > 0`` raises the value (El-Shangiti et al. 2025 step along ``x_weights``
+        instead, whose sign is arbitrary).
+        """
+        x2 = self._x(check_features(x, min_samples=2))
+        u = self.direction
+        if float(u.double() @ self.coef.double()) < 0:
+            u = -u
+        unit = float(((x2 - self.mean) @ u.to(x2.dtype)).std())
+        return u, unit
+
     def coords_for_value(self, y: float | Tensor) -> Float[Tensor, "... k"]:
         """Subspace coordinates typical of target value ``y``: ``coord_slope · (y − ȳ)``.
 

@@ -56,10 +56,9 @@ def test_recall_filter_and_pls_direction_moves_recalled_years(model):
     ent = capture_layers(model, ["Was " + n for n in people.names], "last", layers=[LAYER])
     x = ent.acts[LAYER].double()
     probe = fit_pls(x, people.targets, PLSConfig(max_components=10, test_fraction=0.2)).probe
-    unit = float(probe.subspace(1).project(x)[:, 0].std())
-    up = bool(probe.direction.double() @ probe.coef > 0)
-    out = value_shift_experiment(model, people.subset(rec.correct), probe.direction, LAYER,
-                                 [ALPHA], unit=unit, increases_value=up, n_random=2)  # fmt: skip
+    u, unit = probe.steering_direction(x)
+    out = value_shift_experiment(model, people.subset(rec.correct), u, LAYER, [ALPHA], unit=unit,
+                                 n_random=2)  # fmt: skip
     pls, rnd = out["rows"]
     assert pls["direction"] == "pls" and rnd["direction"] == "random"
     assert pls["ci_low"] > rnd["ci_high"], out["rows"]  # measured 37/46 vs 46/92
@@ -81,8 +80,7 @@ def test_pls_direction_flips_year_comparisons_more_than_random(model):
     res = fit_pls(x, train_e.values[[c.a for c in train]], PLSConfig(max_components=10))
     probe = res.probe
     assert res.test.r2 > 0.9  # the year in the prompt is linearly decodable (measured 0.99)
-    unit = float(probe.subspace(1).project(x)[:, 0].std())
-    u = probe.direction if float(probe.direction.double() @ probe.coef) > 0 else -probe.direction
+    u, unit = probe.steering_direction(x)
     exp = flip_experiment(model, test, u, layer, [-8.0], unit=unit, yes_if_less=False,
                           n_random=2)  # fmt: skip
     assert exp.accuracy > 0.85  # the model does this comparison (measured 0.935 on 200)

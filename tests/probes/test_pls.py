@@ -178,6 +178,23 @@ def test_coords_for_value_is_least_squares_slope():
                                torch.zeros(2, dtype=torch.float64))  # fmt: skip
 
 
+@pytest.mark.parametrize("flip", [False, True])
+def test_steering_direction_raises_the_prediction(flip):
+    """Whatever the sign of the fitted weights (flip the target), ``u`` raises the prediction,
+    and ``unit`` is the numpy standard deviation of the rows' coordinate along ``u``."""
+    X, y = _data(n=200, d=12)
+    probe = PLSFitter.fit(X, -y if flip else y, PLSConfig(n_components=2)).probe()
+    u, unit = probe.steering_direction(X)
+    assert float(u.norm()) == pytest.approx(1.0)
+    assert abs(float(u @ probe.direction)) == pytest.approx(1.0)
+    x0 = X[:5]
+    assert bool((probe(x0 + 0.5 * u) > probe(x0)).all())
+    coords = ((X - X.mean(0)) @ u).numpy()  # the spread does not depend on the origin
+    assert unit == pytest.approx(float(np.std(coords, ddof=1)), rel=1e-9)
+    with pytest.raises(ValueError):
+        probe.steering_direction(X[:, :5])
+
+
 def test_save_load_round_trip(tmp_path):
     X, y = _data(n=120, d=10)
     res = fit_pls(X, y, PLSConfig(max_components=4), meta={"site": "resid_post.3"})

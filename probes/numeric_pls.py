@@ -224,7 +224,7 @@ def stage_flips(model, args, results, ents, figures):
         )
     )
     setc = set_value_experiment(model, cmp, probe, layer, sub_e, offset=args.set_offset,
-                                batch_size=args.batch_size)  # fmt: skip
+                                batch_size=args.batch_size, baseline=exp.baseline)  # fmt: skip
     print(
         f"[set coords] k={setc['k']} to value(Y) ± {args.set_offset:g}: answers agreeing with "
         f"the set value {setc['agree_before']}/{setc['n']} before → {setc['agree_after']}/"
@@ -268,7 +268,7 @@ def stage_compare(model, args, results, figures):
         print(format_table(exp.rows, ["direction", "alpha", "flips", "n", "flip_rate", "ci_low",
                                       "ci_high", "directed", "eligible", "mean_shift"]))  # fmt: skip
         setc = set_value_experiment(model, test, probe, layer, years, offset=args.set_offset,
-                                    batch_size=args.batch_size)  # fmt: skip
+                                    batch_size=args.batch_size, baseline=exp.baseline)  # fmt: skip
         print(f"[set coords] k={setc['k']}, X set to the coordinates of value(Y) ± "
               f"{args.set_offset:g}: answers agreeing with the set value {setc['agree_before']}/"
               f"{setc['n']} before → {setc['agree_after']}/{setc['n']} after (95% CI "

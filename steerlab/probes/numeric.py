@@ -902,6 +902,7 @@ def set_value_experiment(
     offset: float,
     kind: str = "resid_post",
     batch_size: int = 32,
+    baseline: Tensor | None = None,
 ) -> dict[str, Any]:
     """Set entity ``a``'s PLS coordinates to those of value ``value(b) ± offset`` and count how
     often the answer becomes the one that value implies (``SetCoords`` with
@@ -909,7 +910,8 @@ def set_value_experiment(
 
     Half the prompts (even index) get ``value(b) − offset`` (a becomes smaller than b), the
     others ``value(b) + offset``. Returns agreement with the implied answers before and after,
-    with Wilson intervals.
+    with Wilson intervals. ``baseline``: the unsteered margins if already computed
+    (:attr:`FlipExperiment.baseline` of the same prompts), saving a forward pass.
     """
     from steerlab.steering import SetCoords
 
@@ -921,7 +923,12 @@ def set_value_experiment(
     coords = probe.coords_for_value(goal).float()
     implied_yes = lower == entities.attribute.yes_if_less  # a smaller than b
     site = f"{kind}.{layer}"
-    m0 = comparison_margins(handle, comparisons, batch_size=batch_size)
+    if baseline is not None and baseline.shape != (len(comparisons),):
+        raise ValueError(
+            f"baseline must have shape ({len(comparisons)},), got {tuple(baseline.shape)}"
+        )
+    m0 = (comparison_margins(handle, comparisons, batch_size=batch_size) if baseline is None
+          else baseline)  # fmt: skip
     out = []
     for i in range(0, len(comparisons), batch_size):
         chunk = comparisons[i : i + batch_size]

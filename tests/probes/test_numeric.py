@@ -313,6 +313,11 @@ def test_set_value_experiment_runs_per_example(tiny_models):
     out = set_value_experiment(h, cmp, probe, 1, e, offset=100, batch_size=4)
     assert out["n"] == len(cmp) and out["k"] == 2
     assert 0 <= out["agree_after"] <= out["n"]
+    # a baseline passed in (e.g. FlipExperiment.baseline) gives the same result
+    m0 = comparison_margins(h, cmp)
+    assert set_value_experiment(h, cmp, probe, 1, e, offset=100, batch_size=4, baseline=m0) == out
+    with pytest.raises(ValueError, match="baseline must have shape"):
+        set_value_experiment(h, cmp, probe, 1, e, offset=100, baseline=m0[:2])
 
 
 def test_steered_greedy_matches_generate_and_edits_the_entity(model):

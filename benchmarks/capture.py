@@ -19,7 +19,7 @@ import time
 import torch
 
 from steerlab.capture import capture, capture_to_store
-from steerlab.data import chunk_tokens, prose_corpus
+from steerlab.datasets.corpora import chunk_tokens, prose_corpus
 from steerlab.models import load_model
 from steerlab.sites import block_list
 
@@ -38,8 +38,9 @@ def main() -> None:
     h = load_model(args.model)
     site = f"resid_post.{args.layer}"
     n_seq = args.batch * args.batches
-    chunks = chunk_tokens(h.tokenizer, prose_corpus(), seq_len=args.seq_len,
-                          n_tokens=n_seq * args.seq_len)
+    chunks = chunk_tokens(
+        h.tokenizer, prose_corpus(), seq_len=args.seq_len, n_tokens=n_seq * args.seq_len
+    )
     ids = chunks.input_ids
     n_tok = ids.numel()
     base = h.model.model
@@ -56,6 +57,7 @@ def main() -> None:
                         base(input_ids=x, attention_mask=torch.ones_like(x), use_cache=False)
             finally:
                 base.layers = blocks
+
         return run
 
     def cap(backend: str):
@@ -88,8 +90,10 @@ def main() -> None:
     tps = {k: n_tok / statistics.median(v) for k, v in times.items()}
     limit = tps[f"forward stopped after layer {args.layer} (limit)"]
     full = tps["forward (full)"]
-    print(f"{h.model_id}, site {site}, {args.batches} batches of {args.batch}x{args.seq_len} "
-          f"tokens, median of {args.repeats}, torch threads {torch.get_num_threads()}")
+    print(
+        f"{h.model_id}, site {site}, {args.batches} batches of {args.batch}x{args.seq_len} "
+        f"tokens, median of {args.repeats}, torch threads {torch.get_num_threads()}"
+    )
     print(f"{'run':<42} {'tok/s':>9} {'vs limit':>9} {'vs full':>8}")
     for k, v in tps.items():
         print(f"{k:<42} {v:>9.0f} {v / limit:>8.2f}x {v / full:>7.2f}x")

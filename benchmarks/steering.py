@@ -33,8 +33,8 @@ from contextlib import AbstractContextManager, contextmanager, nullcontext
 import torch
 from torch.nn.utils import parametrize
 
+from steerlab.interventions import AddVector, LoReFT, steer
 from steerlab.models import load_model
-from steerlab.steering import AddVector, LoReFT, steer
 from steerlab.steering.generate import left_pad, render
 
 

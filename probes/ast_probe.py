@@ -30,14 +30,14 @@ from pathlib import Path
 import torch
 
 from steerlab.models import load_model
-from steerlab.probes.ast_data import load_ast_snippets
-from steerlab.probes.ast_features import (
+from steerlab.probes.ast.data import load_ast_snippets
+from steerlab.probes.ast.features import (
     cached_leaf_features,
     layer_sites,
     random_init_model,
     subsample_splits,
 )
-from steerlab.probes.ast_probe import (
+from steerlab.probes.ast.probe import (
     AstProbe,
     AstProbeConfig,
     evaluate_ast_probe,

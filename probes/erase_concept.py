@@ -28,20 +28,20 @@ from pathlib import Path
 import torch
 
 from steerlab.capture import capture
-from steerlab.data import chunk_tokens, prose_corpus
-from steerlab.models import load_model
-from steerlab.probes.erasure import probe_scores
-from steerlab.probes.erasure_eval import (
+from steerlab.datasets.concepts import load_concept
+from steerlab.datasets.corpora import chunk_tokens, prose_corpus
+from steerlab.erasure.evaluation import (
     accuracy_vs_rank,
     best_site,
     directions_needed,
-    load_concept,
     probe_by_site,
 )
-from steerlab.probes.erasure_model import EraserEdit, lm_cost, scrub
-from steerlab.probes.inlp import InlpConfig
-from steerlab.probes.rlace import RlaceConfig
-from steerlab.steering import steer
+from steerlab.erasure.inlp import InlpConfig
+from steerlab.erasure.leace import probe_scores
+from steerlab.erasure.rlace import RlaceConfig
+from steerlab.erasure.scrub import EraserEdit, lm_cost, scrub
+from steerlab.interventions import steer
+from steerlab.models import load_model
 from steerlab.views.erasure import (
     accuracy_vs_rank_figure,
     erasure_pca_figure,

@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from steerlab import load_model
+from steerlab.datasets.numeric import load_number_sentences
 from steerlab.probes.linear import ProbeConfig
-from steerlab.probes.numeric import load_number_sentences
 from steerlab.probes.sweep import (
     TOKEN_CLASSES,
     capture_layers,

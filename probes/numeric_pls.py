@@ -42,18 +42,18 @@ from pathlib import Path
 import torch
 
 from steerlab import load_model
-from steerlab.probes.numeric import (
+from steerlab.datasets.numeric import (
     ATTRIBUTES,
     comparison_prompts,
-    flip_experiment,
     load_entities,
     load_number_sentences,
-    recall_check,
-    recall_records,
-    score_completions,
+    year_comparisons,
+)
+from steerlab.probes.numeric import recall_check, recall_records, score_completions
+from steerlab.probes.numeric_causal import (
+    flip_experiment,
     set_value_experiment,
     value_shift_experiment,
-    year_comparisons,
 )
 from steerlab.probes.pls import PLSConfig, fit_pls
 from steerlab.probes.sweep import capture_layers, format_table, pls_sweep

@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from steerlab.capture import capture
 from steerlab.capture.store import ActivationStore
-from steerlab.data import chunk_tokens, load_texts
+from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.models import load_model
 from steerlab.saes import SaeConfig, StatsFitter, TrainConfig, evaluate, train
 from steerlab.views import write_html

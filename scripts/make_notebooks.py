@@ -28,7 +28,7 @@ NB["01_capture_and_principal_directions.ipynb"] = [
         "import torch\n"
         "from steerlab import load_model, Subspace\n"
         "from steerlab.capture import capture\n"
-        "from steerlab.data import chunk_tokens, load_texts, token_contexts\n"
+        "from steerlab.datasets.corpora import chunk_tokens, load_texts, token_contexts\n"
         "from steerlab.views import principal_directions\n\n"
         "model = load_model()  # smollm2-135m-instruct, cached as safetensors after the first load\n"
         "model"
@@ -39,10 +39,7 @@ NB["01_capture_and_principal_directions.ipynb"] = [
         "name lists the valid ones:"
     ),
     new_code_cell(
-        "try:\n"
-        "    capture(model, 'hello', 'resid_post.42')\n"
-        "except ValueError as e:\n"
-        "    print(e)"
+        "try:\n    capture(model, 'hello', 'resid_post.42')\nexcept ValueError as e:\n    print(e)"
     ),
     new_markdown_cell(
         "## Capture\n\nThe `hf` backend hooks the modules directly and stops the forward pass "
@@ -115,11 +112,11 @@ NB["05_sparse_autoencoders.ipynb"] = [
         "import tempfile, torch\n"
         "from steerlab import load_model\n"
         "from steerlab.capture import capture_to_store\n"
-        "from steerlab.data import chunk_tokens, load_texts\n"
+        "from steerlab.datasets.corpora import chunk_tokens, load_texts\n"
         "from steerlab.saes import (SaeConfig, TrainConfig, activation_stats, evaluate, train,\n"
         "                           save_saelens, load_saelens)\n"
         "from steerlab.saes.splice import SaeSplice, spliced_losses, store_windows\n"
-        "from steerlab.steering import steer\n"
+        "from steerlab.interventions import steer\n"
         "from steerlab.views.saes import (density_figure, explained_variance_by_rank,\n"
         "                                 latent_dashboard, training_curves)\n\n"
         "torch.manual_seed(0)\n"
@@ -280,8 +277,8 @@ NB["03_probes_pls.ipynb"] = [
         "p.subspace()"
     ),
     new_markdown_cell(
-        "## 2. Which birth years does the model know?\n\nGreedy completion of \"X was born in "
-        "the year\", kept when within 5 years. Then the entity's last token in \"Was X\" (the "
+        '## 2. Which birth years does the model know?\n\nGreedy completion of "X was born in '
+        'the year", kept when within 5 years. Then the entity\'s last token in "Was X" (the '
         "start of the comparison prompt) is probed."
     ),
     new_code_cell(
@@ -303,8 +300,8 @@ NB["03_probes_pls.ipynb"] = [
         "pls_components(probe.transform(x)[:, :2], people.values, people.names, value_name='birth year')"
     ),
     new_markdown_cell(
-        "## 3. Moving an entity along the PLS direction\n\n\"Was X born before Y? Answer:\" — "
-        "the model's answer is the sign of logit(\" Yes\") − logit(\" No\"). We add α·(spread of "
+        '## 3. Moving an entity along the PLS direction\n\n"Was X born before Y? Answer:" — '
+        'the model\'s answer is the sign of logit(" Yes") − logit(" No"). We add α·(spread of '
         "the PLS coordinate) along the first PLS direction at X's last token (a steering "
         "`AddVector` at `resid_post.L`), and the same norm along random directions."
     ),
@@ -322,7 +319,7 @@ NB["03_probes_pls.ipynb"] = [
     new_markdown_cell(
         "The 135M model answers these comparisons near chance (above), so there is little for "
         "a direction to flip. It does *recall* many birth years, so the causal test that fits "
-        "this model edits X in \"X was born in the year\" and reads the year it then states: "
+        'this model edits X in "X was born in the year" and reads the year it then states: '
         "a *directed* change moves the year the way α should move it."
     ),
     new_code_cell(
@@ -333,8 +330,8 @@ NB["03_probes_pls.ipynb"] = [
         "flip_rates(shift['rows'], rate='directed_rate', title='Recalled year moved as intended')"
     ),
     new_markdown_cell(
-        "### A comparison the model does\n\nWith both years in the prompt, \"Which year is "
-        "later, X or Y?\" in the chat template and answered \"The later year is 1…\", the model "
+        '### A comparison the model does\n\nWith both years in the prompt, "Which year is '
+        'later, X or Y?" in the chat template and answered "The later year is 1…", the model '
         "is right about 93% of the time; its choice is the margin between the two years' second "
         "digits (`Comparison.answer_ids`). A PLS probe of X's year at X's last digit, fitted on "
         "*other* prompts, gives the direction; lowering X along it (α < 0) should turn the "
@@ -504,14 +501,14 @@ NB["04_concept_erasure.ipynb"] = [
         "\n"
         "from steerlab import load_model\n"
         "from steerlab.capture import capture\n"
-        "from steerlab.data import chunk_tokens, prose_corpus\n"
-        "from steerlab.probes.erasure import LeaceEraser\n"
-        "from steerlab.probes.erasure_eval import (accuracy_vs_rank, best_site, directions_needed,\n"
+        "from steerlab.datasets.corpora import chunk_tokens, prose_corpus\n"
+        "from steerlab.erasure.leace import LeaceEraser\n"
+        "from steerlab.erasure.evaluation import (accuracy_vs_rank, best_site, directions_needed,\n"
         "                                          evaluate_eraser, load_concept, probe_by_site)\n"
-        "from steerlab.probes.erasure_model import EraserEdit, lm_cost, scrub\n"
-        "from steerlab.probes.inlp import InlpConfig\n"
-        "from steerlab.probes.rlace import RlaceConfig\n"
-        "from steerlab.steering import load_intervention, steer\n"
+        "from steerlab.erasure.scrub import EraserEdit, lm_cost, scrub\n"
+        "from steerlab.erasure.inlp import InlpConfig\n"
+        "from steerlab.erasure.rlace import RlaceConfig\n"
+        "from steerlab.interventions import load_intervention, steer\n"
         "from steerlab.views.erasure import (accuracy_vs_rank_figure, erasure_pca_figure,\n"
         "                                    probe_by_site_figure)\n"
         "\n"
@@ -664,10 +661,10 @@ NB["06_ast_probe.ipynb"] = [
     new_code_cell(
         "import torch\n"
         "from steerlab import load_model, Subspace\n"
-        "from steerlab.probes.ast_data import load_ast_snippets\n"
-        "from steerlab.probes.ast_features import capture_leaf_features, snippet_from_code, "
+        "from steerlab.probes.ast.data import load_ast_snippets\n"
+        "from steerlab.probes.ast.features import capture_leaf_features, snippet_from_code, "
         "subsample_splits\n"
-        "from steerlab.probes.ast_probe import AstProbeConfig, evaluate_ast_probe, "
+        "from steerlab.probes.ast.probe import AstProbeConfig, evaluate_ast_probe, "
         "fit_ast_probe, predict_trees, split_data\n"
         "from steerlab.views.ast import f1_by_layer, pick_example, tree_pair\n\n"
         "torch.set_num_threads(1)  # small matrices: one thread avoids synchronisation overhead\n"
@@ -774,7 +771,7 @@ NB["07_multi_subspace_steering.ipynb"] = [
         "and casual register. It initialises the blocks from activation differences, trains the "
         "module on (prompt, target) pairs, steers each attribute alone and both together, draws "
         "the gates over a steered text and compares the learned subspaces with CAA vectors. "
-        "`python scripts/msrs_experiment.py` runs the full comparison (CAA, LoReFT, prompting, "
+        "`python steering/msrs_experiment.py` runs the full comparison (CAA, LoReFT, prompting, "
         "interference)."
     ),
     new_code_cell(
@@ -784,7 +781,7 @@ NB["07_multi_subspace_steering.ipynb"] = [
         "import steerlab\n"
         "from steerlab import load_model\n"
         "from steerlab.capture import capture\n"
-        "from steerlab.steering import load_intervention, scored\n"
+        "from steerlab.interventions import load_intervention, scored\n"
         "from steerlab.steering.generate import generate\n"
         "from steerlab.steering.msrs import MSRS, MSRSLoss, init_bases, read_differences\n"
         "from steerlab.steering.pairs import load_pairs, load_prompts\n"
@@ -916,8 +913,11 @@ def main() -> None:
     for name in names:
         cells = NB[name]
         nb = new_notebook(cells=cells)
-        nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3",
-                                     "language": "python"}
+        nb.metadata["kernelspec"] = {
+            "name": "python3",
+            "display_name": "Python 3",
+            "language": "python",
+        }
         nbformat.write(nb, here / name)
 
 

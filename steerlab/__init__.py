@@ -18,7 +18,7 @@ _LAZY = {
     "parse_site": "steerlab.sites",
     "Subspace": "steerlab.subspace",
     "ActivationStore": "steerlab.capture.store",
-    "steer": "steerlab.steering",
+    "steer": "steerlab.interventions",
 }
 
 __all__ = ["__version__", *_LAZY]

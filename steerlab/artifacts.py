@@ -30,12 +30,12 @@ _REGISTRY: dict[str, type] = {}
 _KIND_MODULES = (
     "steerlab.subspace",
     "steerlab.saes.formats",
-    "steerlab.probes.erasure",
-    "steerlab.probes.rlace",
-    "steerlab.probes.inlp",
-    "steerlab.steering.interventions",
+    "steerlab.erasure.leace",
+    "steerlab.erasure.rlace",
+    "steerlab.erasure.inlp",
+    "steerlab.interventions.kinds",
     "steerlab.steering.vectors",
-    "steerlab.probes.erasure_model",
+    "steerlab.erasure.scrub",
     "steerlab.saes.splice",
 )
 

@@ -32,7 +32,7 @@ def _progress_bar(total: int, desc: str):
 
 def cmd_capture(args: argparse.Namespace) -> int:
     from steerlab.capture import capture_to_store
-    from steerlab.data import chunk_tokens, load_texts
+    from steerlab.datasets.corpora import chunk_tokens, load_texts
     from steerlab.models import load_model
     from steerlab.sites import parse_sites
 
@@ -92,7 +92,7 @@ def store_pca_figure(store_dir: str, site: str | None, max_points: int, seed: in
     import torch
 
     from steerlab.capture.store import ActivationStore
-    from steerlab.data import token_contexts
+    from steerlab.datasets.corpora import token_contexts
     from steerlab.models import load_model
     from steerlab.views import principal_directions
 
@@ -184,8 +184,8 @@ def cmd_steer(args: argparse.Namespace) -> int:
 
 
 def cmd_vector_fit(args: argparse.Namespace) -> int:
+    from steerlab.datasets.pairs import load_pairs
     from steerlab.models import load_model
-    from steerlab.steering.pairs import load_pairs
     from steerlab.steering.vectors import fit_vector
 
     pairs = load_pairs(args.pairs)  # fail on bad data before loading the model

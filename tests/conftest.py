@@ -40,11 +40,19 @@ def tiny_models(model):
 
     torch.manual_seed(0)
     vocab = len(model.tokenizer)
-    gpt2 = GPT2LMHeadModel(GPT2Config(vocab_size=vocab, n_positions=256, n_embd=64, n_layer=3,
-                                      n_head=4))
-    bert = BertModel(BertConfig(vocab_size=vocab, hidden_size=64, num_hidden_layers=3,
-                                num_attention_heads=4, intermediate_size=128,
-                                max_position_embeddings=256))
+    gpt2 = GPT2LMHeadModel(
+        GPT2Config(vocab_size=vocab, n_positions=256, n_embd=64, n_layer=3, n_head=4)
+    )
+    bert = BertModel(
+        BertConfig(
+            vocab_size=vocab,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=128,
+            max_position_embeddings=256,
+        )
+    )
     return {
         "gpt2": from_hf(gpt2, model.tokenizer, "tiny-gpt2"),
         "bert": from_hf(bert, model.tokenizer, "tiny-bert"),

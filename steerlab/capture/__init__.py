@@ -23,7 +23,8 @@ import torch
 from torch import Tensor
 
 from steerlab.capture.backends import BACKENDS, RUNNERS
-from steerlab.capture.positions import (
+from steerlab.sites import Site, parse_sites, site_width
+from steerlab.tokens import (
     Encoded,
     PositionRule,
     SpanTokens,
@@ -31,7 +32,6 @@ from steerlab.capture.positions import (
     encode_tokens,
     selection_mask,
 )
-from steerlab.sites import Site, parse_sites, site_width
 
 logger = logging.getLogger(__name__)
 
@@ -170,7 +170,7 @@ def capture(
     Args:
         handle: a :class:`steerlab.models.ModelHandle`.
         inputs: a text, a list of texts, a token tensor ``[batch, pos]``, or
-            :class:`steerlab.data.TokenChunks`.
+            :class:`steerlab.datasets.TokenChunks`.
         sites: site names (``"resid_post.6"``) or a comma-separated string.
         positions: ``"all"`` (real tokens, no padding or BOS), ``"last"``, a boolean mask
             ``[batch, pos]``, or character spans (one ``(start, end)`` or a list per text).
@@ -236,7 +236,7 @@ def capture_to_store(
 
     Args:
         handle: the model.
-        chunks: :class:`steerlab.data.TokenChunks` (or anything with ``input_ids [n, seq]``).
+        chunks: :class:`steerlab.datasets.TokenChunks` (or anything with ``input_ids [n, seq]``).
         sites: sites to capture.
         path: store directory.
         dtype: "float32", "float16" or "bfloat16" on disk.

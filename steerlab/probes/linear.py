@@ -37,7 +37,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.artifacts import check_json, load_artifact, register, save_artifact
-from steerlab.probes._checks import check_features, check_labels, check_targets, check_width
+from steerlab.checks import check_features, check_labels, check_targets, check_width
 from steerlab.probes.pls import split_ids
 from steerlab.subspace import Subspace
 

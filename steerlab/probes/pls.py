@@ -44,7 +44,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.artifacts import check_json, load_artifact, register, save_artifact
-from steerlab.probes._checks import check_features, check_finite, check_width
+from steerlab.checks import check_features, check_finite, check_width
 from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
@@ -371,7 +371,7 @@ class PLSProbe:
         """Subspace coordinates typical of target value ``y``: ``coord_slope · (y − ȳ)``.
 
         The training rows' coordinates regressed on the target; with :meth:`subspace` and
-        :class:`~steerlab.steering.interventions.SetCoords` this "sets the PLS coordinates to
+        :class:`~steerlab.interventions.kinds.SetCoords` this "sets the PLS coordinates to
         those of a target value".
         """
         yt = torch.as_tensor(y, dtype=self.mean.dtype, device=self.mean.device)

@@ -239,7 +239,7 @@ def code_token_task(
     """Small functions of the standard library with every token labelled by lexical role.
 
     Functions (top-level and methods) of at most ``max_chars`` characters are taken from the
-    first ``max_files`` files of :func:`steerlab.data.code_corpus`, dedented, and a random
+    first ``max_files`` files of :func:`steerlab.datasets.code_corpus`, dedented, and a random
     ``n_snippets`` of them (seeded) are labelled with Python's ``tokenize``: ``keyword``;
     ``definition`` (the name after ``def``/``class``); ``attribute`` (after ``.``);
     ``builtin``; other ``name``; ``number``; ``string``; ``operator``. A word type (e.g.
@@ -248,7 +248,7 @@ def code_token_task(
     import random
     import textwrap
 
-    from steerlab.data import code_corpus
+    from steerlab.datasets.corpora import code_corpus
 
     found: list[str] = []
     for doc in code_corpus(max_files):

@@ -29,11 +29,11 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from steerlab.interventions.algebra import Intervention, _finite, _kind, _positions_from
+from steerlab.interventions.hooks import steer
+from steerlab.positions import Positions
 from steerlab.saes.evals import LossRecovered, ce_loss_recovered
 from steerlab.saes.sae import Sae, SaeConfig, build_sae
-from steerlab.steering.algebra import Intervention, _finite, _kind, _positions_from
-from steerlab.steering.hooks import steer
-from steerlab.steering.positions import Positions
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore

@@ -1,71 +1,21 @@
-"""Steering: the intervention algebra, position rules, and hooks that apply them.
+"""Steering methods: vectors, contrast pairs, MSRS, intervention training, generation, evals.
 
-    >>> from steerlab import load_model
-    >>> from steerlab.steering import AddVector, steer
-    >>> handle = load_model()
-    >>> iv = AddVector(v, alpha=4.0, site="resid_post.12", positions="generation")
-    >>> with steer(handle, iv):
-    ...     out = handle.model.generate(**enc, max_new_tokens=32)
+    >>> from steerlab.steering.vectors import fit_vector
+    >>> from steerlab.steering.generate import generate
+    >>> vec = fit_vector(handle, "data/steering/sentiment.jsonl", "resid_post.9", chat=True)
+    >>> generate(handle, ["Tell me about your weekend."], [vec.intervention(9, alpha=0.1)])
 
-See :mod:`steerlab.steering.interventions` (``h' = h + Σ_k g_k(h)·B_kᵀ(f_k(h) − B_k h)``),
-:mod:`steerlab.steering.positions` (which tokens) and :mod:`steerlab.steering.hooks` (how the
-position of every token is tracked across cached and uncached generation).
+The edits themselves (the algebra, ``steer()``, position rules) live one layer below, in
+:mod:`steerlab.interventions` and :mod:`steerlab.positions`. Modules here:
+:mod:`~steerlab.steering.vectors` (mean-difference and PCA vectors),
+:mod:`~steerlab.steering.pairs` (reading contrast pairs), :mod:`~steerlab.steering.msrs`
+(multi-subspace representation steering), :mod:`~steerlab.steering.train` (training
+interventions such as LoReFT and MSRS), :mod:`~steerlab.steering.generate` (steered decoding),
+:mod:`~steerlab.steering.evals` and :mod:`~steerlab.steering.scores` (concept, fluency,
+relevance), :mod:`~steerlab.steering.gguf` (llama.cpp control vectors),
+:mod:`~steerlab.steering.layer_sweep`.
 """
 
-from steerlab.steering.components import Affine, Constant, MLPGate, component
-from steerlab.steering.hooks import PositionTracker, Steering, apply_nnsight, steer
-from steerlab.steering.interventions import (
-    KINDS,
-    Ablate,
-    AddVector,
-    Compose,
-    Intervention,
-    LoReFT,
-    LowRankEdit,
-    SetCoords,
-    load_intervention,
-)
 from steerlab.steering.msrs import MSRS, MSRSLoss, init_bases
-from steerlab.steering.positions import (
-    Positions,
-    TokenView,
-    as_positions,
-    first_n,
-    last_n,
-    scored,
-    select,
-    spans,
-    token_ids,
-)
 
-__all__ = [
-    "KINDS",
-    "Ablate",
-    "AddVector",
-    "Affine",
-    "Compose",
-    "Constant",
-    "Intervention",
-    "LoReFT",
-    "LowRankEdit",
-    "MLPGate",
-    "MSRS",
-    "MSRSLoss",
-    "PositionTracker",
-    "Positions",
-    "SetCoords",
-    "Steering",
-    "TokenView",
-    "apply_nnsight",
-    "as_positions",
-    "component",
-    "first_n",
-    "init_bases",
-    "last_n",
-    "load_intervention",
-    "scored",
-    "select",
-    "spans",
-    "steer",
-    "token_ids",
-]
+__all__ = ["MSRS", "MSRSLoss", "init_bases"]

@@ -32,7 +32,7 @@ from jaxtyping import Int
 from torch import Tensor
 from torch.nn.utils import parametrize
 
-from steerlab.steering.hooks import steer
+from steerlab.interventions.hooks import steer
 
 logger = logging.getLogger(__name__)
 
@@ -286,11 +286,11 @@ def load_steering(
         path: a :class:`~steerlab.steering.vectors.SteeringVector` directory, a llama.cpp /
             repeng control-vector ``.gguf`` file (:func:`~steerlab.steering.gguf.import_gguf`;
             foreign files carry no norms, so pass ``relative=False``), or an intervention
-            directory (:func:`~steerlab.steering.interventions.load_intervention`).
+            directory (:func:`~steerlab.interventions.kinds.load_intervention`).
         alpha: strength for a steering vector (required then); for a saved ``AddVector`` it
             replaces the stored α; other interventions take no α.
         layer: for a vector: a layer number, a site name, or ``"all"``; default its only layer.
-        positions: where a vector is added (see :mod:`steerlab.steering.positions`).
+        positions: where a vector is added (see :mod:`steerlab.positions`).
         relative: α is a fraction of the layer's mean activation norm (vectors only).
     """
     from pathlib import Path
@@ -317,7 +317,7 @@ def load_steering(
         if isinstance(layer, str) and layer.isdigit():
             layer = int(layer)
         return [sv.intervention(layer, alpha, positions, relative=relative)]
-    from steerlab.steering.interventions import AddVector, load_intervention
+    from steerlab.interventions.kinds import AddVector, load_intervention
 
     iv = load_intervention(path)
     if alpha is not None:

@@ -42,7 +42,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from steerlab.steering.positions import as_positions
+from steerlab.positions import as_positions
 from steerlab.steering.vectors import SteeringVector
 
 logger = logging.getLogger(__name__)

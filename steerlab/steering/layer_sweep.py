@@ -32,7 +32,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
-from steerlab.steering.pairs import _default_rule, _one_kind, as_pairs, read_pairs
+from steerlab.datasets.pairs import as_pairs
+from steerlab.steering.pairs import _default_rule, _one_kind, read_pairs
 from steerlab.steering.vectors import Method, SteeringVector, VectorConfig, VectorFitter
 
 __all__ = ["LayerSweep", "separability", "sweep_layers"]

@@ -5,9 +5,9 @@ blocks of one orthonormal basis.
 
 ``R: r × d`` has orthonormal rows (``torch.nn.utils.parametrizations.orthogonal``, so it stays
 orthonormal while training), split into ``[shared | attr_1 | … | attr_n]``. In the algebra of
-:mod:`steerlab.steering.algebra` it is one :class:`~steerlab.steering.algebra.LowRankEdit` term
+:mod:`steerlab.interventions.algebra` it is one :class:`~steerlab.interventions.algebra.LowRankEdit` term
 with ``B = R``, ``f = W h + b`` and the gate ``g = m(h)`` (an
-:class:`~steerlab.steering.components.MLPGate`, each block's gate repeated over its rows) times
+:class:`~steerlab.interventions.components.MLPGate`, each block's gate repeated over its rows) times
 an *active* mask: an attribute switched off (:meth:`MSRS.set_active`) has gate exactly 0, and the
 shared block is on while any attribute is. ``s`` (``scale``, default 1) is a strength knob.
 
@@ -15,7 +15,7 @@ shared block is on while any attribute is. ``s`` (``scale``, default 1) is a str
 attribute block ``i`` is applied at the prompt token with the largest ``‖R_i h_t‖`` and the
 shared block at every token chosen by an active attribute; any other rule (``"last"``, ``"all"``,
 ...) applies all blocks at the tokens it selects. The scored choice is over prompt tokens, so it
-is the same with and without the KV cache (see :mod:`steerlab.steering.positions`).
+is the same with and without the KV cache (see :mod:`steerlab.positions`).
 
 **Initialisation** (:func:`init_bases`): the shared block is the top right-singular vectors of
 the stacked per-pair activation differences of all attributes (each attribute's differences
@@ -36,7 +36,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerlab.steering.algebra import (
+from steerlab.interventions.algebra import (
     Intervention,
     LowRankEdit,
     _finite,
@@ -44,8 +44,8 @@ from steerlab.steering.algebra import (
     _positions_from,
     orthonormal_rows,
 )
-from steerlab.steering.components import Affine, MLPGate
-from steerlab.steering.positions import Positions, TokenView, scored
+from steerlab.interventions.components import Affine, MLPGate
+from steerlab.positions import Positions, TokenView, scored
 from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
@@ -166,7 +166,8 @@ def read_differences(
         target: attribute → ``"positive"`` or ``"negative"`` (the side steered towards;
             default positive).
     """
-    from steerlab.steering.pairs import as_pairs, read_pairs
+    from steerlab.datasets.pairs import as_pairs
+    from steerlab.steering.pairs import read_pairs
 
     out = {}
     for a, p in pairs.items():

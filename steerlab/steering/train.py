@@ -26,9 +26,9 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
-from steerlab.steering.algebra import Intervention
-from steerlab.steering.hooks import steer
-from steerlab.steering.positions import as_positions
+from steerlab.interventions.algebra import Intervention
+from steerlab.interventions.hooks import steer
+from steerlab.positions import as_positions
 
 logger = logging.getLogger(__name__)
 

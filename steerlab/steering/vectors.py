@@ -2,7 +2,7 @@
 
     >>> from steerlab import load_model
     >>> from steerlab.steering.vectors import fit_vector
-    >>> from steerlab.steering import steer
+    >>> from steerlab.interventions import steer
     >>> handle = load_model()
     >>> sv = fit_vector(handle, "data/steering/sentiment.jsonl", "resid_post.10,resid_post.14")
     >>> with steer(handle, sv.intervention(14, alpha=0.5, positions="generation")):
@@ -50,21 +50,20 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.datasets.pairs import LabelledSet, as_pairs
+from steerlab.interventions.kinds import AddVector
+from steerlab.positions import Positions, as_positions
 from steerlab.sites import SITE_KINDS, SiteError, parse_site, site_width
-from steerlab.steering.interventions import AddVector
 from steerlab.steering.pairs import (
     Examples,
-    LabelledSet,
     PairActivations,
     _default_rule,
     _iter_pairs,
     _one_kind,
     _read_rule,
-    as_pairs,
     read_examples,
     read_pairs,
 )
-from steerlab.steering.positions import Positions, as_positions
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +94,7 @@ class VectorConfig:
     method: Method = "mean_diff"
     """``"mean_diff"`` (CAA / ActAdd) or ``"pca_diff"`` (repeng's PCA of paired differences)."""
     positions: str | None = None
-    """Read rule (:mod:`steerlab.steering.positions`); None: ``"generation"`` for pairs with a
+    """Read rule (:mod:`steerlab.positions`); None: ``"generation"`` for pairs with a
     prompt, ``"last"`` for standalone texts."""
     chat: bool = False
     """Render the prompt (or a standalone text) as a user turn with the chat template."""
@@ -301,7 +300,7 @@ class SteeringVector:
     """Per-layer steering directions at one site kind, with everything needed to reuse them.
 
     Applied as ``h' = h + α s_ℓ v̂_ℓ`` at layer ``ℓ`` (:meth:`intervention`, an
-    :class:`~steerlab.steering.interventions.AddVector`), with ``s_ℓ`` the recorded mean
+    :class:`~steerlab.interventions.kinds.AddVector`), with ``s_ℓ`` the recorded mean
     activation norm (or 1). See the module docstring for the methods (CAA / ActAdd mean
     difference, repeng PCA of differences).
     """

@@ -12,7 +12,7 @@ from typing import Any
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from steerlab.probes.ast_trees import F1Score, Tree, constituents
+from steerlab.probes.ast.trees import F1Score, Tree, constituents
 
 __all__ = ["f1_by_layer", "f1_by_rank", "pick_example", "tree_figure", "tree_pair"]
 
@@ -258,7 +258,7 @@ def tree_pair(
     title: str | None = None,
 ) -> go.Figure:
     """Predicted and gold trees side by side; green = constituent in both, red = only in one."""
-    from steerlab.probes.ast_trees import labelled_f1
+    from steerlab.probes.ast.trees import labelled_f1
 
     score = labelled_f1(pred, gold)
     fig = make_subplots(

@@ -1,6 +1,6 @@
 """Figures for concept erasure: accuracy vs rank, probe accuracy by layer, PCA before/after.
 
-Inputs are the results of :mod:`steerlab.probes.erasure_eval` and plain activations; the
+Inputs are the results of :mod:`steerlab.erasure.evaluation` and plain activations; the
 figures are Plotly objects for notebooks or :func:`steerlab.views.report.write_html`.
 """
 
@@ -30,7 +30,7 @@ def accuracy_vs_rank_figure(curves: Any, *, title: str | None = None) -> go.Figu
     """Held-out probe accuracy against the rank of the edit, one line per method.
 
     Args:
-        curves: :class:`steerlab.probes.erasure_eval.RankCurves` (or its ``to_json()`` dict).
+        curves: :class:`steerlab.erasure.evaluation.RankCurves` (or its ``to_json()`` dict).
         title: figure title.
 
     The dashed line is the majority rate of the test labels; a dotted line marks what a
@@ -94,7 +94,7 @@ def probe_by_site_figure(
     """Held-out probe accuracy at each site, the best one marked (ties: lower log-loss).
 
     Args:
-        scores: site -> :class:`~steerlab.probes.erasure_eval.SiteProbe` (``probe_by_site``'s
+        scores: site -> :class:`~steerlab.erasure.evaluation.SiteProbe` (``probe_by_site``'s
             result), an ``(accuracy, log_loss)`` pair, or its JSON dict.
         majority: the majority rate, drawn as a dashed line.
         title: figure title.

@@ -18,7 +18,7 @@ from jaxtyping import Float
 from plotly.subplots import make_subplots
 from torch import Tensor
 
-from steerlab.data import CONTEXT_CLOSE, CONTEXT_OPEN
+from steerlab.datasets.corpora import CONTEXT_CLOSE, CONTEXT_OPEN
 
 THRESHOLDS = (0.90, 0.99)
 """Cumulative explained-variance levels marked on the figure."""
@@ -110,7 +110,7 @@ def principal_directions(
 
     PCA uses every row of ``acts``; only the scatter is subsampled. The left panel plots PC1
     against PC2, with each point's token and context in its hover label (the token is bold in
-    the context when marked as :func:`steerlab.data.token_contexts` marks it); numeric
+    the context when marked as :func:`steerlab.datasets.token_contexts` marks it); numeric
     ``labels`` colour the points on a continuous scale, other labels give one trace per class.
     The right panel shows the explained-variance ratio per component (bars, left axis) and its
     cumulative sum (line, right axis), with the components needed for 90% and 99% marked.

@@ -14,9 +14,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.probes.ast_data import load_ast_snippets
-from steerlab.probes.ast_features import capture_leaf_features, random_init_model, subsample_splits
-from steerlab.probes.ast_probe import AstProbeConfig, evaluate_ast_probe, fit_ast_probe, split_data
+from steerlab.probes.ast.data import load_ast_snippets
+from steerlab.probes.ast.features import capture_leaf_features, random_init_model, subsample_splits
+from steerlab.probes.ast.probe import AstProbeConfig, evaluate_ast_probe, fit_ast_probe, split_data
 
 pytestmark = pytest.mark.slow
 

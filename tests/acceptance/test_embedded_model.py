@@ -13,8 +13,9 @@ def test_cache_matches_gguf_dequantisation(model):
 
     folder = _package_dir("smollm2-135m-instruct")
     ref = AutoModelForCausalLM.from_pretrained(folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
-    x = model.tokenizer(["The capital of France is", "def f(x):\n    return"],
-                        return_tensors="pt", padding=True)
+    x = model.tokenizer(
+        ["The capital of France is", "def f(x):\n    return"], return_tensors="pt", padding=True
+    )
     with torch.inference_mode():
         a = model.model(**x).logits
         b = ref(**x).logits

@@ -18,14 +18,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.probes.numeric import (
-    flip_experiment,
-    load_entities,
-    load_number_sentences,
-    recall_check,
-    value_shift_experiment,
-    year_comparisons,
-)
+from steerlab.datasets.numeric import load_entities, load_number_sentences, year_comparisons
+from steerlab.probes.numeric import recall_check
+from steerlab.probes.numeric_causal import flip_experiment, value_shift_experiment
 from steerlab.probes.pls import PLSConfig, fit_pls
 from steerlab.probes.sweep import capture_layers, pls_sweep
 

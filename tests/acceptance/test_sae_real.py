@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from steerlab.capture import capture_to_store
-from steerlab.data import chunk_tokens, load_texts
+from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.saes import (
     SaeConfig,
     TrainConfig,

@@ -7,7 +7,7 @@ import torch
 
 from steerlab.capture import capture, capture_to_store
 from steerlab.capture.store import ActivationStore, StoreMismatchError
-from steerlab.data import chunk_tokens, prose_corpus
+from steerlab.datasets.corpora import chunk_tokens, prose_corpus
 from steerlab.sites import SiteError, block_list
 
 TEXTS = [
@@ -74,7 +74,9 @@ def test_bert_sites(tiny_models):
     ln2 = layer.output.LayerNorm
     torch.testing.assert_close(a["resid_post.1"], ln2(a["mlp_out.1"] + a["resid_mid.1"]))
     # [CLS]/[SEP] are special and masked out of "all"
-    assert int((cap.doc_ids == 1).sum()) == len(h.tokenizer("Short one.", add_special_tokens=False).input_ids)
+    assert int((cap.doc_ids == 1).sum()) == len(
+        h.tokenizer("Short one.", add_special_tokens=False).input_ids
+    )
 
 
 @pytest.mark.parametrize("backend", ["transformer_lens", "nnsight"])
@@ -92,8 +94,11 @@ def test_backends_agree(model, backend):
 def _hook_ids(m):
     # transformers 5 itself installs persistent hooks for output_hidden_states, so compare
     # the hook sets before and after rather than expecting none
-    return {(n, k) for n, mod in m.named_modules()
-            for k in [*mod._forward_hooks, *mod._forward_pre_hooks]}
+    return {
+        (n, k)
+        for n, mod in m.named_modules()
+        for k in [*mod._forward_hooks, *mod._forward_pre_hooks]
+    }
 
 
 def test_forward_stops_after_last_site(model):
@@ -136,7 +141,9 @@ def test_character_spans_select_the_number(model):
     cap = capture(model, [text], "resid_post.3", positions=[(start, start + 4)])
     pieces = model.tokenizer.convert_ids_to_tokens(cap.token_ids.tolist())
     assert "".join(pieces) == "1969" and (cap.span_ids == 0).all()
-    last = capture(model, [text], "resid_post.3", positions=[(start, start + 4)], span_tokens="last")
+    last = capture(
+        model, [text], "resid_post.3", positions=[(start, start + 4)], span_tokens="last"
+    )
     assert last.positions.tolist() == [cap.positions.max().item()]
     with pytest.raises(ValueError, match="matches no token"):
         capture(model, [text], "resid_post.3", positions=[(500, 510)])
@@ -180,8 +187,9 @@ def test_bad_site_lists_valid(model):
 
 def test_store_round_trip_equals_in_memory(model, tmp_path):
     chunks = chunk_tokens(model.tokenizer, prose_corpus(), seq_len=32, n_tokens=32 * 12)
-    store = capture_to_store(model, chunks, "resid_post.2,attn_out.2", tmp_path / "s",
-                             batch_size=4, shard_tokens=100)
+    store = capture_to_store(
+        model, chunks, "resid_post.2,attn_out.2", tmp_path / "s", batch_size=4, shard_tokens=100
+    )
     ref = capture(model, chunks.input_ids, "resid_post.2,attn_out.2", batch_size=4)
     assert store.n_tokens == len(ref) == 12 * 32 and store.n_shards == 3
     store.verify()

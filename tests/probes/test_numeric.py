@@ -10,20 +10,22 @@ import plotly.graph_objects as go
 import pytest
 import torch
 
-from steerlab.probes.linear import ProbeConfig
-from steerlab.probes.numeric import (
+from steerlab.datasets.numeric import (
     ATTRIBUTES,
-    answer_margins,
-    comparison_margins,
     comparison_prompts,
-    data_dir,
     load_entities,
     load_number_sentences,
     number_sentences,
+    numeric_dir,
+    year_comparisons,
+)
+from steerlab.probes.linear import ProbeConfig
+from steerlab.probes.numeric import (
+    answer_margins,
+    comparison_margins,
     parse_number,
     recall_check,
     wilson_interval,
-    year_comparisons,
     yes_no_margin,
 )
 from steerlab.probes.pls import PLSConfig, fit_pls
@@ -244,7 +246,7 @@ def test_figures():
 
 
 def test_data_readme_states_sources():
-    text = (data_dir().parent / "README.md").read_text()
+    text = (numeric_dir().parent / "README.md").read_text()
     for f in ("birth_years.csv", "populations.csv", "elements.csv", "numbers_in_text.jsonl"):
         assert f in text
     assert "Wikipedia" in text
@@ -262,8 +264,8 @@ def _tiny_comparisons():
 def test_steered_margins_edit_exactly_the_entity_token(tiny_models):
     """An AddVector at X's last token equals a hand-written hook that adds the same vector at
     the token found by tokenising the prompt prefix (float32 forward: ~1e-5)."""
-    from steerlab.probes.numeric import steered_margins
-    from steerlab.steering import AddVector
+    from steerlab.interventions import AddVector
+    from steerlab.probes.numeric_causal import steered_margins
 
     h = tiny_models["gpt2"]
     _, cmp = _tiny_comparisons()
@@ -290,7 +292,7 @@ def test_steered_margins_edit_exactly_the_entity_token(tiny_models):
 
 
 def test_flip_experiment_alpha_zero_flips_nothing(tiny_models):
-    from steerlab.probes.numeric import flip_experiment
+    from steerlab.probes.numeric_causal import flip_experiment
 
     h = tiny_models["gpt2"]
     _, cmp = _tiny_comparisons()
@@ -303,7 +305,7 @@ def test_flip_experiment_alpha_zero_flips_nothing(tiny_models):
 
 
 def test_set_value_experiment_runs_per_example(tiny_models):
-    from steerlab.probes.numeric import set_value_experiment
+    from steerlab.probes.numeric_causal import set_value_experiment
 
     h = tiny_models["gpt2"]
     e, cmp = _tiny_comparisons()
@@ -323,8 +325,9 @@ def test_set_value_experiment_runs_per_example(tiny_models):
 def test_steered_greedy_matches_generate_and_edits_the_entity(model):
     """Unsteered, the cache-free decoding equals HF ``generate`` (greedy_complete); with an
     edit at the entity's last token it equals a hand-written hook at that token."""
-    from steerlab.probes.numeric import greedy_complete, steered_greedy
-    from steerlab.steering import AddVector
+    from steerlab.interventions import AddVector
+    from steerlab.probes.numeric import greedy_complete
+    from steerlab.probes.numeric_causal import steered_greedy
 
     names = ["Albert Einstein", "Isaac Newton", "Marie Curie"]
     prompts = [f"{n} was born in the year" for n in names]
@@ -353,7 +356,7 @@ def test_steered_greedy_matches_generate_and_edits_the_entity(model):
 
 
 def test_value_shift_experiment_alpha_zero_moves_nothing(tiny_models):
-    from steerlab.probes.numeric import value_shift_experiment
+    from steerlab.probes.numeric_causal import value_shift_experiment
 
     h = tiny_models["gpt2"]
     e, _ = _tiny_comparisons()

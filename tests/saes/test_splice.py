@@ -8,11 +8,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from steerlab.data import chunk_tokens, load_texts
+from steerlab.datasets.corpora import chunk_tokens, load_texts
+from steerlab.interventions import load_intervention, steer
 from steerlab.saes.sae import SaeConfig, TopKSae, build_sae
 from steerlab.saes.splice import Replace, SaeSplice, spliced_losses
 from steerlab.sites import hf_location
-from steerlab.steering import load_intervention, steer
 
 SITE = "resid_post.3"
 
@@ -85,9 +85,12 @@ def test_zero_ablation_matches_a_manual_hook(model, windows):
     y = windows[:, 1:].reshape(-1)
     ce_clean = F.cross_entropy(clean.flatten(0, 1).double(), y).item()
     ce_zero = F.cross_entropy(abl.flatten(0, 1).double(), y).item()
-    kl_zero = F.kl_div(abl.flatten(0, 1).double().log_softmax(-1),
-                       clean.flatten(0, 1).double().log_softmax(-1),
-                       log_target=True, reduction="batchmean").item()
+    kl_zero = F.kl_div(
+        abl.flatten(0, 1).double().log_softmax(-1),
+        clean.flatten(0, 1).double().log_softmax(-1),
+        log_target=True,
+        reduction="batchmean",
+    ).item()
     # float32 log-softmax in the library vs float64 here: agreement to ~1e-6 relative
     assert res.ce.clean == pytest.approx(ce_clean, rel=1e-5)
     assert res.ce.zero_abl == pytest.approx(ce_zero, rel=1e-5)

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy.stats import hmean
 
-from steerlab.steering import AddVector
+from steerlab.interventions import AddVector
 from steerlab.steering.evals import (
     KeywordConcept,
     ProjectionConcept,

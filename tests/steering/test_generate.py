@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.steering import AddVector, LoReFT, steer
+from steerlab.interventions import AddVector, LoReFT, steer
 from steerlab.steering.generate import (
     compare,
     format_side_by_side,

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.steering import Positions, TokenView, load_intervention, steer
+from steerlab.interventions import Positions, TokenView, load_intervention, steer
 from steerlab.steering.msrs import MSRS, SHARED, MSRSLoss, init_bases
 from steerlab.steering.train import TrainConfig, TrainExample, train_intervention
 

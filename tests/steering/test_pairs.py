@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from steerlab.steering.pairs import (
+from steerlab.datasets.pairs import (
     ContrastPair,
     LabelledSet,
     PairError,

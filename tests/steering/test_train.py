@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from steerlab.steering import LoReFT, steer
+from steerlab.interventions import LoReFT, steer
 from steerlab.steering.train import (
     TrainConfig,
     TrainExample,

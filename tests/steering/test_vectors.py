@@ -12,11 +12,11 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from steerlab.datasets.pairs import LabelledSet, load_pairs, make_pairs
+from steerlab.interventions import AddVector, steer
+from steerlab.positions import Positions, scored
 from steerlab.sites import SiteError
-from steerlab.steering import AddVector, steer
 from steerlab.steering.layer_sweep import separability, sweep_layers
-from steerlab.steering.pairs import LabelledSet, load_pairs, make_pairs
-from steerlab.steering.positions import Positions, scored
 from steerlab.steering.vectors import (
     SteeringVector,
     VectorConfig,

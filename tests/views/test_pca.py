@@ -8,7 +8,7 @@ import pytest
 import torch
 from sklearn.decomposition import PCA
 
-from steerlab.data import CONTEXT_CLOSE, CONTEXT_OPEN
+from steerlab.datasets.corpora import CONTEXT_CLOSE, CONTEXT_OPEN
 from steerlab.views import pca_summary, principal_directions, write_html
 
 

@@ -1,0 +1,131 @@
+# ruff: noqa: T201
+"""Fit a steering vector from contrast pairs, sweep its strength on neutral prompts, and compare
+the best point with a prompting baseline (AxBench-style scores; see steerlab.steering.evals).
+
+    python steering/sentiment_sweep.py --pairs data/steering/sentiment.jsonl --layer 12 \\
+        --alphas=-0.6,-0.4,-0.2,0.2,0.4,0.6 --n-prompts 16 --max-new-tokens 40 \\
+        --out runs/steering/sentiment
+
+Writes ``<out>/vector/`` (the fitted vector), ``<out>/sweep.json`` (table, best points, every
+continuation) and ``<out>/sweep.html`` (the sweep figure and a token-by-token view).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from steerlab.datasets.pairs import load_pairs, load_prompts
+from steerlab.models import load_model
+from steerlab.steering.evals import Sentiment, SweepConfig, strength_sweep
+from steerlab.steering.scores import token_projections
+from steerlab.steering.vectors import fit_vector
+from steerlab.views import write_html
+from steerlab.views.steering import sweep_figure, token_projection_figure
+
+COLUMNS = ("concept", "perplexity", "repetition", "fluency", "relevance", "combined_pos",
+           "combined_neg")  # fmt: skip
+
+
+def _table(rows: list[dict]) -> str:
+    head = f"{'condition':<12}" + "".join(f"{c:>13}" for c in COLUMNS)
+    lines = [head, "-" * len(head)]
+    for r in rows:
+        lines.append(f"{r['label']:<12}" + "".join(f"{r[c]:13.3f}" for c in COLUMNS))
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="smollm2-135m-instruct")
+    ap.add_argument("--pairs", default="data/steering/sentiment.jsonl")
+    ap.add_argument("--prompts", default="data/steering/neutral_prompts.jsonl")
+    ap.add_argument("--layer", type=int, default=12)
+    ap.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca_diff"])
+    ap.add_argument(
+        "--alphas",
+        default="-0.6,-0.4,-0.2,0.2,0.4,0.6",
+        help="strengths, as fractions of the layer's mean activation norm",
+    )
+    ap.add_argument("--positions", default="all", help="where the vector is added")
+    ap.add_argument("--n-prompts", type=int, default=16)
+    ap.add_argument("--max-new-tokens", type=int, default=40)
+    ap.add_argument("--batch-size", type=int, default=16)
+    ap.add_argument(
+        "--min-fluency",
+        type=float,
+        default=0.5,
+        help="fluency that counts as holding, for the monotone range",
+    )
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--device", default=None)
+    ap.add_argument("--out", default="runs/steering/sentiment")
+    args = ap.parse_args()  # fmt: skip
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    out = Path(args.out)
+    t0 = time.perf_counter()
+    handle = load_model(args.model, device=args.device)
+    pairs = load_pairs(args.pairs)
+    site = f"resid_post.{args.layer}"
+    # the pairs are (prompt, positive, negative) chat exchanges: read the assistant's tokens
+    sv = fit_vector(handle, pairs, site, method=args.method, chat=True)
+    sv.save(out / "vector")
+    print(f"fitted {args.method} on {len(pairs)} pairs at {site}: mean norm "
+          f"{float(sv.norms[0]):.2f} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
+
+    prompts = load_prompts(args.prompts)[: args.n_prompts]
+    alphas = tuple(float(a) for a in args.alphas.split(","))
+    cfg = SweepConfig(alphas=alphas, max_new_tokens=args.max_new_tokens,
+                      batch_size=args.batch_size)  # fmt: skip
+    sweep = strength_sweep(
+        handle, prompts, lambda a: sv.intervention(args.layer, a, args.positions), Sentiment(),
+        cfg, progress=lambda label: print(f"  generated {label} ({time.perf_counter() - t0:.0f} s)"),
+    )  # fmt: skip
+
+    print(f"\n{handle.model_id}, {site}, {len(prompts)} neutral prompts, "
+          f"{args.max_new_tokens} greedy tokens; alpha = fraction of mean norm "
+          f"{float(sv.norms[0]):.2f}; PPL0 = {sweep.ppl_reference:.3f}")  # fmt: skip
+    print(_table(sweep.table()))
+    rng = sweep.monotone_range(args.min_fluency)
+    print(f"\nfluency >= {args.min_fluency} for alpha in [{rng.lo:g}, {rng.hi:g}]; concept "
+          f"{'rises monotonically' if rng.monotone else 'is NOT monotone'} there: "
+          + ", ".join(f"{c:.3f}" for c in rng.concepts))  # fmt: skip
+    best = {}
+    for pole in (1, -1):
+        b = sweep.best(pole)
+        best[pole] = b
+        print(f"\nbest alpha towards {'positive' if pole > 0 else 'negative'}: {b.alpha:+g} "
+              f"(chosen on prompts {b.selected_on}, reported on {b.reported_on})")  # fmt: skip
+        for name, s in (("steered", b.steered), ("prompting", b.baseline)):
+            print(f"  {name:<10} concept {s.concept:+.3f}  fluency {s.fluency:.3f}  "
+                  f"relevance {s.relevance:.3f}  ppl {s.perplexity:.2f}  "
+                  f"combined {s.combined(pole):.3f}")  # fmt: skip
+
+    result = {**sweep.to_dict(), "site": site, "vector_norm": float(sv.norms[0]),
+              "monotone_range": rng._asdict(),
+              "best": {str(p): {"alpha": b.alpha, "steered": b.steered._asdict(),
+                                "baseline": b.baseline._asdict(), "reported_on": b.reported_on}
+                       for p, b in best.items()},
+              "seconds": time.perf_counter() - t0}  # fmt: skip
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "sweep.json").write_text(json.dumps(result, indent=2))
+    a = best[1].alpha
+    text = sweep.points[sweep.alphas.index(a)].texts[best[1].reported_on[0]]
+    tp = token_projections(handle, text, sv.direction(args.layer), site)
+    figs = {
+        "Strength sweep": sweep_figure(sweep),
+        f"Steered text (alpha={a:+g}) projected on the vector at {site}": token_projection_figure(
+            tp.tokens, tp.scores),
+    }  # fmt: skip
+    html = write_html(figs, out / "sweep.html", title=f"Steering sweep: {sweep.concept}")
+    print(f"\nwrote {out / 'sweep.json'} and {html} ({time.perf_counter() - t0:.0f} s)")
+
+
+if __name__ == "__main__":
+    main()

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from steerlab.sites import ARCHITECTURES, block_list
+
 logger = logging.getLogger(__name__)
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
@@ -160,14 +162,18 @@ def resolve(name: str) -> tuple[str, Path | str]:
 
 
 def _architecture(config: Any) -> str:
-    mt = getattr(config, "model_type", "")
-    if mt in ("llama", "mistral", "qwen2", "qwen3", "gemma", "gemma2", "smollm3"):
-        return "llama"
-    if mt in ("gpt2",):
-        return "gpt2"
-    if mt in ("bert", "roberta"):
-        return "bert"
-    return mt
+    """The architecture name of an HF config: its ``model_type`` (``"llama"``, ``"gemma2"``,
+    ``"gpt_neox"``, ...), which keys the site maps in :data:`steerlab.sites.ARCHITECTURES`.
+
+    An architecture without a site map is still loaded (to generate text, say); every use of a
+    site then raises :class:`~steerlab.sites.SiteError` listing the supported ones.
+    """
+    return str(getattr(config, "model_type", "") or "")
+
+
+def _is_encoder(architecture: str) -> bool:
+    lay = ARCHITECTURES.get(architecture)
+    return lay is not None and not lay.causal
 
 
 @dataclass
@@ -179,7 +185,8 @@ class ModelHandle:
         tokenizer: its tokenizer, with padding side and BOS set explicitly.
         model_id: canonical id, recorded in every artifact.
         source: the local directory (or hub id) the weights came from.
-        architecture: "llama", "gpt2" or "bert" (the site maps used by :mod:`steerlab.sites`).
+        architecture: the HF ``config.model_type`` ("llama", "gemma2", "gpt_neox", ...); it
+            selects the site map in :data:`steerlab.sites.ARCHITECTURES`.
         n_layers: number of transformer blocks.
         d_model: residual width.
         add_bos: whether steerlab prepends BOS when tokenising text.
@@ -208,8 +215,6 @@ class ModelHandle:
     @property
     def layers(self) -> Any:
         """The ModuleList of transformer blocks."""
-        from steerlab.sites import block_list
-
         return block_list(self)
 
     def tokenizer_settings(self) -> dict[str, Any]:
@@ -320,7 +325,7 @@ def from_hf(
         n_layers=int(n_layers),
         d_model=int(d_model),
         add_bos=add_bos,
-        is_causal=arch != "bert",
+        is_causal=not _is_encoder(arch),
     )
 
 
@@ -349,7 +354,7 @@ def load_model(
     model_id, source = resolve(name)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = AutoConfig.from_pretrained(source)
-    cls = AutoModel if _architecture(config) == "bert" else AutoModelForCausalLM
+    cls = AutoModel if _is_encoder(_architecture(config)) else AutoModelForCausalLM
     model = cls.from_pretrained(source, dtype=dtype).to(device).eval()
     model.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(source)

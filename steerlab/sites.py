@@ -1,4 +1,4 @@
-"""One site vocabulary for every backend.
+"""One site vocabulary for every backend and every supported architecture.
 
 A *site* names a place in the residual computation of one transformer block, written
 ``"<kind>.<layer>"``:
@@ -7,35 +7,71 @@ A *site* names a place in the residual computation of one transformer block, wri
 kind           what it is (shape)                                   TransformerLens hook
 =============  ===================================================  ==========================
 resid_pre      input of block L            ``[batch, pos, d_model]``  ``blocks.L.hook_resid_pre``
-attn_out       attention output, before the residual add            ``blocks.L.hook_attn_out``
-resid_mid      residual after attention, before the MLP             ``blocks.L.hook_resid_mid``
+attn_out       what the attention branch adds to the residual       ``blocks.L.hook_attn_out``
+resid_mid      residual after the attention add, before the MLP's   ``blocks.L.hook_resid_mid``
 mlp_post       MLP hidden activation   ``[batch, pos, d_mlp]``       ``blocks.L.mlp.hook_post``
-mlp_out        MLP output, before the residual add                  ``blocks.L.hook_mlp_out``
+mlp_out        what the MLP branch adds to the residual             ``blocks.L.hook_mlp_out``
 resid_post     output of block L                                    ``blocks.L.hook_resid_post``
 =============  ===================================================  ==========================
 
-Each kind maps to an HF module and whether the tensor is that module's input or output, for
-Llama-family (Llama, Mistral, Qwen, SmolLM), GPT-2 and BERT models; the same module path with
-``.input``/``.output`` is the nnsight envoy. For post-LayerNorm BERT, ``resid_mid`` is the
-attention block's output after its LayerNorm, which is what the MLP reads.
+``attn_out`` and ``mlp_out`` are always the tensors *added to the residual stream*; where a
+family normalises a branch's output before the add (Gemma 2/3, OLMo 2), that is the normed one.
+So in every sequential block ``resid_mid = resid_pre + attn_out`` and
+``resid_post = resid_mid + mlp_out``; in a parallel block ``resid_post = resid_pre + attn_out +
+mlp_out``. ``mlp_post`` is the input of the MLP's down projection (after the activation, and
+after the gate product in gated MLPs, fused or not).
+
+Each kind maps to an HF module of the block and whether the tensor is that module's input or
+output; the same module path with ``.input``/``.output`` is the nnsight envoy. The layouts, read
+from the modeling code of transformers 5 (block paths relative to ``model.base_model``):
+
+==================  ===========  ==============================  ================================
+family (model_type)  blocks      attn_out / mlp_out              resid_mid ; mlp_post
+==================  ===========  ==============================  ================================
+Llama (llama),       ``layers``  ``self_attn`` out / ``mlp`` out  ``post_attention_layernorm`` in ;
+Mistral, Qwen2,                                                  ``mlp.down_proj`` in
+Qwen3, Gemma,
+SmolLM3, Phi-3 [1]
+Gemma 2 (gemma2),    ``layers``  ``post_attention_layernorm``    ``pre_feedforward_layernorm`` in ;
+Gemma 3 text                     out / ``post_feedforward_``     ``mlp.down_proj`` in
+(gemma3_text)                    ``layernorm`` out
+OLMo 2 (olmo2)       ``layers``  as Gemma 2 [2]                  ``mlp`` in ; ``mlp.down_proj`` in
+GPT-2 (gpt2)         ``h``       ``attn`` out / ``mlp`` out      ``ln_2`` in ; ``mlp.c_proj`` in
+GPT-NeoX (gpt_neox)  ``layers``  ``attention`` out / ``mlp`` out  refused [3] ;
+                                                                 ``mlp.dense_4h_to_h`` in
+GPT-J (gptj)         ``h``       ``attn`` out / ``mlp`` out      refused [3] ; ``mlp.fc_out`` in
+BERT (bert),         ``encoder.  ``attention.output.dense`` out  ``attention`` out ;
+RoBERTa (roberta)    layer``     / ``output.dense`` out [4]      ``intermediate`` out
+==================  ===========  ==============================  ================================
+
+[1] Phi-3 fuses the gate and up projections (``gate_up_proj``); the layout is Llama's.
+[2] OLMo 2 normalises each branch's output and has no norm before the branches, so the MLP
+reads ``resid_mid`` itself.
+[3] GPT-J and GPT-NeoX with ``use_parallel_residual=True`` (Pythia, the default) run attention
+and MLP side by side on the same block input, so no residual point lies between them and
+``resid_mid`` raises :class:`SiteError`. GPT-NeoX with ``use_parallel_residual=False`` is
+sequential and has ``resid_mid`` (``post_attention_layernorm`` in).
+[4] BERT is post-LayerNorm: ``resid_mid = LN(resid_pre + attn_out)`` is the attention block's
+output after its LayerNorm, which is what the MLP reads, and ``resid_post = LN(resid_mid +
+mlp_out)``; ``attn_out``/``mlp_out`` are the branch outputs before dropout and the add.
+
+``output_hidden_states``: HF's ``hidden_states[L]`` is ``resid_pre.L`` and ``hidden_states[L+1]``
+is ``resid_post.L``, except the last entry, which every decoder family above returns *after*
+its final norm (``norm``, ``ln_f`` or ``final_layer_norm``, see :func:`final_norm`); BERT has
+no final norm, so its last entry is ``resid_post`` of the last block.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
 
 SITE_KINDS = ("resid_pre", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post")
 
-#: Candidate paths of the ModuleList of blocks, tried in order.
-_BLOCK_PATHS = {
-    "llama": ("model.layers", "layers"),
-    "gpt2": ("transformer.h", "h"),
-    "bert": ("bert.encoder.layer", "encoder.layer"),
-}
+Residual = Literal["sequential", "parallel", "post_ln"]
 
 
 @dataclass(frozen=True)
@@ -46,32 +82,133 @@ class _HFSpec:
     io: Literal["input", "output"]
 
 
-_HF_SPECS: dict[str, dict[str, _HFSpec]] = {
-    "llama": {
-        "resid_pre": _HFSpec("", "input"),
-        "attn_out": _HFSpec("self_attn", "output"),
-        "resid_mid": _HFSpec("post_attention_layernorm", "input"),
-        "mlp_post": _HFSpec("mlp.down_proj", "input"),
-        "mlp_out": _HFSpec("mlp", "output"),
-        "resid_post": _HFSpec("", "output"),
-    },
-    "gpt2": {
-        "resid_pre": _HFSpec("", "input"),
-        "attn_out": _HFSpec("attn", "output"),
-        "resid_mid": _HFSpec("ln_2", "input"),
-        "mlp_post": _HFSpec("mlp.c_proj", "input"),
-        "mlp_out": _HFSpec("mlp", "output"),
-        "resid_post": _HFSpec("", "output"),
-    },
-    "bert": {
-        "resid_pre": _HFSpec("", "input"),
-        "attn_out": _HFSpec("attention.output.dense", "output"),
-        "resid_mid": _HFSpec("attention", "output"),
-        "mlp_post": _HFSpec("intermediate", "output"),
-        "mlp_out": _HFSpec("output.dense", "output"),
-        "resid_post": _HFSpec("", "output"),
-    },
+_IN, _OUT = "input", "output"
+
+
+@dataclass(frozen=True)
+class Layout:
+    """How one architecture's blocks build the residual stream, and where each site lives."""
+
+    name: str
+    """Display name used in messages ("GPT-J")."""
+    blocks: str
+    """Path of the ModuleList of blocks, relative to ``model.base_model``."""
+    residual: Residual
+    """``"sequential"``: resid_mid = resid_pre + attn_out, resid_post = resid_mid + mlp_out;
+    ``"parallel"``: both branches read resid_pre, resid_post = resid_pre + attn_out + mlp_out;
+    ``"post_ln"``: the sums are followed by LayerNorms (BERT)."""
+    sites: dict[str, _HFSpec] = field(repr=False)
+    """kind -> where it is in a block; kinds the architecture lacks are absent."""
+    final_norm: str | None
+    """Path of the norm after the last block (relative to ``model.base_model``), or None."""
+    causal: bool = True
+    """Decoder (True) or encoder (False)."""
+
+    def missing_reason(self, kind: str) -> str:
+        """Why this layout has no ``kind`` site (only called for absent kinds)."""
+        if self.residual == "parallel" and kind == "resid_mid":
+            return (
+                f"{self.name} blocks run attention and MLP in parallel on the same input "
+                "(resid_post = resid_pre + attn_out + mlp_out), so no residual point lies between "
+                "them; use resid_pre (what both branches read), attn_out, mlp_out or resid_post"
+            )
+        return f"{self.name} blocks have no {kind} point"
+
+
+def _llama_like(name: str) -> Layout:
+    return Layout(
+        name=name,
+        blocks="layers",
+        residual="sequential",
+        sites={
+            "resid_pre": _HFSpec("", _IN),
+            "attn_out": _HFSpec("self_attn", _OUT),
+            "resid_mid": _HFSpec("post_attention_layernorm", _IN),
+            "mlp_post": _HFSpec("mlp.down_proj", _IN),
+            "mlp_out": _HFSpec("mlp", _OUT),
+            "resid_post": _HFSpec("", _OUT),
+        },
+        final_norm="norm",
+    )
+
+
+def _sandwich(name: str, mlp_reads: str) -> Layout:
+    """Gemma 2/3 and OLMo 2: each branch's output is normalised before it joins the residual."""
+    return Layout(
+        name=name,
+        blocks="layers",
+        residual="sequential",
+        sites={
+            "resid_pre": _HFSpec("", _IN),
+            "attn_out": _HFSpec("post_attention_layernorm", _OUT),
+            "resid_mid": _HFSpec(mlp_reads, _IN),
+            "mlp_post": _HFSpec("mlp.down_proj", _IN),
+            "mlp_out": _HFSpec("post_feedforward_layernorm", _OUT),
+            "resid_post": _HFSpec("", _OUT),
+        },
+        final_norm="norm",
+    )
+
+
+def _plain(name: str, blocks: str, attn: str, mlp_down: str, mid: str | None, norm: str) -> Layout:
+    """GPT-2, GPT-NeoX, GPT-J: ``attn``/``mlp`` branch modules, ``mid`` None when parallel."""
+    sites = {
+        "resid_pre": _HFSpec("", _IN),
+        "attn_out": _HFSpec(attn, _OUT),
+        "mlp_post": _HFSpec(f"mlp.{mlp_down}", _IN),
+        "mlp_out": _HFSpec("mlp", _OUT),
+        "resid_post": _HFSpec("", _OUT),
+    }
+    if mid is not None:
+        sites["resid_mid"] = _HFSpec(mid, _IN)
+    residual: Residual = "sequential" if mid is not None else "parallel"
+    return Layout(name, blocks, residual, sites, final_norm=norm)
+
+
+def _bert(name: str) -> Layout:
+    return Layout(
+        name=name,
+        blocks="encoder.layer",
+        residual="post_ln",
+        sites={
+            "resid_pre": _HFSpec("", _IN),
+            "attn_out": _HFSpec("attention.output.dense", _OUT),
+            "resid_mid": _HFSpec("attention", _OUT),
+            "mlp_post": _HFSpec("intermediate", _OUT),
+            "mlp_out": _HFSpec("output.dense", _OUT),
+            "resid_post": _HFSpec("", _OUT),
+        },
+        final_norm=None,
+        causal=False,
+    )
+
+
+#: HF ``config.model_type`` -> layout. Every entry is exercised by tests/test_architectures.py.
+ARCHITECTURES: dict[str, Layout] = {
+    "llama": _llama_like("Llama"),
+    "mistral": _llama_like("Mistral"),
+    "qwen2": _llama_like("Qwen2"),
+    "qwen3": _llama_like("Qwen3"),
+    "gemma": _llama_like("Gemma"),
+    "smollm3": _llama_like("SmolLM3"),
+    "phi3": _llama_like("Phi-3"),
+    "gemma2": _sandwich("Gemma 2", "pre_feedforward_layernorm"),
+    "gemma3_text": _sandwich("Gemma 3", "pre_feedforward_layernorm"),
+    "olmo2": _sandwich("OLMo 2", "mlp"),
+    "gpt2": _plain("GPT-2", "h", "attn", "c_proj", "ln_2", "ln_f"),
+    "gpt_neox": _plain(
+        "GPT-NeoX", "layers", "attention", "dense_4h_to_h", None, "final_layer_norm"
+    ),
+    "gptj": _plain("GPT-J", "h", "attn", "fc_out", None, "ln_f"),
+    "bert": _bert("BERT"),
+    "roberta": _bert("RoBERTa"),
 }
+
+# GPT-NeoX is parallel by default (Pythia); use_parallel_residual=False makes it sequential.
+_GPT_NEOX_SEQUENTIAL = _plain(
+    "GPT-NeoX (sequential)", "layers", "attention", "dense_4h_to_h", "post_attention_layernorm",
+    "final_layer_norm",
+)  # fmt: skip
 
 _TL_NAMES = {
     "resid_pre": "blocks.{L}.hook_resid_pre",
@@ -86,7 +223,36 @@ _SITE_RE = re.compile(r"^([a-z_]+)\.(-?\d+)$")
 
 
 class SiteError(ValueError):
-    """An unknown site name or a layer out of range; the message lists the valid sites."""
+    """An unknown site name, a layer out of range, a site the architecture lacks, or an
+    architecture without a site map; the message says which and what is valid."""
+
+
+def supported_architectures() -> list[str]:
+    """The ``config.model_type`` values steerlab has site maps for."""
+    return sorted(ARCHITECTURES)
+
+
+def layout_of(architecture: str, config: Any = None) -> Layout:
+    """The layout of an architecture (``config.model_type``), given its config if at hand.
+
+    Raises:
+        SiteError: steerlab has no site map for ``architecture``; the message lists those it has.
+    """
+    lay = ARCHITECTURES.get(architecture)
+    if lay is None:
+        raise SiteError(
+            f"steerlab has no site map for architecture {architecture!r} (config.model_type); "
+            f"supported: {supported_architectures()}. Add a Layout to "
+            "steerlab.sites.ARCHITECTURES to support it."
+        )
+    if architecture == "gpt_neox" and not getattr(config, "use_parallel_residual", True):
+        return _GPT_NEOX_SEQUENTIAL
+    return lay
+
+
+def layout(handle: Any) -> Layout:
+    """The layout of ``handle.model`` (see :func:`layout_of`)."""
+    return layout_of(handle.architecture, getattr(handle.model, "config", None))
 
 
 @dataclass(frozen=True, order=True)
@@ -157,29 +323,73 @@ def all_sites(n_layers: int, kinds: tuple[str, ...] = SITE_KINDS) -> list[Site]:
     return parse_sites([f"{k}.{L}" for L in range(n_layers) for k in kinds], n_layers)
 
 
+def site_kinds(handle: Any) -> tuple[str, ...]:
+    """The site kinds ``handle``'s architecture has, in execution order."""
+    return tuple(k for k in SITE_KINDS if k in layout(handle).sites)
+
+
 def _get(module: Any, path: str) -> Any:
     for part in filter(None, path.split(".")):
         module = module[int(part)] if part.isdigit() else getattr(module, part)
     return module
 
 
+def _base_prefix(model: Any) -> str:
+    """Path of ``model.base_model`` inside ``model`` ("" when the model is the base model)."""
+    prefix = getattr(model, "base_model_prefix", "")
+    return prefix if prefix and isinstance(getattr(model, prefix, None), torch.nn.Module) else ""
+
+
+def _join(*parts: str) -> str:
+    return ".".join(p for p in parts if p)
+
+
 def block_path(handle: Any) -> str:
     """The dotted path of the blocks ModuleList inside ``handle.model``."""
-    for path in _BLOCK_PATHS.get(handle.architecture, ()):
-        try:
-            _get(handle.model, path)
-        except AttributeError:
-            continue
-        return path
-    raise NotImplementedError(
-        f"steerlab has no site map for architecture {handle.architecture!r} "
-        f"(supported: {sorted(_HF_SPECS)})"
-    )
+    path = _join(_base_prefix(handle.model), layout(handle).blocks)
+    try:
+        _get(handle.model, path)
+    except AttributeError as e:
+        raise SiteError(
+            f"{handle.model_id}: no block list at {path!r} in {type(handle.model).__name__}, "
+            f"where the {layout(handle).name} layout expects it"
+        ) from e
+    return path
 
 
 def block_list(handle: Any) -> torch.nn.ModuleList:
     """The ModuleList of transformer blocks of ``handle.model``."""
     return _get(handle.model, block_path(handle))
+
+
+def final_norm(handle: Any) -> torch.nn.Module | None:
+    """The norm applied after the last block (None for BERT): HF's ``hidden_states[-1]`` is
+    ``final_norm(handle)(resid_post.<last>)``."""
+    name = layout(handle).final_norm
+    return None if name is None else _get(handle.model, _join(_base_prefix(handle.model), name))
+
+
+def _spec(handle: Any, site: Site) -> _HFSpec:
+    lay = layout(handle)
+    spec = lay.sites.get(site.kind)
+    if spec is None:
+        raise SiteError(
+            f"site {site.name!r} does not exist in {handle.model_id} "
+            f"({lay.name}, model_type {handle.architecture!r}): {lay.missing_reason(site.kind)}"
+        )
+    return spec
+
+
+def check_site(handle: Any, site: str | Site) -> Site:
+    """Parse ``site`` and check that ``handle``'s architecture has it.
+
+    Raises:
+        SiteError: a bad name or layer, a kind the architecture lacks (e.g. ``resid_mid`` of a
+            parallel block), or an architecture without a site map.
+    """
+    site = parse_site(site, handle.n_layers)
+    _spec(handle, site)
+    return site
 
 
 @dataclass(frozen=True)
@@ -195,9 +405,21 @@ class HFLocation:
 def hf_location(handle: Any, site: str | Site) -> HFLocation:
     """Resolve a site to the HF module (and input/output) that carries it."""
     site = parse_site(site, handle.n_layers)
-    spec = _HF_SPECS[handle.architecture][site.kind]
-    path = f"{block_path(handle)}.{site.layer}" + (f".{spec.path}" if spec.path else "")
+    spec = _spec(handle, site)
+    path = _join(block_path(handle), str(site.layer), spec.path)
     return HFLocation(site=site, module=_get(handle.model, path), path=path, io=spec.io)
+
+
+def resid_mid_is_written_via_attn_out(handle: Any) -> bool:
+    """Whether writing ``resid_mid`` must edit ``attn_out`` instead of the module input.
+
+    True for every sequential block: the module input that carries ``resid_mid`` (the MLP's
+    pre-norm, or the MLP itself in OLMo 2) feeds only the MLP branch, while the residual stream
+    keeps its own reference to ``resid_pre + attn_out``. False for post-LN BERT, where the
+    attention block's output is both (editing it edits the residual). Parallel blocks have no
+    ``resid_mid``.
+    """
+    return layout(handle).residual == "sequential"
 
 
 def nnsight_envoy(lm: Any, handle: Any, site: str | Site) -> Any:
@@ -207,8 +429,12 @@ def nnsight_envoy(lm: Any, handle: Any, site: str | Site) -> Any:
 
 
 def site_width(handle: Any, site: str | Site) -> int:
-    """Width of the tensor at a site (d_model, or d_mlp for ``mlp_post``)."""
-    site = parse_site(site, handle.n_layers)
+    """Width of the tensor at a site (d_model, or d_mlp for ``mlp_post``).
+
+    Raises:
+        SiteError: the site does not exist in ``handle``'s architecture.
+    """
+    site = check_site(handle, site)
     if site.kind == "mlp_post":
         cfg = handle.model.config
         return int(

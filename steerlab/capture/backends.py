@@ -18,7 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
-from steerlab.sites import Site, hf_location, nnsight_envoy
+from steerlab.sites import Site, check_site, hf_location, nnsight_envoy
 
 BACKENDS = ("hf", "transformer_lens", "nnsight")
 
@@ -76,6 +76,8 @@ def run_transformer_lens(
     handle, input_ids: Tensor, attention_mask: Tensor, sites: Sequence[Site], flat_idx: Tensor
 ) -> dict[str, Tensor]:
     """Capture through TransformerLens's ``TransformerBridge.run_with_cache``."""
+    for s in sites:  # a site the architecture lacks is a SiteError, not a missing cache key
+        check_site(handle, s)
     bridge = handle.transformer_lens()
     names = {s.tl_name(): s for s in sites}
     stop = max(sites).layer + 1

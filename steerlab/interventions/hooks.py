@@ -60,12 +60,18 @@ from torch import Tensor
 
 from steerlab.interventions.kinds import Intervention
 from steerlab.positions import TokenView
-from steerlab.sites import Site, SiteError, _get, hf_location, parse_site
+from steerlab.sites import (
+    Site,
+    SiteError,
+    _get,
+    hf_location,
+    parse_site,
+    resid_mid_is_written_via_attn_out,
+)
 
 logger = logging.getLogger(__name__)
 
 Backend = Literal["hf", "transformer_lens"]
-_PRE_LN = ("llama", "gpt2")
 
 
 class PositionTracker:
@@ -160,7 +166,7 @@ def _plan(handle: Any, sites: list[Site]) -> list[_Point]:
         return points.setdefault(loc, _Point(loc))
 
     for s in sorted(sites):
-        if s.kind == "resid_mid" and handle.architecture in _PRE_LN:
+        if s.kind == "resid_mid" and resid_mid_is_written_via_attn_out(handle):
             at("resid_pre", s.layer).actions.append(("record", s))
             at("attn_out", s.layer).actions.append(("mid", s))
         else:

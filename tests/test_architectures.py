@@ -87,9 +87,14 @@ def _gptj(vocab: int, ids: dict) -> tf.PretrainedConfig:
 def _bert(cfg_cls: type) -> Callable[[int, dict], tf.PretrainedConfig]:
     def make(vocab: int, ids: dict) -> tf.PretrainedConfig:
         return cfg_cls(
-            vocab_size=vocab, hidden_size=D, num_hidden_layers=N_LAYERS, num_attention_heads=4,
-            intermediate_size=D_MLP, max_position_embeddings=160, pad_token_id=ids["pad_token_id"],
-        )  # fmt: skip
+            vocab_size=vocab,
+            hidden_size=D,
+            num_hidden_layers=N_LAYERS,
+            num_attention_heads=4,
+            intermediate_size=D_MLP,
+            max_position_embeddings=160,
+            pad_token_id=ids["pad_token_id"],
+        )  # fmt: skip  (RoBERTa's positions start after pad_token_id: leave room for it)
 
     return make
 
@@ -183,102 +188,48 @@ def _hand_bert(b, hooks):  # post-LN: the sums happen inside *Output modules, be
             "mlp_out": _Rec(b.output.dropout, "out", hooks)}  # fmt: skip
 
 
+SEQ, PAR, POST_LN = "sequential", "parallel", "post_ln"
+
+
 @dataclass(frozen=True)
 class Family:
     model_cls: type
     config: Callable[[int, dict], tf.PretrainedConfig]
     blocks: str  # full path of the block list
     norm: str | None  # full path of the final norm (hidden_states[-1] is after it)
-    form: str  # "sequential" | "parallel" | "post_ln"
+    form: str  # SEQ | PAR | POST_LN
     hand: Hand
 
 
-_LLAMA_CFG = {
-    "llama": tf.LlamaConfig, "mistral": tf.MistralConfig, "qwen2": tf.Qwen2Config,
-    "smollm3": tf.SmolLM3Config, "phi3": tf.Phi3Config,
-}  # fmt: skip
+def _llama_like(model_cls: type, cfg_cls: type, hand: Hand = _hand_llama, **kw) -> Family:
+    return Family(model_cls, _decoder(cfg_cls, **kw), "model.layers", "model.norm", SEQ, hand)
+
+
+_NEOX = ("gpt_neox.layers", "gpt_neox.final_layer_norm")
+_SANDWICH = _hand_sandwich("pre_feedforward_layernorm")  # Gemma 2 and 3
 FAMILIES: dict[str, Family] = {
-    "gpt2": Family(
-        tf.GPT2LMHeadModel, _gpt2, "transformer.h", "transformer.ln_f", "sequential", _hand_gpt2
-    ),  # fmt: skip
-    "gpt_neox": Family(
-        tf.GPTNeoXForCausalLM,
-        _neox(True),
-        "gpt_neox.layers",
-        "gpt_neox.final_layer_norm",
-        "parallel",
-        _hand_neox(True),
-    ),  # fmt: skip
+    "gpt2": Family(tf.GPT2LMHeadModel, _gpt2, "transformer.h", "transformer.ln_f", SEQ, _hand_gpt2),
+    "gpt_neox": Family(tf.GPTNeoXForCausalLM, _neox(True), *_NEOX, PAR, _hand_neox(True)),
     "gpt_neox_sequential": Family(
-        tf.GPTNeoXForCausalLM,
-        _neox(False),
-        "gpt_neox.layers",
-        "gpt_neox.final_layer_norm",
-        "sequential",
-        _hand_neox(False),
-    ),  # fmt: skip
-    "gptj": Family(
-        tf.GPTJForCausalLM, _gptj, "transformer.h", "transformer.ln_f", "parallel", _hand_gptj
-    ),  # fmt: skip
-    **{
-        name: Family(
-            getattr(tf, f"{cfg.__name__[:-6]}ForCausalLM"),
-            _decoder(cfg),
-            "model.layers",
-            "model.norm",
-            "sequential",
-            _hand_phi3 if name == "phi3" else _hand_llama,
-        )
-        for name, cfg in _LLAMA_CFG.items()
-    },  # fmt: skip
-    "qwen3": Family(
-        tf.Qwen3ForCausalLM,
-        _decoder(tf.Qwen3Config, head_dim=16),
-        "model.layers",
-        "model.norm",
-        "sequential",
-        _hand_llama,
-    ),  # fmt: skip
-    "gemma": Family(
-        tf.GemmaForCausalLM,
-        _decoder(tf.GemmaConfig, head_dim=16),
-        "model.layers",
-        "model.norm",
-        "sequential",
-        _hand_llama,
-    ),  # fmt: skip
-    "gemma2": Family(
-        tf.Gemma2ForCausalLM,
-        _decoder(tf.Gemma2Config, head_dim=16),
-        "model.layers",
-        "model.norm",
-        "sequential",
-        _hand_sandwich("pre_feedforward_layernorm"),
-    ),  # fmt: skip
-    "gemma3_text": Family(
-        tf.Gemma3ForCausalLM,
-        _decoder(tf.Gemma3TextConfig, head_dim=16),
-        "model.layers",
-        "model.norm",
-        "sequential",
-        _hand_sandwich("pre_feedforward_layernorm"),
-    ),  # fmt: skip
-    "olmo2": Family(
-        tf.Olmo2ForCausalLM,
-        _decoder(tf.Olmo2Config),
-        "model.layers",
-        "model.norm",
-        "sequential",
-        _hand_sandwich("mlp.gate_proj"),
-    ),  # fmt: skip
-    "bert": Family(
-        tf.BertModel, _bert(tf.BertConfig), "encoder.layer", None, "post_ln", _hand_bert
-    ),  # fmt: skip
+        tf.GPTNeoXForCausalLM, _neox(False), *_NEOX, SEQ, _hand_neox(False)
+    ),
+    "gptj": Family(tf.GPTJForCausalLM, _gptj, "transformer.h", "transformer.ln_f", PAR, _hand_gptj),
+    "llama": _llama_like(tf.LlamaForCausalLM, tf.LlamaConfig),
+    "mistral": _llama_like(tf.MistralForCausalLM, tf.MistralConfig),
+    "qwen2": _llama_like(tf.Qwen2ForCausalLM, tf.Qwen2Config),
+    "qwen3": _llama_like(tf.Qwen3ForCausalLM, tf.Qwen3Config, head_dim=16),
+    "gemma": _llama_like(tf.GemmaForCausalLM, tf.GemmaConfig, head_dim=16),
+    "gemma2": _llama_like(tf.Gemma2ForCausalLM, tf.Gemma2Config, _SANDWICH, head_dim=16),
+    "gemma3_text": _llama_like(tf.Gemma3ForCausalLM, tf.Gemma3TextConfig, _SANDWICH, head_dim=16),
+    "phi3": _llama_like(tf.Phi3ForCausalLM, tf.Phi3Config, _hand_phi3),
+    "olmo2": _llama_like(tf.Olmo2ForCausalLM, tf.Olmo2Config, _hand_sandwich("mlp.gate_proj")),
+    "smollm3": _llama_like(tf.SmolLM3ForCausalLM, tf.SmolLM3Config),
+    "bert": Family(tf.BertModel, _bert(tf.BertConfig), "encoder.layer", None, POST_LN, _hand_bert),
     "roberta": Family(
-        tf.RobertaModel, _bert(tf.RobertaConfig), "encoder.layer", None, "post_ln", _hand_bert
-    ),  # fmt: skip
+        tf.RobertaModel, _bert(tf.RobertaConfig), "encoder.layer", None, POST_LN, _hand_bert
+    ),
 }
-CAUSAL = [f for f in FAMILIES if FAMILIES[f].form != "post_ln"]
+CAUSAL = [f for f in FAMILIES if FAMILIES[f].form != POST_LN]
 
 # A peer library's missing support, with the reason (the only allowed skips in this file).
 _PEER_REFUSALS = {
@@ -308,7 +259,7 @@ def test_every_mapped_architecture_is_tested():
 @pytest.fixture(autouse=True, scope="module")
 def _one_thread():
     """These models are tiny: every op is too small to split, and two intra-op threads only
-    spin-wait on a loaded 2-core machine (generation measured ~50x slower that way)."""
+    spin-wait on a loaded 2-core machine (generation measured tens of times slower that way)."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield
@@ -380,7 +331,7 @@ def test_site_map_and_refusals(handles, name):
     assert block_path(h) == fam.blocks
     norm = final_norm(h)
     assert norm is (None if fam.norm is None else h.model.get_submodule(fam.norm))
-    expected = [k for k in SITE_KINDS if k != "resid_mid" or fam.form != "parallel"]
+    expected = [k for k in SITE_KINDS if k != "resid_mid" or fam.form != PAR]
     assert list(site_kinds(h)) == expected
     for kind in SITE_KINDS:
         if kind in expected:
@@ -450,10 +401,10 @@ def _check_block(
 
     # one float32 addition (or two, reassociated, in parallel blocks) of the same tensors the
     # block adds: a few ulps, 1e-6 relative
-    if fam.form == "sequential":
+    if fam.form == SEQ:
         _close(a["resid_pre"] + a["attn_out"], result("resid_mid"), 1e-6, f"{what}: pre + attn")
         _close(a["resid_mid"] + a["mlp_out"], result("resid_post"), 1e-6, f"{what}: mid + mlp")
-    elif fam.form == "parallel":
+    elif fam.form == PAR:
         got = a["resid_pre"] + a["attn_out"] + a["mlp_out"]
         _close(got, result("resid_post"), 1e-6, f"{what}: pre + attn_out + mlp_out")
     else:  # post-LN: resid_mid = LN(resid_pre + attn_out), resid_post = LN(resid_mid + mlp_out)
@@ -504,7 +455,7 @@ def test_add_vector_moves_exactly_the_chosen_positions(handles, name):
         # between the steered tensors (a resid_post write, and BERT's resid_mid one, come
         # after the sum that makes that tensor)
         kind = site.split(".")[0]
-        after_sum = kind == "resid_post" or (kind == "resid_mid" and fam.form == "post_ln")
+        after_sum = kind == "resid_post" or (kind == "resid_mid" and fam.form == POST_LN)
         added = {kind: delta * rows[:, None]} if after_sum else {}
         _check_block(h, fam, {k: got[f"{k}.{L}"] for k in site_kinds(h)}, site, added)
         for layer in range(L + 1):  # blocks before L and the input of L: untouched

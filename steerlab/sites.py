@@ -23,26 +23,26 @@ after the gate product in gated MLPs, fused or not).
 
 Each kind maps to an HF module of the block and whether the tensor is that module's input or
 output; the same module path with ``.input``/``.output`` is the nnsight envoy. The layouts, read
-from the modeling code of transformers 5 (block paths relative to ``model.base_model``):
+from the modeling code of transformers 5 (``handle.architecture`` is ``config.model_type``; the
+block list is relative to ``model.base_model``, the modules to a block):
 
-==================  ===========  ==============================  ================================
-family (model_type)  blocks      attn_out / mlp_out              resid_mid ; mlp_post
-==================  ===========  ==============================  ================================
-Llama (llama),       ``layers``  ``self_attn`` out / ``mlp`` out  ``post_attention_layernorm`` in ;
-Mistral, Qwen2,                                                  ``mlp.down_proj`` in
-Qwen3, Gemma,
-SmolLM3, Phi-3 [1]
-Gemma 2 (gemma2),    ``layers``  ``post_attention_layernorm``    ``pre_feedforward_layernorm`` in ;
-Gemma 3 text                     out / ``post_feedforward_``     ``mlp.down_proj`` in
-(gemma3_text)                    ``layernorm`` out
-OLMo 2 (olmo2)       ``layers``  as Gemma 2 [2]                  ``mlp`` in ; ``mlp.down_proj`` in
-GPT-2 (gpt2)         ``h``       ``attn`` out / ``mlp`` out      ``ln_2`` in ; ``mlp.c_proj`` in
-GPT-NeoX (gpt_neox)  ``layers``  ``attention`` out / ``mlp`` out  refused [3] ;
-                                                                 ``mlp.dense_4h_to_h`` in
-GPT-J (gptj)         ``h``       ``attn`` out / ``mlp`` out      refused [3] ; ``mlp.fc_out`` in
-BERT (bert),         ``encoder.  ``attention.output.dense`` out  ``attention`` out ;
-RoBERTa (roberta)    layer``     / ``output.dense`` out [4]      ``intermediate`` out
-==================  ===========  ==============================  ================================
+- llama, mistral, qwen2, qwen3, gemma, smollm3, phi3 [1] (sequential; blocks ``layers``):
+  attn_out ``self_attn`` out, resid_mid ``post_attention_layernorm`` in, mlp_post
+  ``mlp.down_proj`` in, mlp_out ``mlp`` out.
+- gemma2, gemma3_text (sequential, normed branches; ``layers``): attn_out
+  ``post_attention_layernorm`` out, resid_mid ``pre_feedforward_layernorm`` in, mlp_post
+  ``mlp.down_proj`` in, mlp_out ``post_feedforward_layernorm`` out.
+- olmo2 [2] (sequential, normed branches; ``layers``): as Gemma 2 but resid_mid ``mlp`` in.
+- gpt2 (sequential; ``h``): attn_out ``attn`` out, resid_mid ``ln_2`` in, mlp_post
+  ``mlp.c_proj`` in, mlp_out ``mlp`` out.
+- gpt_neox [3] (parallel; ``layers``): attn_out ``attention`` out, no resid_mid, mlp_post
+  ``mlp.dense_4h_to_h`` in, mlp_out ``mlp`` out.
+- gptj [3] (parallel; ``h``): attn_out ``attn`` out, no resid_mid, mlp_post ``mlp.fc_out`` in,
+  mlp_out ``mlp`` out.
+- bert, roberta [4] (post-LN; ``encoder.layer``): attn_out ``attention.output.dense`` out,
+  resid_mid ``attention`` out, mlp_post ``intermediate`` out, mlp_out ``output.dense`` out.
+
+resid_pre and resid_post are the block's input and output everywhere.
 
 [1] Phi-3 fuses the gate and up projections (``gate_up_proj``); the layout is Llama's.
 [2] OLMo 2 normalises each branch's output and has no norm before the branches, so the MLP

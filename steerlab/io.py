@@ -153,7 +153,7 @@ def _swap_in(tmp: Path, path: Path) -> None:
                 shutil.rmtree(old, ignore_errors=True)
             raise
         shutil.rmtree(old, ignore_errors=True)
-        _remove_stale_old(path)
+    _remove_stale_old(path)
     fsync_dir(path.parent)
 
 

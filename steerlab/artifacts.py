@@ -235,7 +235,8 @@ def _upgrade(cfg: Any, where: Path) -> Any:
         if out.get("d_in", width) != width:
             raise ValueError(f"{where}: d_in={out['d_in']} and d_model={width} disagree")
         out["d_in"] = width
-    meta = out.get("meta") if isinstance(out.get("meta"), dict) else {}
+    meta = out.get("meta")
+    meta = meta if isinstance(meta, dict) else {}
     out.setdefault("d_in", None)
     for key in ("site", "model_id"):
         if key not in out:
@@ -325,6 +326,9 @@ def read_cfg(path: str | os.PathLike) -> dict[str, Any]:
         cfg = json.loads(f.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"{f}: not valid JSON ({e})") from None
+    if isinstance(cfg, dict) and "kind" not in cfg and "architecture" in cfg:
+        raise ValueError(f"{f}: no 'kind' but an 'architecture': a SAELens directory? Read it "
+                         "with steerlab.saes.formats.load_saelens")  # fmt: skip
     cfg = _upgrade(cfg, f)
     check_header(cfg, f)
     return cfg

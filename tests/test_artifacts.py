@@ -55,6 +55,7 @@ from steerlab.probes.ast.features import LeafFeatures
 from steerlab.probes.ast.probe import AstProbe
 from steerlab.probes.linear import LinearProbe, fit_logistic
 from steerlab.probes.pls import PLSConfig, fit_pls
+from steerlab.saes.formats import save_saelens
 from steerlab.saes.sae import Sae, SaeConfig, build_sae
 from steerlab.saes.splice import Replace, SaeSplice
 from steerlab.steering.msrs import MSRS
@@ -126,10 +127,11 @@ def _build(kind: str):
                   "tokenizer_hash": "fedcba9876543210"}  # fmt: skip
         return LeafFeatures(acts, torch.tensor([0, 3, 3, 7]), meta), header
     if kind == "steering_vector":
-        sv = SteeringVector.from_direction(torch.randn(2, D, generator=g), "resid_post.1,resid_post.3",
+        sites = "resid_post.1,resid_post.3"
+        sv = SteeringVector.from_direction(torch.randn(2, D, generator=g), sites,
                                            norms=[2.0, 3.0], positions="prompt:last_2",
                                            model_id="test-model", meta={"chat": False})  # fmt: skip
-        return sv, {"site": "resid_post.1,resid_post.3", "model_id": "test-model",
+        return sv, {"site": sites, "model_id": "test-model",
                     "tokenizer_hash": None}  # fmt: skip
     if kind == "sae":
         cfg = SaeConfig(d_in=D, d_sae=32, k=4, site=SITE, model_id="test-model")
@@ -333,6 +335,12 @@ def test_load_names_the_file_and_field(tmp_path):
         read_cfg(tmp_path / "s")
     with pytest.raises(FileNotFoundError, match="no cfg.json"):
         read_cfg(tmp_path)
+
+
+def test_a_saelens_directory_is_named_as_such(tmp_path):
+    save_saelens(build_sae(SaeConfig(d_in=8, d_sae=16, k=2)), tmp_path / "lens")
+    with pytest.raises(ValueError, match="SAELens directory.*load_saelens"):
+        artifacts.load(tmp_path / "lens")
 
 
 def test_save_refuses_a_bad_header_or_a_contradiction(tmp_path):

@@ -1,8 +1,8 @@
 """SAEs on disk: steerlab's directory and SAELens's layout.
 
-- steerlab: ``cfg.json`` (``kind: "sae"`` + :class:`SaeConfig` fields) + ``sae.safetensors``
-  (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``), written atomically by
-  :func:`steerlab.artifacts.save_artifact`.
+- steerlab: ``cfg.json`` (the :mod:`steerlab.artifacts` header with ``kind: "sae"``, plus the
+  :class:`SaeConfig` fields) + ``sae.safetensors`` (``W_enc``, ``b_enc``, ``W_dec``,
+  ``b_dec``), written atomically by :func:`steerlab.artifacts.save_artifact`.
 - SAELens (v6): ``cfg.json`` + ``sae_weights.safetensors`` (same four tensors, same layouts)
   + ``sparsity.safetensors`` (``sparsity``: ``log10`` of each latent's firing frequency, as
   SAELens's trainer writes it). ``cfg.json`` holds SAELens's fields: ``architecture``
@@ -168,7 +168,7 @@ def save_saelens(
     density: Tensor | None = None,
     **cfg_kwargs: Any,
 ) -> Path:
-    """Write ``sae`` in SAELens's layout into ``path`` (atomically, :func:`~steerlab.io.atomic_dir`).
+    """Write ``sae`` in SAELens's layout into ``path``, atomically (:func:`steerlab.io.atomic_dir`).
 
     Args:
         sae: the SAE.

@@ -179,7 +179,7 @@ def spliced_losses(
     res = lm_losses(handle, torch.as_tensor(input_ids), edits, batch_size=batch_size, kl=True,
                     progress=progress)  # fmt: skip
     ce = {k: r.loss for k, r in res.items()}
-    kl = {k: r.kl for k, r in res.items()}
+    kl = {k: float(r.kl) for k, r in res.items() if r.kl is not None}  # all of them: kl=True
     nan = math.nan
     return SpliceLosses(
         ce_loss_recovered(ce[CLEAN], ce["spliced"], ce["zero_abl"], ce.get("mean_abl", nan)),

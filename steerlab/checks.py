@@ -1,4 +1,4 @@
-"""Input validation shared by the probe and erasure modules.
+"""Input validation shared by the interventions, probe and erasure modules.
 
 Every check raises :class:`ValueError` with a message that names the argument and the problem
 (shape, NaN/inf, number of classes), so a user sees *what* is wrong before any linear algebra
@@ -21,11 +21,29 @@ __all__ = [
 ]
 
 
-def check_finite(t: Tensor, name: str) -> None:
-    """Raise if ``t`` holds NaN or inf (reports how many entries)."""
+def check_finite(t: Tensor, name: str, *, floating: bool = False) -> Tensor:
+    """Raise unless ``t`` is a tensor without NaN or inf (the message counts the bad entries).
+
+    The one finite-values check of steerlab: interventions, probes and erasers call it on every
+    tensor a user hands them.
+
+    Args:
+        t: the tensor.
+        name: what it is, for the message ("steering vector", "y", ...).
+        floating: also require a floating-point dtype.
+
+    Returns:
+        ``t`` itself, so a check can wrap an expression.
+    """
+    if not isinstance(t, Tensor):
+        want = "a floating-point tensor" if floating else "a torch.Tensor"
+        raise ValueError(f"{name} must be {want}, got {type(t).__name__}")
+    if floating and not t.is_floating_point():
+        raise ValueError(f"{name} must be a floating-point tensor, got {t.dtype}")
     bad = ~torch.isfinite(t)
     if bad.any():
         raise ValueError(f"{name} contains NaN or inf ({int(bad.sum())} of {t.numel()} entries)")
+    return t
 
 
 def check_width(x: Tensor, d: int, name: str = "x", *, what: str = "expected") -> None:

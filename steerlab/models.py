@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from steerlab.io import atomic_dir
 from steerlab.sites import ARCHITECTURES, block_list
 
 logger = logging.getLogger(__name__)
@@ -101,41 +102,33 @@ def _smollm2_dir() -> Path:
     model = AutoModelForCausalLM.from_pretrained(
         gguf_folder, gguf_file=SMOLLM2_GGUF, dtype=torch.float32
     )
-    import shutil
-    import tempfile
-
-    # a private temporary directory: two processes may build the cache at the same time
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     # save_pretrained refuses GGUF-loaded models, so write an ordinary HF directory by hand.
     cfg = model.config.to_dict()
     cfg.pop("quantization_config", None)
     cfg["architectures"] = ["LlamaForCausalLM"]
     cfg["_name_or_path"] = "HuggingFaceTB/SmolLM2-135M-Instruct"
-    (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
     state = model.state_dict()
     if model.config.tie_word_embeddings:
         state.pop(
             "lm_head.weight", None
         )  # tied to embed_tokens; safetensors refuses shared storage
-    save_file(
-        {k: v.contiguous() for k, v in state.items()},
-        str(tmp / "model.safetensors"),
-        metadata={"format": "pt"},
-    )
-    tok.save_pretrained(tmp)
-    (tmp / "steerlab_source.json").write_text(json.dumps({"gguf": str(gguf), "gguf_stamp": stamp}))
-    # swap by renames, so a reader never sees a half-written directory under the target name
-    old = None
-    if target.exists():
-        old = target.with_name(f"{target.name}.old-{os.getpid()}")
-        target.rename(old)
     try:
-        tmp.rename(target)
-    except OSError:  # another process put a fresh cache in place meanwhile: keep theirs
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        # a private temporary directory swapped in whole: two processes may build the cache at
+        # the same time, and a reader never sees a half-written directory under the target name
+        with atomic_dir(target) as tmp:
+            (tmp / "config.json").write_text(json.dumps(cfg, indent=2, default=str))
+            save_file(
+                {k: v.contiguous() for k, v in state.items()},
+                str(tmp / "model.safetensors"),
+                metadata={"format": "pt"},
+            )
+            tok.save_pretrained(tmp)
+            source = {"gguf": str(gguf), "gguf_stamp": stamp}
+            (tmp / "steerlab_source.json").write_text(json.dumps(source))
+    except OSError:
+        # another process put a fresh cache in place meanwhile (our rename then fails): keep it
+        if not (done.is_file() and json.loads(done.read_text()).get("gguf_stamp") == stamp):
+            raise
     return target
 
 

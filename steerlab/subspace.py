@@ -8,16 +8,15 @@ are affine and act on the last dimension of any batch of activations.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.artifacts import check_json, load_artifact, register, save_artifact
+from steerlab.artifacts import FrozenArtifact, check_json, register
+from steerlab.checks import check_finite
 
 logger = logging.getLogger(__name__)
 
@@ -61,7 +60,7 @@ def _orthonormalize(
 
 @register("subspace")
 @dataclass(frozen=True, eq=False, repr=False)
-class Subspace:
+class Subspace(FrozenArtifact):
     """An affine subspace ``{o + B c}`` with orthonormal basis ``B`` and origin ``o``.
 
     With ``P = B Bᵀ`` the orthogonal projector, the maps are
@@ -72,7 +71,9 @@ class Subspace:
     - erasure:        ``x − P (x − o)``                   (:meth:`erase`)
     - set coordinate: ``x + B (c − Bᵀ (x − o))``           (:meth:`set_coords`)
 
-    Subspaces are compared by their principal angles (Björck & Golub 1973).
+    Subspaces are compared by their principal angles (Björck & Golub 1973). ``save(dir)`` /
+    ``Subspace.load(dir)`` (from :class:`~steerlab.artifacts.FrozenArtifact`) write and read
+    ``cfg.json`` (header, ``meta``) and ``subspace.safetensors`` (``basis``, ``origin``).
     """
 
     basis: Float[Tensor, "d_model k"]
@@ -231,8 +232,7 @@ class Subspace:
         V = vectors.unsqueeze(0) if vectors.ndim == 1 else vectors
         if V.ndim != 2 or not V.is_floating_point():
             raise ValueError(f"vectors must be a float [n, d] or [d] tensor, got {vectors.shape}")
-        if not torch.isfinite(V).all():
-            raise ValueError("vectors contain NaN or inf")
+        check_finite(V, "vectors")
         rtol = _default_rtol(V.dtype, V.shape[1]) if rtol is None else rtol
         basis, dropped = _orthonormalize(V, rtol)
         if basis.shape[1] == 0:
@@ -278,8 +278,7 @@ class Subspace:
         n = X.shape[0]
         if n < 2:
             raise ValueError(f"PCA needs at least 2 samples, got {n}")
-        if not torch.isfinite(X).all():
-            raise ValueError("x contains NaN or inf")
+        check_finite(X, "x")
         mu = X.mean(0) if center else torch.zeros_like(X[0])
         Xc = X - mu
         sigma = Xc.T @ Xc / (n - 1)
@@ -315,22 +314,6 @@ class Subspace:
             **(meta or {}),
         }
         return cls(basis.to(dtype), mu.to(dtype), info)
-
-    # --- disk -----------------------------------------------------------------------------------
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``cfg.json`` (d_model, k, meta) and ``subspace.safetensors`` into ``path``."""
-        cfg = {"d_model": self.d_model, "k": self.k, "meta": self.meta}
-        tensors = {"basis": self.basis, "origin": self.origin}
-        return save_artifact(path, "subspace", cfg, tensors)  # type: ignore[arg-type]
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Subspace:
-        """Read a subspace written by :meth:`save`."""
-        cfg, t = load_artifact(path, "subspace", device=device)
-        if tuple(t["basis"].shape) != (cfg["d_model"], cfg["k"]):
-            raise ValueError(f"{path}: basis shape {tuple(t['basis'].shape)} disagrees with cfg")
-        return cls(t["basis"], t["origin"], cfg["meta"])
 
 
 def _default_rtol(dtype: torch.dtype, d: int) -> float:

@@ -31,6 +31,7 @@ from safetensors.torch import save as st_save
 from torch import Tensor
 
 from steerlab import __version__
+from steerlab.io import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -58,27 +59,6 @@ def shard_name(i: int) -> str:
 def _json_norm(obj: Any) -> Any:
     """The value as it reads back from JSON (tuples become lists, keys become strings)."""
     return json.loads(json.dumps(obj))
-
-
-def _fsync_dir(path: Path) -> None:
-    try:  # makes the rename durable; directories cannot be opened on every platform
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
 
 
 def _sha256_file(path: Path) -> str:
@@ -222,7 +202,7 @@ class StoreWriter:
 
     def _write_manifest(self) -> None:
         data = json.dumps(self.manifest, indent=2).encode()
-        _write_atomic(self.path / MANIFEST_NAME, data)
+        atomic_write_bytes(self.path / MANIFEST_NAME, data)
 
     @property
     def n_sequences(self) -> int:
@@ -314,7 +294,7 @@ class StoreWriter:
             data = st_save(tensors, metadata={"format": "pt"})
             del tensors
             name = shard_name(len(m["shards"]))
-            _write_atomic(self.path / name, data)  # via name.tmp, removed on resume
+            atomic_write_bytes(self.path / name, data)  # via .<name>.*.tmp, removed on resume
             m["shards"].append(
                 {
                     "file": name,

@@ -29,6 +29,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from steerlab.io import atomic_write_text
+
 logger = logging.getLogger(__name__)
 
 NAMED_CORPORA = ("prose", "code")
@@ -94,10 +96,7 @@ def _cached_docstrings() -> list[str]:
         except json.JSONDecodeError:
             logger.warning("ignoring a corrupt corpus cache %s", path)
     docs = list(_stdlib_docstrings())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(docs))
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(docs))  # concurrent builders each rename a whole file
     return docs
 
 

@@ -22,6 +22,8 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
+from sklearn.linear_model import LogisticRegression
+from sklearn.svm import LinearSVC
 from torch import Tensor
 
 from steerlab.artifacts import register
@@ -90,9 +92,6 @@ class InlpEraser(AffineEraser):
 
 
 def _classifier(cfg: InlpConfig) -> Any:
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.svm import LinearSVC
-
     if cfg.classifier == "svm":
         return LinearSVC(C=cfg.C, max_iter=cfg.max_iter, random_state=cfg.seed)
     return LogisticRegression(C=cfg.C, max_iter=cfg.max_iter, random_state=cfg.seed)

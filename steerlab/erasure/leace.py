@@ -19,17 +19,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
 from jaxtyping import Float, Int
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import log_loss
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 from torch import Tensor
 
-from steerlab.artifacts import check_json, load_artifact, register, save_artifact
-from steerlab.checks import check_features, check_labels, check_targets, check_width
+from steerlab.artifacts import FrozenArtifact, check_json, register
+from steerlab.checks import check_features, check_finite, check_labels, check_targets, check_width
 from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
@@ -53,12 +55,14 @@ def _rank_tol(s_max: Tensor | float, dims: int, dtype: torch.dtype) -> float:
 
 
 @dataclass(frozen=True, eq=False, repr=False)
-class AffineEraser:
+class AffineEraser(FrozenArtifact):
     """A frozen low-rank affine eraser ``r(x) = x − P (x − μ)`` with ``P = L R``.
 
     ``L = proj_left`` (``d_model x rank``) and ``R = proj_right`` (``rank x d_model``) factor the
     edit ``P``; ``μ = bias`` (None: linear, ``r(x) = x − P x``). Subclasses register a ``kind``
-    and add a ``fit`` constructor; the map, ``.to()``, ``.subspace`` and save/load live here.
+    and add a ``fit`` constructor; the map, ``.to()`` and ``.subspace`` live here, ``save(dir)``
+    / ``load(dir)`` come from :class:`~steerlab.artifacts.FrozenArtifact` (``cfg.json`` with
+    ``meta``; ``<kind>.safetensors`` with ``proj_left``, ``proj_right`` and ``bias``).
     """
 
     proj_left: Float[Tensor, "d_model rank"]
@@ -85,8 +89,8 @@ class AffineEraser:
             raise ValueError("proj_left, proj_right and bias must share dtype and device")
         if not L.is_floating_point():
             raise ValueError(f"factors must be floating point, got {L.dtype}")
-        if not all(bool(torch.isfinite(t).all()) for t in tensors):
-            raise ValueError("eraser factors contain NaN or inf")
+        for name, t in zip(("proj_left", "proj_right", "bias"), tensors):
+            check_finite(t, f"eraser {name}")
         check_json(self.meta)
 
     @property
@@ -160,24 +164,6 @@ class AffineEraser:
         origin = None if self.bias is None else self.bias.double()
         meta = {"method": getattr(self, "KIND", "eraser"), "edit": "range of P"}
         return Subspace(U, origin, meta).to(dtype=self.proj_left.dtype)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``cfg.json`` (d_model, rank, affine, meta) and ``<kind>.safetensors``."""
-        cfg = {"d_model": self.d_model, "rank": self.rank, "affine": self.bias is not None}
-        # clones: for an orthogonal eraser proj_right may be a view of proj_left, and
-        # safetensors refuses tensors that share memory
-        tensors = {"proj_left": self.proj_left.clone(), "proj_right": self.proj_right.clone()}
-        if self.bias is not None:
-            tensors["bias"] = self.bias
-        return save_artifact(path, self.KIND, {**cfg, "meta": self.meta}, tensors)  # type: ignore[attr-defined]
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> AffineEraser:
-        """Read an eraser written by :meth:`save` (its kind must match ``cls``)."""
-        cfg, t = load_artifact(path, cls.KIND, device=device)  # type: ignore[attr-defined]
-        if tuple(t["proj_left"].shape) != (cfg["d_model"], cfg["rank"]):
-            raise ValueError(f"{path}: proj_left shape {tuple(t['proj_left'].shape)} != cfg")
-        return cls(t["proj_left"], t["proj_right"], t.get("bias"), cfg["meta"])
 
     def __repr__(self) -> str:
         aff = "affine" if self.bias is not None else "linear"
@@ -482,11 +468,6 @@ def probe_scores(
     lbfgs with ``C = 1`` converges to the unique regularised optimum, so the score is
     deterministic (unlike the SGD classifiers of rlace-icml).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import log_loss
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     clf = make_pipeline(StandardScaler(), LogisticRegression(max_iter=max_iter))
     clf.fit(x_train.double().cpu().numpy(), y_train.cpu().numpy())
     xt, yt = x_test.double().cpu().numpy(), y_test.cpu().numpy()

@@ -3,7 +3,7 @@
 An eraser from :mod:`steerlab.erasure.leace` (LEACE), :mod:`~steerlab.erasure.rlace` or
 :mod:`~steerlab.erasure.inlp` is the affine map ``r(h) = h − L R (h − μ)``. :class:`EraserEdit`
 applies it at a site during forward passes and ``generate`` through
-:func:`steerlab.steering.steer`:
+:func:`steerlab.interventions.steer`:
 
     >>> iv = EraserEdit(LeaceEraser.fit(x, z), site="resid_post.9")
     >>> with steer(handle, iv):
@@ -13,7 +13,7 @@ applies it at a site during forward passes and ``generate`` through
 ``ConceptScrubber``): one LEACE eraser per site, in execution order, each fitted on the
 activations captured with every earlier eraser already applied in the model.
 :func:`lm_cost` is the price in language modelling: the mean next-token cross-entropy of a
-token corpus with and without the erasers.
+token corpus with and without the erasers (:func:`steerlab.interventions.loss.lm_loss`).
 """
 
 from __future__ import annotations
@@ -27,12 +27,21 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steerlab.capture import capture
 from steerlab.erasure.inlp import InlpEraser
 from steerlab.erasure.leace import AffineEraser, LeaceEraser
 from steerlab.erasure.rlace import RlaceEraser
-from steerlab.interventions.algebra import Intervention, LowRankEdit, _kind, _positions_from
+from steerlab.interventions.algebra import (
+    Intervention,
+    LowRankEdit,
+    positions_from_config,
+    register_intervention,
+)
+from steerlab.interventions.hooks import steer
+from steerlab.interventions.loss import lm_loss
+from steerlab.models import ModelHandle
 from steerlab.positions import Positions
-from steerlab.sites import parse_site, parse_sites
+from steerlab.sites import parse_sites
 
 logger = logging.getLogger(__name__)
 
@@ -47,7 +56,7 @@ ERASER_KINDS: dict[str, type[AffineEraser]] = {
 }
 
 
-@_kind("eraser_edit")
+@register_intervention("eraser_edit")
 class EraserEdit(LowRankEdit):
     """An eraser applied in the model: ``h' = h − L R (h − μ)`` at the selected positions.
 
@@ -56,7 +65,7 @@ class EraserEdit(LowRankEdit):
     affine target; :meth:`edit` computes the eraser directly, in the finer of the activations'
     and the factors' dtypes (float64 for a LEACE fit), so the edit equals ``eraser(h)`` up to
     the final rounding to the activations' dtype. LEACE's edit is oblique (``L ≠ Rᵀ``), which
-    is why this is a class of its own rather than an :class:`~steerlab.steering.Ablate`.
+    is why this is a class of its own rather than an :class:`~steerlab.interventions.Ablate`.
 
     Args:
         eraser: any :class:`~steerlab.erasure.leace.AffineEraser` (LEACE, R-LACE, INLP).
@@ -119,7 +128,7 @@ class EraserEdit(LowRankEdit):
         kind_cls = ERASER_KINDS[cfg["eraser_kind"]]
         bias = tensors["bias"] if cfg["affine"] else None
         eraser = kind_cls(tensors["proj_left"], tensors["proj_right"], bias, cfg["eraser_meta"])
-        obj = cls(eraser, cfg["site"], _positions_from(cfg, tensors))
+        obj = cls(eraser, cfg["site"], positions_from_config(cfg, tensors))
         return obj._finish_load(cfg, tensors)
 
     def extra_repr(self) -> str:
@@ -152,7 +161,7 @@ def _row_labels(labels: Tensor, doc_ids: Tensor, n_texts: int) -> Tensor:
 
 
 def scrub(
-    handle: Any,
+    handle: ModelHandle,
     texts: Sequence[str],
     labels: Tensor,
     sites: str | Sequence[str],
@@ -182,9 +191,6 @@ def scrub(
         fitter_kwargs: passed to ``LeaceFitter`` (``method``, ``shrinkage``, ``affine``, ...).
         progress: called with each site name once it is fitted.
     """
-    from steerlab.capture import capture
-    from steerlab.interventions.hooks import steer
-
     texts = list(texts)
     site_list = sorted(parse_sites(sites, handle.n_layers))
     if not site_list:
@@ -221,30 +227,16 @@ class LMCost(NamedTuple):
     """Number of predicted tokens averaged over."""
 
 
-@torch.no_grad()
-def _mean_ce(handle: Any, input_ids: Tensor, batch_size: int) -> tuple[float, int]:
-    """Mean cross-entropy of predicting token ``t+1`` from ``≤ t`` over every window."""
-    total, count = 0.0, 0
-    for i in range(0, input_ids.shape[0], batch_size):
-        ids = input_ids[i : i + batch_size].to(handle.device)
-        logits = handle.model(input_ids=ids, use_cache=False).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1), reduction="sum"
-        )
-        total += float(nll.double())  # summed per batch, accumulated in float64 across batches
-        count += ids[:, 1:].numel()
-    return total / count, count
-
-
 def lm_cost(
-    handle: Any,
+    handle: ModelHandle,
     input_ids: Any,
     interventions: Intervention | Sequence[Intervention],
     *,
     batch_size: int = 8,
     base: float | None = None,
 ) -> LMCost:
-    """Cross-entropy of a token corpus with and without ``interventions`` (via ``steer``).
+    """Cross-entropy of a token corpus with and without ``interventions``
+    (:func:`steerlab.interventions.loss.lm_loss`, which applies them through ``steer``).
 
     Args:
         handle: the model.
@@ -254,22 +246,9 @@ def lm_cost(
         batch_size: windows per forward.
         base: a known ``ce_base`` for these windows (skips the unedited pass).
     """
-    from steerlab.interventions.hooks import steer
-
-    ids = input_ids.input_ids if hasattr(input_ids, "input_ids") else input_ids
-    if not isinstance(ids, Tensor) or ids.ndim != 2 or ids.shape[1] < 2:
-        shape = tuple(ids.shape) if isinstance(ids, Tensor) else type(ids).__name__
-        raise ValueError(f"input_ids must be [n_seq, seq_len >= 2] token ids, got {shape}")
-    if isinstance(interventions, Intervention):
-        interventions = [interventions]
-    for iv in interventions:
-        for s in iv.sites():
-            parse_site(s, handle.n_layers)
-    n = ids[:, 1:].numel()
+    edited = lm_loss(handle, input_ids, interventions, batch_size=batch_size)
     if base is None:
-        base, n = _mean_ce(handle, ids, batch_size)
-    with steer(handle, list(interventions)):
-        edited, n = _mean_ce(handle, ids, batch_size)
-    if not math.isfinite(edited):
-        logger.warning("lm_cost: the edited model's cross-entropy is %s", edited)
-    return LMCost(base, edited, edited - base, n)
+        base = lm_loss(handle, input_ids, batch_size=batch_size).loss
+    if not math.isfinite(edited.loss):
+        logger.warning("lm_cost: the edited model's cross-entropy is %s", edited.loss)
+    return LMCost(base, edited.loss, edited.loss - base, edited.n_tokens)

@@ -13,10 +13,13 @@ Modules: :mod:`~steerlab.interventions.algebra` (the base class, :class:`LowRank
 :class:`Compose`, the kind registry), :mod:`~steerlab.interventions.kinds` (AddVector, Ablate,
 SetCoords, LoReFT), :mod:`~steerlab.interventions.components` (the saveable ``f`` and gate
 parts), :mod:`~steerlab.interventions.hooks` (``steer()`` and position tracking across cached
-and uncached generation). Position rules live in :mod:`steerlab.positions`, shared with capture.
+and uncached generation), :mod:`~steerlab.interventions.loss` (:func:`lm_loss`: the language-
+model loss with and without an edit). Position rules live in :mod:`steerlab.positions`, shared
+with capture.
 
 Every method package (probes, erasure, SAEs, steering) edits activations through this layer;
-new kinds register themselves with :func:`register_intervention`.
+new kinds register themselves with :func:`register_intervention` and rebuild their saved position
+rule with :func:`positions_from_config`.
 """
 
 from steerlab.interventions.components import Affine, Constant, MLPGate, component
@@ -31,7 +34,10 @@ from steerlab.interventions.kinds import (
     LowRankEdit,
     SetCoords,
     load_intervention,
+    positions_from_config,
+    register_intervention,
 )
+from steerlab.interventions.loss import LMLoss, lm_loss, lm_losses
 from steerlab.positions import (
     Positions,
     TokenView,
@@ -52,6 +58,7 @@ __all__ = [
     "Compose",
     "Constant",
     "Intervention",
+    "LMLoss",
     "LoReFT",
     "LowRankEdit",
     "MLPGate",
@@ -65,7 +72,11 @@ __all__ = [
     "component",
     "first_n",
     "last_n",
+    "lm_loss",
+    "lm_losses",
     "load_intervention",
+    "positions_from_config",
+    "register_intervention",
     "scored",
     "select",
     "spans",

@@ -9,22 +9,26 @@ positions of ``h [batch, pos, d]`` and leaves every other position bit-for-bit u
 :class:`Compose` is the sum (every term sees the same ``h``). The ready-made terms (add a vector,
 ablate, set coordinates, LoReFT) live in :mod:`steerlab.interventions.kinds`.
 
-Artifacts: ``save(dir)`` writes ``cfg.json`` (kind, d_in, site, positions, config) and
-``<kind>.safetensors`` (the module's state dict); a registry maps the kind back to its class.
+Artifacts: ``save(dir)`` writes ``cfg.json`` (the :mod:`steerlab.artifacts` header, positions,
+config) and ``<kind>.safetensors`` (the module's state dict). New kinds register with
+:func:`register_intervention`, which puts them in the shared kind registry; their
+``_from_saved`` rebuilds the position rule with :func:`positions_from_config`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from jaxtyping import Bool, Float
 from torch import Tensor, nn
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import kind_class, load_artifact, register, save_artifact
+from steerlab.checks import check_finite
 from steerlab.interventions.components import Constant, component_config, from_component_config
 from steerlab.positions import Positions, TokenView, _rows, as_positions
 from steerlab.sites import parse_site, site_width
@@ -32,26 +36,34 @@ from steerlab.subspace import ORTHO_CAP, ORTHO_FACTOR
 
 logger = logging.getLogger(__name__)
 
-#: kind (as in cfg.json) -> class; filled by the @_kind decorators.
+#: kind (as in cfg.json) -> class, for the intervention kinds imported so far (filled by
+#: :func:`register_intervention`; :func:`from_saved` resolves the others lazily).
 KINDS: dict[str, type[Intervention]] = {}
 
+IvClass = TypeVar("IvClass", bound="type[Intervention]")
 
-def _kind(name: str):
-    """Register an intervention class under ``name`` here and in :mod:`steerlab.artifacts`."""
 
-    def deco(cls):
+def register_intervention(name: str) -> Callable[[IvClass], IvClass]:
+    """Class decorator: register an :class:`Intervention` subclass as artifact kind ``name``.
+
+    The class implements :meth:`Intervention.edit`, :meth:`Intervention.to_config` and
+    ``classmethod _from_saved(cfg, tensors)``; then ``iv.save(dir)``,
+    :func:`~steerlab.interventions.kinds.load_intervention` and :func:`steerlab.artifacts.load`
+    work for it, also inside a saved :class:`Compose`. A kind shipped with steerlab must also
+    be listed in :data:`steerlab.artifacts.KIND_TABLE` (so it loads in a fresh process).
+
+        >>> @register_intervention("my_edit")
+        ... class MyEdit(Intervention): ...
+    """
+
+    def deco(cls: IvClass) -> IvClass:
+        if not (isinstance(cls, type) and issubclass(cls, Intervention)):
+            raise TypeError(f"register_intervention needs an Intervention subclass, got {cls!r}")
+        register(name)(cls)
         KINDS[name] = cls
-        return register(name)(cls)
+        return cls
 
     return deco
-
-
-def _finite(x: Tensor, what: str) -> Tensor:
-    if not isinstance(x, Tensor) or not x.is_floating_point():
-        raise ValueError(f"{what} must be a floating-point tensor, got {type(x).__name__}")
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} contains NaN or inf")
-    return x
 
 
 def orthonormal_rows(B: Any, what: str = "basis") -> Float[Tensor, "r d"]:
@@ -60,11 +72,11 @@ def orthonormal_rows(B: Any, what: str = "basis") -> Float[Tensor, "r d"]:
     Accepts a Subspace, ``[r, d]`` orthonormal rows, or one ``[d]`` direction (normalised here).
     """
     if isinstance(B, Tensor) and B.ndim == 1:
-        norm = torch.linalg.vector_norm(_finite(B, what))
+        norm = torch.linalg.vector_norm(check_finite(B, what, floating=True))
         if norm == 0:
             raise ValueError(f"{what} is a zero vector")
         B = B / norm
-    B = _finite(_rows(B), what)
+    B = check_finite(_rows(B), what, floating=True)
     if B.ndim != 2 or not 1 <= B.shape[0] <= B.shape[1]:
         raise ValueError(f"{what} must be [r, d] rows with 1 <= r <= d, got {tuple(B.shape)}")
     r, d = B.shape
@@ -175,10 +187,20 @@ class Intervention(nn.Module):
         }
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``cfg.json`` + ``<kind>.safetensors`` into directory ``path``."""
+        """Write ``cfg.json`` + ``<kind>.safetensors`` into directory ``path`` (atomically).
+
+        The header's ``model_id`` and ``tokenizer_hash`` come from :attr:`meta` when it
+        records them.
+        """
         cfg = self.to_config()
         cfg.pop("kind")
-        return save_artifact(path, self.KIND, cfg, dict(self.state_dict()))
+        model_id, tok = self.meta.get("model_id"), self.meta.get("tokenizer_hash")
+        return save_artifact(
+            path, self.KIND, cfg, dict(self.state_dict()),
+            d_in=self.d_in, site=self.site,
+            model_id=model_id if isinstance(model_id, str) else None,
+            tokenizer_hash=tok if isinstance(tok, str) else None,
+        )  # fmt: skip
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Intervention:
@@ -199,19 +221,32 @@ class Intervention(nn.Module):
         return f"site={self.site!r}, positions={str(self.positions)!r}, d_in={self.d_in}"
 
 
-def _positions_from(cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Positions:
-    return Positions.from_config(cfg["positions"], tensors.get("score_basis"))
+def positions_from_config(
+    cfg: dict[str, Any], tensors: Mapping[str, Tensor] | None = None
+) -> Positions:
+    """The position rule of a saved intervention: its ``cfg["positions"]`` and, for a
+    ``scored`` rule with its own basis, the ``score_basis`` buffer of its state dict.
+
+    For ``_from_saved`` of new kinds (see :func:`register_intervention`).
+    """
+    if "positions" not in cfg:
+        raise ValueError(f"the {cfg.get('kind', 'intervention')} config has no 'positions'")
+    return Positions.from_config(cfg["positions"], (tensors or {}).get("score_basis"))
 
 
 def from_saved(cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
-    """Rebuild an intervention from its config and state dict (the registry lookup)."""
+    """Rebuild an intervention from its config and state dict (the registry lookup; the
+    kind's module is imported if this process has not imported it yet)."""
     kind = cfg.get("kind")
-    if kind not in KINDS:
-        raise ValueError(f"unknown intervention kind {kind!r}; known: {sorted(KINDS)}")
-    return KINDS[kind]._from_saved(cfg, tensors)
+    if not isinstance(kind, str):
+        raise ValueError(f"an intervention config needs a 'kind' string, got {kind!r}")
+    cls = kind_class(kind)
+    if not (isinstance(cls, type) and issubclass(cls, Intervention)):
+        raise ValueError(f"artifact kind {kind!r} is a {cls.__name__}, not an intervention")
+    return cls._from_saved(cfg, tensors)
 
 
-@_kind("low_rank_edit")
+@register_intervention("low_rank_edit")
 class LowRankEdit(Intervention):
     """The general term ``h' = h + g(h) · Bᵀ (f(h) − B h)``, ``B: r × d`` orthonormal rows.
 
@@ -279,7 +314,7 @@ class LowRankEdit(Intervention):
 
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
-        pos = _positions_from(cfg, tensors)
+        pos = positions_from_config(cfg, tensors)
         obj = cls(
             tensors["B"],
             from_component_config(cfg["f"]),
@@ -290,7 +325,7 @@ class LowRankEdit(Intervention):
         return obj._finish_load(cfg, tensors)
 
 
-@_kind("compose")
+@register_intervention("compose")
 class Compose(Intervention):
     """Several interventions summed as in the algebra: ``h' = h + Σ_k m_k ⊙ (edit_k(h) − h)``.
 

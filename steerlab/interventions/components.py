@@ -12,12 +12,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-
-def _finite(x: Tensor, what: str) -> Tensor:
-    if not torch.isfinite(x).all():
-        raise ValueError(f"{what} contains NaN or inf")
-    return x
-
+from steerlab.checks import check_finite
 
 COMPONENTS: dict[str, type[nn.Module]] = {}
 
@@ -50,7 +45,9 @@ class Constant(nn.Module):
 
     def __init__(self, value: Tensor | float | list[float]) -> None:
         super().__init__()
-        self.register_buffer("value", _finite(torch.as_tensor(value, dtype=torch.float32), "value"))
+        self.register_buffer(
+            "value", check_finite(torch.as_tensor(value, dtype=torch.float32), "value")
+        )
 
     def config(self) -> dict[str, Any]:
         return {"value": self.value.tolist()}
@@ -94,7 +91,7 @@ def component_config(m: nn.Module | None, what: str) -> dict[str, Any] | None:
     if name is None:
         raise TypeError(
             f"{what} of type {type(m).__name__} cannot be saved; register it with "
-            "@steerlab.interventions.kinds.component(name)"
+            "@steerlab.interventions.component(name)"
         )
     return {"type": name, **m.config()}
 

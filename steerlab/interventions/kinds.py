@@ -16,8 +16,9 @@ Each intervention is an ``nn.Module`` bound to a *site* (``"resid_post.6"``) and
 in :mod:`steerlab.interventions.algebra` and re-exported here. (Interventions listed separately in
 :func:`steerlab.steering.steer` apply one after another instead.)
 
-Artifacts: ``save(dir)`` writes ``cfg.json`` (kind, d_in, site, positions, config) and
-``<kind>.safetensors`` (the module's state dict); :func:`load_intervention` reads any kind.
+Artifacts: ``save(dir)`` writes ``cfg.json`` (the :mod:`steerlab.artifacts` header, positions,
+config) and ``<kind>.safetensors`` (the module's state dict); :func:`load_intervention` reads
+any kind, and other packages add kinds with :func:`register_intervention`.
 """
 
 from __future__ import annotations
@@ -30,16 +31,16 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from steerlab.checks import check_finite
 from steerlab.interventions.algebra import (
     KINDS,
     Compose,
     Intervention,
     LowRankEdit,
-    _finite,
-    _kind,
-    _positions_from,
     from_saved,
     orthonormal_rows,
+    positions_from_config,
+    register_intervention,
 )
 from steerlab.interventions.components import Affine
 from steerlab.positions import Positions
@@ -57,10 +58,12 @@ __all__ = [
     "from_saved",
     "load_intervention",
     "orthonormal_rows",
+    "positions_from_config",
+    "register_intervention",
 ]
 
 
-@_kind("add_vector")
+@register_intervention("add_vector")
 class AddVector(LowRankEdit):
     """Add a steering vector: ``h' = h + α s v̂`` (ActAdd, Turner et al. 2023; CAA, Rimsky 2024).
 
@@ -86,7 +89,7 @@ class AddVector(LowRankEdit):
         normalize: bool = True,
         relative_to: float | None = None,
     ) -> None:
-        v = _finite(v, "steering vector")
+        v = check_finite(v, "steering vector", floating=True)
         if v.ndim != 1:
             raise ValueError(f"steering vector must be 1-D [d], got shape {tuple(v.shape)}")
         norm = torch.linalg.vector_norm(v.double()).item()
@@ -128,13 +131,13 @@ class AddVector(LowRankEdit):
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
         obj = cls(
-            tensors["vector"], cfg["alpha"], cfg["site"], _positions_from(cfg, tensors),
+            tensors["vector"], cfg["alpha"], cfg["site"], positions_from_config(cfg, tensors),
             cfg["normalize"], cfg["relative_to"],
         )  # fmt: skip
         return obj._finish_load(cfg, tensors)
 
 
-@_kind("set_coords")
+@register_intervention("set_coords")
 class SetCoords(LowRankEdit):
     """Set the coordinates in a subspace: ``h' = h + Bᵀ (c_abs − B h)`` (the "knob").
 
@@ -158,7 +161,8 @@ class SetCoords(LowRankEdit):
         positions: str | Positions = "all",
     ) -> None:
         B = orthonormal_rows(subspace, "subspace")
-        c = _finite(torch.as_tensor(coords, dtype=B.dtype, device=B.device).reshape(-1), "coords")
+        c = torch.as_tensor(coords, dtype=B.dtype, device=B.device).reshape(-1)
+        c = check_finite(c, "coords", floating=True)
         if c.shape != (B.shape[0],):
             raise ValueError(f"coords has {c.numel()} entries for a rank-{B.shape[0]} subspace")
         if isinstance(subspace, Subspace):
@@ -175,12 +179,12 @@ class SetCoords(LowRankEdit):
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
         obj = cls(
-            tensors["B"], tensors["target_coords"], cfg["site"], _positions_from(cfg, tensors)
+            tensors["B"], tensors["target_coords"], cfg["site"], positions_from_config(cfg, tensors)
         )
         return obj._finish_load(cfg, tensors)
 
 
-@_kind("ablate")
+@register_intervention("ablate")
 class Ablate(SetCoords):
     """Erase a subspace: ``h' = h − Bᵀ (B h − B μ)`` with ``μ = 0`` or a mean.
 
@@ -205,7 +209,7 @@ class Ablate(SetCoords):
     ) -> None:
         B = orthonormal_rows(subspace, "subspace")
         if isinstance(to, Tensor):
-            mode, mu = "tensor", _finite(to, "mean").to(B)
+            mode, mu = "tensor", check_finite(to, "mean", floating=True).to(B)
             if mu.shape != (B.shape[1],):
                 raise ValueError(f"mean has shape {tuple(mu.shape)}, expected ({B.shape[1]},)")
         elif to == "zero":
@@ -224,12 +228,14 @@ class Ablate(SetCoords):
 
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
-        obj = cls(tensors["B"], "zero", site=cfg["site"], positions=_positions_from(cfg, tensors))
+        obj = cls(
+            tensors["B"], "zero", site=cfg["site"], positions=positions_from_config(cfg, tensors)
+        )
         obj.to_mode = cfg["to"]
         return obj._finish_load(cfg, tensors)  # restores target_coords = B μ
 
 
-@_kind("loreft")
+@register_intervention("loreft")
 class LoReFT(LowRankEdit):
     """Low-rank representation finetuning: ``h' = h + Rᵀ (W h + b − R h)`` (Wu et al. 2024, ReFT).
 
@@ -261,10 +267,11 @@ class LoReFT(LowRankEdit):
 
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
-        obj = cls(cfg["d_in"], cfg["rank"], cfg["site"], _positions_from(cfg, tensors))
+        obj = cls(cfg["d_in"], cfg["rank"], cfg["site"], positions_from_config(cfg, tensors))
         return obj._finish_load(cfg, tensors)
 
 
 def load_intervention(path: str | os.PathLike, device: str | torch.device = "cpu") -> Intervention:
-    """Load any intervention artifact directory (all kinds are registered by this module)."""
+    """Load any intervention artifact directory (kinds from other packages, such as
+    ``eraser_edit`` or ``msrs``, are resolved through :data:`steerlab.artifacts.KIND_TABLE`)."""
     return Intervention.load(path, device)

@@ -27,16 +27,14 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.artifacts import check_json, load_artifact, register, save_artifact
+from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.checks import check_features, check_labels, check_targets, check_width
 from steerlab.probes.pls import split_ids
 from steerlab.subspace import Subspace
@@ -94,12 +92,14 @@ class ProbeConfig:
 
 @register("linear_probe")
 @dataclass(frozen=True, eq=False, repr=False)
-class LinearProbe:
+class LinearProbe(FrozenArtifact):
     """A linear probe in raw activation space: ``out(x) = x Wᵀ + b``.
 
     ``W = W_s / σ`` and ``b = b_s − W μ`` fold the standardiser into the weights, so ``W``'s
     rows are the raw-space gradients of the outputs. For ``kind="logistic"`` the outputs are
     logits (one for two classes: ``P(class 1) = sigmoid(out)``), for ``"ridge"`` predictions.
+    ``save(dir)`` / ``LinearProbe.load(dir)`` come from
+    :class:`~steerlab.artifacts.FrozenArtifact`.
     """
 
     weight: Float[Tensor, "c d_model"]
@@ -169,18 +169,6 @@ class LinearProbe:
         """A copy on ``device`` and/or in ``dtype``."""
         return LinearProbe(self.weight.to(device, dtype), self.bias.to(device, dtype),
                            self.mean.to(device, dtype), dict(self.meta))  # fmt: skip
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``cfg.json`` and ``linear_probe.safetensors``."""
-        cfg = {"d_model": self.d_model, "n_out": self.weight.shape[0], "meta": self.meta}
-        t = {"weight": self.weight, "bias": self.bias, "mean": self.mean}
-        return save_artifact(path, "linear_probe", cfg, t)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> LinearProbe:
-        """Read a probe written by :meth:`save`."""
-        cfg, t = load_artifact(path, "linear_probe", device=device)
-        return cls(t["weight"], t["bias"], t["mean"], cfg["meta"])
 
     def __repr__(self) -> str:
         return f"LinearProbe({self.kind}, d_model={self.d_model}, n_out={self.weight.shape[0]})"

@@ -32,10 +32,8 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -43,7 +41,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.artifacts import check_json, load_artifact, register, save_artifact
+from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.checks import check_features, check_finite, check_width
 from steerlab.subspace import Subspace
 
@@ -223,13 +221,14 @@ class PLSScores(NamedTuple):
 
 @register("pls")
 @dataclass(frozen=True, eq=False, repr=False)
-class PLSProbe:
+class PLSProbe(FrozenArtifact):
     """A fitted PLS1 probe ``ŷ(x) = ȳ + ((x − μ)/σ) R q`` (El-Shangiti et al. 2025).
 
     ``W``, ``P``, ``q`` are sklearn's ``x_weights_``, ``x_loadings_`` and ``y_loadings_`` of a
     ``PLSRegression(scale=False)`` fitted after a ``StandardScaler`` (mean ``μ``, population
     scale ``σ``); ``R = W (PᵀW)⁻¹`` is ``x_rotations_``. See the module docstring for the
-    raw-space convention (gradients are ``r_j / σ``).
+    raw-space convention (gradients are ``r_j / σ``). ``save(dir)`` / ``PLSProbe.load(dir)``
+    (:class:`~steerlab.artifacts.FrozenArtifact`) write ``cfg.json`` and ``pls.safetensors``.
     """
 
     mean: Float[Tensor, " d_model"]
@@ -387,22 +386,6 @@ class PLSProbe:
             if f.name != "meta"
         }
         return PLSProbe(**kw, meta=dict(self.meta))
-
-    def _tensors(self) -> dict[str, Tensor]:
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "meta"}
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``cfg.json`` (d_model, n_components, meta) and ``pls.safetensors``."""
-        cfg = {"d_model": self.d_model, "n_components": self.n_components, "meta": self.meta}
-        return save_artifact(path, "pls", cfg, self._tensors())
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> PLSProbe:
-        """Read a probe written by :meth:`save`."""
-        cfg, t = load_artifact(path, "pls", device=device)
-        if tuple(t["x_weights"].shape) != (cfg["d_model"], cfg["n_components"]):
-            raise ValueError(f"{path}: x_weights shape {tuple(t['x_weights'].shape)} != cfg")
-        return cls(**t, meta=cfg["meta"])
 
     def __repr__(self) -> str:
         return f"PLSProbe(d_model={self.d_model}, n_components={self.n_components})"

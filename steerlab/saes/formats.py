@@ -1,8 +1,8 @@
 """SAEs on disk: steerlab's directory and SAELens's layout.
 
-- steerlab: ``cfg.json`` (``kind: "sae"`` + :class:`SaeConfig` fields) + ``sae.safetensors``
-  (``W_enc``, ``b_enc``, ``W_dec``, ``b_dec``), written atomically by
-  :func:`steerlab.artifacts.save_artifact`.
+- steerlab: ``cfg.json`` (the :mod:`steerlab.artifacts` header with ``kind: "sae"``, plus the
+  :class:`SaeConfig` fields) + ``sae.safetensors`` (``W_enc``, ``b_enc``, ``W_dec``,
+  ``b_dec``), written atomically by :func:`steerlab.artifacts.save_artifact`.
 - SAELens (v6): ``cfg.json`` + ``sae_weights.safetensors`` (same four tensors, same layouts)
   + ``sparsity.safetensors`` (``sparsity``: ``log10`` of each latent's firing frequency, as
   SAELens's trainer writes it). ``cfg.json`` holds SAELens's fields: ``architecture``
@@ -31,8 +31,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -41,7 +39,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import HEADER, load_artifact, register, save_artifact
+from steerlab.io import atomic_dir, previous_version
 from steerlab.saes.sae import Sae, SaeConfig, build_sae
 
 logger = logging.getLogger(__name__)
@@ -56,6 +55,9 @@ SAELENS_ARCH = {"topk": "topk", "relu_l1": "standard"}
 _FROM_SAELENS = {v: k for k, v in SAELENS_ARCH.items()}
 LOG_SPARSITY_EPS = 1e-10
 """Added to firing frequencies before ``log10`` (SAELens's value), so dead latents get -10."""
+
+
+_HEADER_ONLY = frozenset(HEADER) - {"d_in", "site", "model_id"}
 
 
 def _tensors(sae: Sae) -> dict[str, Tensor]:
@@ -77,24 +79,33 @@ def _fill(sae: Sae, tensors: dict[str, Tensor], where: str) -> Sae:
 
 
 @register(SAE_KIND)
-class _SaeArtifact:
-    """Loader registered for ``kind: "sae"`` in :mod:`steerlab.artifacts`."""
+class SaeArtifact:
+    """The loader of ``kind: "sae"`` for :func:`steerlab.artifacts.load` (the SAE classes
+    themselves are chosen by ``architecture``, see :func:`load_sae`)."""
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
+        """:func:`load_sae`."""
         return load_sae(path, device=device)
 
 
 def save_sae(sae: Sae, path: str | os.PathLike) -> Path:
-    """Write ``sae`` as ``cfg.json`` + ``sae.safetensors`` into ``path`` (atomically)."""
-    return save_artifact(path, SAE_KIND, sae.cfg.to_dict(), _tensors(sae))
+    """Write ``sae`` as ``cfg.json`` + ``sae.safetensors`` into ``path`` (atomically).
+
+    ``cfg.json`` holds the header (``d_in``, ``site`` and ``model_id`` from the config) and
+    the :class:`SaeConfig` fields.
+    """
+    c = sae.cfg
+    return save_artifact(path, SAE_KIND, c.to_dict(), _tensors(sae), d_in=c.d_in, site=c.site,
+                         model_id=c.model_id)  # fmt: skip
 
 
 def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
     """Read an SAE written by :func:`save_sae`; the class comes from ``architecture``."""
     cfg_dict, tensors = load_artifact(path, SAE_KIND, device=device)
-    cfg = SaeConfig.from_dict(cfg_dict)
-    return _fill(build_sae(cfg, device=device), tensors, str(path))
+    # the header fields that are not SaeConfig fields (d_in, site and model_id are both)
+    own = {k: v for k, v in cfg_dict.items() if k not in _HEADER_ONLY}
+    return _fill(build_sae(SaeConfig.from_dict(own), device=device), tensors, str(path))
 
 
 def log_feature_sparsity(density: Tensor) -> Tensor:
@@ -157,7 +168,7 @@ def save_saelens(
     density: Tensor | None = None,
     **cfg_kwargs: Any,
 ) -> Path:
-    """Write ``sae`` in SAELens's layout into ``path`` (atomically: temp dir, then rename).
+    """Write ``sae`` in SAELens's layout into ``path``, atomically (:func:`steerlab.io.atomic_dir`).
 
     Args:
         sae: the SAE.
@@ -168,36 +179,17 @@ def save_saelens(
             :func:`saelens_cfg`.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
-    try:
-        cfg = saelens_cfg(sae, **cfg_kwargs)
+    if density is not None and density.shape != (sae.d_sae,):
+        raise ValueError(f"density must have shape ({sae.d_sae},), got {tuple(density.shape)}")
+    cfg = saelens_cfg(sae, **cfg_kwargs)
+    with atomic_dir(path) as tmp:
         (tmp / SAELENS_CFG).write_text(json.dumps(cfg, indent=2, default=str))
         tensors = {k: v.to("cpu").contiguous() for k, v in _tensors(sae).items()}
         save_file(tensors, str(tmp / SAELENS_WEIGHTS))
         if density is not None:
-            if density.shape != (sae.d_sae,):
-                raise ValueError(f"density must have shape ({sae.d_sae},), got {density.shape}")
             sparsity = {"sparsity": log_feature_sparsity(density.detach().cpu())}
             save_file(sparsity, str(tmp / SAELENS_SPARSITY))
-        _swap_dir(tmp, path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
-
-
-def _swap_dir(tmp: Path, path: Path) -> None:
-    """Rename ``tmp`` to ``path``, replacing an existing directory (old one removed last)."""
-    if path.exists():
-        old = path.with_name(f".{path.name}.old")
-        if old.exists():
-            shutil.rmtree(old)
-        path.rename(old)
-        tmp.rename(path)
-        shutil.rmtree(old)
-    else:
-        tmp.rename(path)
 
 
 def load_saelens(path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae:
@@ -307,7 +299,7 @@ def write_checkpoint(
     per_sae: Mapping[str, dict[str, Tensor]],
     tensors: dict[str, Tensor],
 ) -> Path:
-    """Write ``root/checkpoint`` atomically (temp dir, then rename) and return its path.
+    """Write ``root/checkpoint`` atomically (:func:`~steerlab.io.atomic_dir`); return its path.
 
     Args:
         root: checkpoint directory.
@@ -316,28 +308,23 @@ def write_checkpoint(
         per_sae: name -> tensors saved as ``<name>/optimizer.safetensors``.
         tensors: global tensors saved as ``state.safetensors`` (e.g. the RNG state).
     """
-    root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{CHECKPOINT_NAME}.tmp.", dir=root))
-    try:
+    target = Path(root) / CHECKPOINT_NAME
+    with atomic_dir(target) as tmp:
         for name, sae in saes.items():
             save_sae(sae, tmp / name)
             t = {k: v.detach().cpu().contiguous() for k, v in per_sae[name].items()}
             save_file(t, str(tmp / name / OPTIMIZER_TENSORS))
         save_file({k: v.cpu().contiguous() for k, v in tensors.items()}, str(tmp / STATE_TENSORS))
         (tmp / STATE_JSON).write_text(json.dumps(body, indent=2))
-        _swap_dir(tmp, root / CHECKPOINT_NAME)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-    return root / CHECKPOINT_NAME
+    return target
 
 
 def find_checkpoint(root: str | os.PathLike) -> Path | None:
     """``root/checkpoint`` if complete; after a crash between the two renames of
-    :func:`_swap_dir`, the previous one (``root/.checkpoint.old``); else None."""
-    for cand in (Path(root) / CHECKPOINT_NAME, Path(root) / f".{CHECKPOINT_NAME}.old"):
-        if (cand / STATE_JSON).is_file():
+    :func:`steerlab.io.atomic_dir`, the previous one (``root/.checkpoint.old*``); else None."""
+    target = Path(root) / CHECKPOINT_NAME
+    for cand in (target, previous_version(target)):
+        if cand is not None and (cand / STATE_JSON).is_file():
             return cand
     return None
 

@@ -1,10 +1,10 @@
 """Splice an SAE into the model and measure the loss it costs.
 
-:class:`SaeSplice` is a steering intervention (:mod:`steerlab.steering`) whose edit replaces the
+:class:`SaeSplice` is an intervention (:mod:`steerlab.interventions`) whose edit replaces the
 site's activations by the SAE's reconstruction, ``h' = x̂(h)``; :class:`Replace` sets them to a
 constant (zero- or mean-ablation). Both are registered artifact kinds, so
-``iv.save(dir)`` / :func:`steerlab.steering.load_intervention` round-trip them, and both work
-with every backend of :func:`steerlab.steering.steer` and with its position rules.
+``iv.save(dir)`` / :func:`steerlab.interventions.load_intervention` round-trip them, and both
+work with every backend of :func:`steerlab.interventions.steer` and with its position rules.
 
 :func:`spliced_losses` runs token windows clean, with the SAE spliced in, zero-ablated and
 mean-ablated, and reports for each
@@ -15,7 +15,8 @@ mean-ablated, and reports for each
   the same positions;
 
 and the loss recovered ``(L_ablated − L_spliced) / (L_ablated − L_clean)`` of both
-(:func:`steerlab.saes.evals.ce_loss_recovered`; for KL, ``L_clean = 0``). Sums are float64.
+(:func:`steerlab.saes.evals.ce_loss_recovered`; for KL, ``L_clean = 0``). Both losses come
+from :func:`steerlab.interventions.loss.lm_losses`; sums are float64.
 """
 
 from __future__ import annotations
@@ -25,12 +26,17 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
-import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlab.interventions.algebra import Intervention, _finite, _kind, _positions_from
-from steerlab.interventions.hooks import steer
+from steerlab.checks import check_finite
+from steerlab.interventions.algebra import (
+    Intervention,
+    positions_from_config,
+    register_intervention,
+)
+from steerlab.interventions.loss import CLEAN, lm_losses
+from steerlab.models import ModelHandle
 from steerlab.positions import Positions
 from steerlab.saes.evals import LossRecovered, ce_loss_recovered
 from steerlab.saes.sae import Sae, SaeConfig, build_sae
@@ -41,7 +47,7 @@ if TYPE_CHECKING:
 __all__ = ["Replace", "SaeSplice", "SpliceLosses", "spliced_losses", "store_windows"]
 
 
-@_kind("sae_splice")
+@register_intervention("sae_splice")
 class SaeSplice(Intervention):
     """Replace a site's activations by an SAE's reconstruction: ``h' = x̂(h)``.
 
@@ -73,11 +79,11 @@ class SaeSplice(Intervention):
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
         sae = build_sae(SaeConfig.from_dict(cfg["sae"]))
-        obj = cls(sae, cfg["site"], _positions_from(cfg, tensors))
+        obj = cls(sae, cfg["site"], positions_from_config(cfg, tensors))
         return obj._finish_load(cfg, tensors)
 
 
-@_kind("replace")
+@register_intervention("replace")
 class Replace(Intervention):
     """Set a site's activations to a constant: ``h' = c`` (zero- or mean-ablation).
 
@@ -89,7 +95,7 @@ class Replace(Intervention):
     """
 
     def __init__(self, value: Float[Tensor, " d"], site: str, positions: str | Positions = "all"):
-        value = _finite(value, "replacement value")
+        value = check_finite(value, "replacement value", floating=True)
         if value.ndim != 1:
             raise ValueError(f"replacement value must be [d], got shape {tuple(value.shape)}")
         super().__init__(site, positions, value.shape[0])
@@ -106,7 +112,7 @@ class Replace(Intervention):
 
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
-        obj = cls(tensors["value"], cfg["site"], _positions_from(cfg, tensors))
+        obj = cls(tensors["value"], cfg["site"], positions_from_config(cfg, tensors))
         return obj._finish_load(cfg, tensors)
 
 
@@ -129,14 +135,8 @@ class SpliceLosses(NamedTuple):
         return {"ce": self.ce._asdict(), "kl": self.kl._asdict(), "n_tokens": self.n_tokens}
 
 
-def _logits(handle: Any, ids: Tensor) -> Tensor:
-    out = handle.model(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=False)
-    return out.logits[:, :-1].float()  # predictions of tokens 1..T-1
-
-
-@torch.no_grad()
 def spliced_losses(
-    handle: Any,
+    handle: ModelHandle,
     sae: Sae,
     input_ids: Int[Tensor, "n_seq pos"],
     *,
@@ -150,7 +150,8 @@ def spliced_losses(
 
     Every window is run four times (three without ``mean``): clean, with :class:`SaeSplice`,
     with ``Replace(0)``, with ``Replace(mean)``; the same positions rule applies to all three
-    edits. The windows are full (no padding).
+    edits. The windows are full (no padding). The losses are those of
+    :func:`steerlab.interventions.loss.lm_losses` (one clean pass per batch for the KL).
 
     Args:
         handle: a :class:`steerlab.models.ModelHandle`.
@@ -166,11 +167,6 @@ def spliced_losses(
     Returns:
         :class:`SpliceLosses`.
     """
-    ids = torch.as_tensor(input_ids)
-    if ids.ndim != 2 or ids.shape[1] < 2 or ids.shape[0] < 1:
-        raise ValueError(f"input_ids must be [n_seq, pos >= 2], got {tuple(ids.shape)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     site = site or sae.cfg.site
     if site is None:
         raise ValueError("the SAE has no cfg.site; pass site=")
@@ -180,34 +176,15 @@ def spliced_losses(
     }
     if mean is not None:
         edits["mean_abl"] = Replace(mean.float(), site, positions)
-    ce = dict.fromkeys(["clean", *edits], 0.0)
-    kl = dict.fromkeys(edits, 0.0)
-    n = 0
-    for s in range(0, ids.shape[0], batch_size):
-        x = ids[s : s + batch_size].to(handle.device)
-        y = x[:, 1:].reshape(-1)
-        logp_clean = _logits(handle, x).log_softmax(-1).flatten(0, 1)
-        ce["clean"] += float(F.nll_loss(logp_clean, y, reduction="sum").double())
-        p_clean = logp_clean.exp()
-        for name, iv in edits.items():
-            with steer(handle, iv):
-                logp = _logits(handle, x).log_softmax(-1).flatten(0, 1)
-            ce[name] += float(F.nll_loss(logp, y, reduction="sum").double())
-            # KL(p_clean ‖ p); xlogy-style: terms with p_clean = 0 contribute 0
-            kl[name] += float((p_clean * (logp_clean - logp)).double().sum())
-            del logp
-        n += y.numel()
-        if progress is not None:
-            progress(min(s + batch_size, ids.shape[0]))
-    ce_m = {k: v / n for k, v in ce.items()}
-    kl_m = {k: v / n for k, v in kl.items()}
+    res = lm_losses(handle, torch.as_tensor(input_ids), edits, batch_size=batch_size, kl=True,
+                    progress=progress)  # fmt: skip
+    ce = {k: r.loss for k, r in res.items()}
+    kl = {k: float(r.kl) for k, r in res.items() if r.kl is not None}  # all of them: kl=True
     nan = math.nan
     return SpliceLosses(
-        ce_loss_recovered(
-            ce_m["clean"], ce_m["spliced"], ce_m["zero_abl"], ce_m.get("mean_abl", nan)
-        ),
-        ce_loss_recovered(0.0, kl_m["spliced"], kl_m["zero_abl"], kl_m.get("mean_abl", nan)),
-        n,
+        ce_loss_recovered(ce[CLEAN], ce["spliced"], ce["zero_abl"], ce.get("mean_abl", nan)),
+        ce_loss_recovered(0.0, kl["spliced"], kl["zero_abl"], kl.get("mean_abl", nan)),
+        res[CLEAN].n_tokens,
     )
 
 

@@ -34,14 +34,15 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
+import gguf
 import numpy as np
 import torch
 from torch import Tensor
 
+from steerlab.io import atomic_file
 from steerlab.positions import as_positions
 from steerlab.steering.vectors import SteeringVector
 
@@ -94,8 +95,6 @@ def export_gguf(
         relative: with ``alpha``, scale by the recorded norms.
         model_hint: default ``vector.meta["model_type"]`` (set by :func:`fit_vector`).
     """
-    import gguf
-
     if vector.site_kind != "resid_post":
         raise ValueError(
             f"llama.cpp adds control vectors to block outputs (resid_post); this vector lives at "
@@ -126,11 +125,8 @@ def export_gguf(
     cfg["gguf_relative"] = relative if alpha is not None else None
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    os.close(fd)
-    try:
-        writer = gguf.GGUFWriter(tmp, ARCH)
+    with atomic_file(path) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
         writer.add_string(MODEL_HINT_KEY, str(hint))
         writer.add_uint32(LAYER_COUNT_KEY, len(vector.layers))
         writer.add_string(STEERLAB_KEY, json.dumps(cfg, sort_keys=True))
@@ -140,10 +136,6 @@ def export_gguf(
         writer.write_kv_data_to_file()
         writer.write_tensors_to_file()
         writer.close()
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -163,8 +155,6 @@ def read_gguf(path: str | os.PathLike) -> ControlVectorFile:
         ValueError: not a control vector, no model hint, a tensor not named ``direction.N``
             with ``N >= 1``, a non-F32 or non-1-D tensor, or tensors of different widths.
     """
-    import gguf
-
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no such file: {path}")
@@ -230,9 +220,10 @@ def import_gguf(path: str | os.PathLike, handle: Any = None) -> SteeringVector:
         _check_fits(f, D.shape[1], layers, handle, path)
     cfg = f.config
     if cfg is not None:
-        if list(cfg.get("layers", [])) != list(layers) or cfg.get("d_model") != D.shape[1]:
+        width = cfg.get("d_in", cfg.get("d_model"))  # d_model: exports from before d_in
+        if list(cfg.get("layers", [])) != list(layers) or width != D.shape[1]:
             raise ValueError(f"{path}: the embedded steerlab config ({cfg.get('layers')}, "
-                             f"d={cfg.get('d_model')}) disagrees with the tensors")  # fmt: skip
+                             f"d={width}) disagrees with the tensors")  # fmt: skip
         norms = (
             None if cfg.get("norms") is None else torch.tensor(cfg["norms"], dtype=torch.float32)
         )

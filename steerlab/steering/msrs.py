@@ -36,13 +36,13 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
+from steerlab.checks import check_finite
 from steerlab.interventions.algebra import (
     Intervention,
     LowRankEdit,
-    _finite,
-    _kind,
-    _positions_from,
     orthonormal_rows,
+    positions_from_config,
+    register_intervention,
 )
 from steerlab.interventions.components import Affine, MLPGate
 from steerlab.positions import Positions, TokenView, scored
@@ -107,7 +107,7 @@ def init_bases(
         x = differences[a]
         if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] == 0:
             raise ValueError(f"attribute {a!r} has no data (need [n >= 1, d] differences)")
-        D[a] = _finite(x, f"differences of {a!r}").double()
+        D[a] = check_finite(x, f"differences of {a!r}", floating=True).double()
     widths = {a: x.shape[1] for a, x in D.items()}
     if len(set(widths.values())) != 1:
         raise ValueError(f"attributes have mismatched widths: {widths}")
@@ -193,7 +193,7 @@ class GateTrace(NamedTuple):
     names: list[str]
 
 
-@_kind("msrs")
+@register_intervention("msrs")
 class MSRS(LowRankEdit):
     """``h' = h + s · Rᵀ diag(m(h)) (W h + b − R h)`` with block-gated rows (MSRS, Jiang et al.
     2025, arXiv 2508.10599); see the module docstring.
@@ -388,7 +388,7 @@ class MSRS(LowRankEdit):
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
         obj = cls(cfg["d_in"], cfg["block_sizes"], cfg["attributes"], cfg["site"],
-                  _positions_from(cfg, tensors), cfg["hidden"])  # fmt: skip
+                  positions_from_config(cfg, tensors), cfg["hidden"])  # fmt: skip
         obj.set_active(cfg["active"])
         obj.scale = float(cfg["scale"])
         return obj._finish_load(cfg, tensors)

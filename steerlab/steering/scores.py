@@ -6,8 +6,9 @@
 - :func:`repetition_rate` — ``seq-rep-n = 1 − |unique n-grams| / |n-grams|`` of one text's
   words (Welleck et al. 2019, "Neural text generation with unlikelihood training").
 - :func:`continuation_scores` — per-token negative log-likelihood of a continuation given its
-  prompt under the (unsteered) model, and optionally each continuation token's projection on a
-  direction at a site; perplexity is ``exp(mean NLL)``.
+  prompt under the (unsteered) model (:func:`steerlab.interventions.loss.lm_loss` with a loss
+  mask), and optionally each continuation token's projection on a direction at a site;
+  perplexity is ``exp(mean NLL)``.
 - :func:`embed` / :func:`cosine` — sentence embeddings as sentence-transformers computes them
   for all-MiniLM-L6-v2: mean of the last layer over the attended tokens ([CLS] and [SEP]
   included), L2-normalised.
@@ -20,12 +21,16 @@ from __future__ import annotations
 import functools
 import re
 from collections.abc import Iterable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from jaxtyping import Float, Int
 from torch import Tensor
+from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
 
+from steerlab.capture import capture
+from steerlab.interventions.loss import lm_loss
+from steerlab.models import ModelHandle
 from steerlab.sites import hf_location, parse_site
 
 __all__ = [
@@ -51,11 +56,8 @@ def words(text: str) -> list[str]:
 
 
 @functools.lru_cache(maxsize=1)
-def _vader() -> Any:
-    try:
-        from vaderSentiment.vaderSentiment import SentimentIntensityAnalyzer
-    except ImportError as e:  # pragma: no cover - a declared dependency
-        raise ImportError("sentiment scores need `pip install vaderSentiment`") from e
+def _vader() -> SentimentIntensityAnalyzer:
+    # built once: the constructor reads the lexicon file (~7,500 entries)
     return SentimentIntensityAnalyzer()
 
 
@@ -127,7 +129,7 @@ class ContinuationScores(NamedTuple):
 
 
 def continuation_scores(
-    handle: Any,
+    handle: ModelHandle,
     prompt_ids: Sequence[Int[Tensor, " n_prompt"]],
     continuation_ids: Sequence[Int[Tensor, " n_new"]],
     *,
@@ -138,7 +140,9 @@ def continuation_scores(
     """Score each continuation given its prompt with one forward pass of the model as it is.
 
     Call it outside any ``steer`` context to score under the unsteered model. Sequences are
-    right-padded; logits at position ``t`` predict token ``t + 1``.
+    right-padded; the per-token losses are :func:`steerlab.interventions.loss.lm_loss`'s with
+    a loss mask on the continuation tokens (the prediction of token ``t`` comes from the logits
+    at ``t − 1``).
 
     Args:
         handle: the causal LM handle.
@@ -173,27 +177,27 @@ def continuation_scores(
     nll: list[Tensor] = []
     proj: list[Tensor] = []
     try:
-        with torch.no_grad():
-            for s in range(0, len(prompt_ids), batch_size):
-                P = [torch.as_tensor(p).long() for p in prompt_ids[s : s + batch_size]]
-                C = [torch.as_tensor(c).long() for c in continuation_ids[s : s + batch_size]]
-                seqs = [torch.cat([p, c]) for p, c in zip(P, C)]
-                T = max(len(x) for x in seqs)
-                ids = torch.full((len(seqs), T), pad, dtype=torch.long)
-                am = torch.zeros(len(seqs), T, dtype=torch.long)
-                for b, x in enumerate(seqs):
-                    ids[b, : len(x)], am[b, : len(x)] = x, 1
-                dev = handle.device
-                logits = handle.model(input_ids=ids.to(dev), attention_mask=am.to(dev)).logits
-                for b, (p, c) in enumerate(zip(P, C)):
-                    n0, n = len(p), len(c)
-                    # the token at position n0 + t is predicted by the logits at n0 + t − 1;
-                    # log-softmax in float64 over those rows only (the vocabulary is wide)
-                    logp = torch.log_softmax(logits[b, n0 - 1 : n0 - 1 + n].double(), -1)
-                    lp = logp.gather(-1, c.to(dev)[:, None])[:, 0]
-                    nll.append((-lp).cpu())
-                    if v is not None:
-                        proj.append((store["h"][b, n0 : n0 + n].double() @ v).cpu())
+        for s in range(0, len(prompt_ids), batch_size):
+            P = [torch.as_tensor(p).long() for p in prompt_ids[s : s + batch_size]]
+            C = [torch.as_tensor(c).long() for c in continuation_ids[s : s + batch_size]]
+            seqs = [torch.cat([p, c]) for p, c in zip(P, C)]
+            T = max(2, max(len(x) for x in seqs))
+            ids = torch.full((len(seqs), T), pad, dtype=torch.long)
+            am = torch.zeros(len(seqs), T, dtype=torch.long)
+            scored = torch.zeros(len(seqs), T, dtype=torch.bool)
+            for b, (x, p) in enumerate(zip(seqs, P)):
+                ids[b, : len(x)], am[b, : len(x)] = x, 1
+                scored[b, len(p) : len(x)] = True
+            # one forward for the whole batch: the hook above sees the same call
+            res = lm_loss(handle, ids, attention_mask=am, loss_mask=scored,
+                          batch_size=len(seqs), reduction="none")  # fmt: skip
+            per_token = cast(Tensor, res.per_token)  # reduction="none" returns it
+            for b, (p, c) in enumerate(zip(P, C)):
+                n0, n = len(p), len(c)
+                # column t holds the loss of token t + 1
+                nll.append(per_token[b, n0 - 1 : n0 - 1 + n].double())
+                if v is not None:
+                    proj.append((store["h"][b, n0 : n0 + n].double() @ v).cpu())
     finally:
         if hook is not None:
             hook.remove()
@@ -247,8 +251,6 @@ def token_projections(
     handle: Any, text: str, direction: Float[Tensor, " d"], site: str
 ) -> TokenProjections:
     """Project every token of ``text`` (tokenised as steerlab captures do) on ``direction``."""
-    from steerlab.capture import capture
-
     cap = capture(handle, [text], site)
     h = cap[site].double()
     v = direction.double().to(h.device)

@@ -39,17 +39,15 @@ typical activation norm); ``relative=False`` adds ``alpha · v̂``.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.datasets.pairs import LabelledSet, as_pairs
 from steerlab.interventions.kinds import AddVector
 from steerlab.positions import Positions, as_positions
@@ -296,7 +294,7 @@ class VectorFitter:
 
 @register(KIND)
 @dataclass(frozen=True, eq=False)
-class SteeringVector:
+class SteeringVector(FrozenArtifact):
     """Per-layer steering directions at one site kind, with everything needed to reuse them.
 
     Applied as ``h' = h + α s_ℓ v̂_ℓ`` at layer ``ℓ`` (:meth:`intervention`, an
@@ -351,13 +349,8 @@ class SteeringVector:
             if n.shape != (D.shape[0],) or not torch.isfinite(n).all() or not (n > 0).all():
                 raise ValueError(f"norms must be {D.shape[0]} positive finite values")
         object.__setattr__(self, "positions", as_positions(self.positions))
-        import json
-
-        try:
-            json.dumps(self.meta)
-            json.dumps(self.tokenizer)
-        except TypeError as e:
-            raise ValueError(f"meta and tokenizer must be JSON-serialisable: {e}") from None
+        check_json(self.meta, "meta")
+        check_json(self.tokenizer, "tokenizer")
 
     # --- access -----------------------------------------------------------------------------
 
@@ -518,10 +511,20 @@ class SteeringVector:
 
     # --- disk -------------------------------------------------------------------------------
 
+    CODECS = {"layers": (list, tuple), "positions": (Positions.to_config, Positions.from_config)}
+
+    def artifact_header(self) -> dict[str, Any]:
+        """Header of ``save(dir)``: the width, the sites, the model (see
+        :class:`~steerlab.artifacts.FrozenArtifact`, which writes ``cfg.json`` +
+        ``steering_vector.safetensors``)."""
+        tok = self.meta.get("tokenizer_hash")
+        return {"d_in": self.d_model, "site": ",".join(self.sites), "model_id": self.model_id,
+                "tokenizer_hash": tok if isinstance(tok, str) else None}  # fmt: skip
+
     def to_config(self) -> dict[str, Any]:
-        """Everything but the tensors, as JSON (also embedded in GGUF exports)."""
+        """Everything but the tensors, as JSON (embedded in GGUF exports)."""
         return {
-            "d_model": self.d_model,
+            "d_in": self.d_model,
             "layers": list(self.layers),
             "site_kind": self.site_kind,
             "method": self.method,
@@ -537,26 +540,15 @@ class SteeringVector:
     def from_config(
         cls, cfg: dict[str, Any], directions: Tensor, norms: Tensor | None
     ) -> SteeringVector:
-        """Inverse of :meth:`to_config` with the tensors."""
-        if tuple(directions.shape) != (len(cfg["layers"]), cfg["d_model"]):
+        """Inverse of :meth:`to_config` with the tensors (configs written before the width was
+        called ``d_in`` spell it ``d_model``)."""
+        width = cfg.get("d_in", cfg.get("d_model"))
+        if tuple(directions.shape) != (len(cfg["layers"]), width):
             raise ValueError(f"directions {tuple(directions.shape)} disagree with the config "
-                             f"({len(cfg['layers'])} layers × {cfg['d_model']})")  # fmt: skip
+                             f"({len(cfg['layers'])} layers × {width})")  # fmt: skip
         return cls(directions, tuple(cfg["layers"]), cfg["site_kind"], norms, cfg["method"],
                    Positions.from_config(cfg["positions"]), cfg["model_id"], cfg["tokenizer"],
                    cfg["fingerprint"], cfg["meta"])  # fmt: skip
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``cfg.json`` + ``steering_vector.safetensors`` into directory ``path``."""
-        tensors = {"directions": self.directions}
-        if self.norms is not None:
-            tensors["norms"] = self.norms
-        return save_artifact(path, KIND, self.to_config(), tensors)
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> SteeringVector:
-        """Read a vector written by :meth:`save`."""
-        cfg, t = load_artifact(path, KIND, device=device)
-        return cls.from_config(cfg, t["directions"], t.get("norms"))
 
 
 # --------------------------------------------------------------------------- fitting

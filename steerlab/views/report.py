@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import html
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Literal
 
 import plotly.graph_objects as go
+
+from steerlab.io import atomic_write_text
 
 _STYLE = (
     "body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:2rem auto;"
@@ -28,7 +29,7 @@ def write_html(
 ) -> Path:
     """Write figures into one standalone HTML file.
 
-    The file is written atomically (a temporary sibling, then ``os.replace``), so a reader never
+    The file is written atomically (:func:`steerlab.io.atomic_write_text`), so a reader never
     sees half a report.
 
     Args:
@@ -80,15 +81,4 @@ def write_html(
         parts.append("</section>")
     parts += ["</body>", "</html>", ""]
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write("\n".join(parts))
-        os.chmod(tmp, 0o644)  # mkstemp makes the file private; a report is for reading
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write_text(path, "\n".join(parts))

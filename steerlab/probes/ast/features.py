@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 from jaxtyping import Float, Int
+from safetensors import safe_open
 from torch import Tensor
 
 from steerlab.artifacts import read_cfg, register, save_artifact, tensors_name
@@ -203,10 +204,22 @@ class LeafFeatures:
         return self[site][int(self.offsets[i]) : int(self.offsets[i + 1])]
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``cfg.json`` and ``ast_features.safetensors`` (one tensor per site)."""
+        """Write ``cfg.json`` and ``ast_features.safetensors`` (one tensor per site).
+
+        The header's ``d_in`` is the sites' common width (null if they differ), ``site`` the
+        sites, ``tokenizer_hash`` the fingerprint recorded at capture (``meta["tokenizer"]``).
+        """
         cfg = {"sites": self.sites, "n_snippets": self.n_snippets, "meta": self.meta}
         tensors = {**self.acts, _OFFSETS: self.offsets}
-        return save_artifact(path, KIND, cfg, tensors)
+        widths = {int(x.shape[1]) for x in self.acts.values()}
+        tok = self.meta.get("tokenizer")
+        return save_artifact(
+            path, KIND, cfg, tensors,
+            d_in=widths.pop() if len(widths) == 1 else None,
+            site=",".join(self.sites) or None,
+            model_id=self.meta.get("model_id"),
+            tokenizer_hash=tok if isinstance(tok, str) else None,
+        )  # fmt: skip
 
     @classmethod
     def load(
@@ -216,15 +229,14 @@ class LeafFeatures:
         device: str | torch.device = "cpu",
     ) -> LeafFeatures:
         """Read features written by :meth:`save`; only ``sites`` (default all) are read."""
-        from safetensors import safe_open
-
         cfg = read_cfg(path)
-        if cfg.get("kind") != KIND:
-            raise ValueError(f"{path} holds a {cfg.get('kind')!r} artifact, expected {KIND!r}")
+        if cfg["kind"] != KIND:
+            raise ValueError(f"{path} holds a {cfg['kind']!r} artifact, expected {KIND!r}")
         wanted = list(cfg["sites"]) if sites is None else list(sites)
         missing = [s for s in wanted if s not in cfg["sites"]]
         if missing:
             raise KeyError(f"{path} has no sites {missing}; it holds {cfg['sites']}")
+        # safe_open reads only the requested tensors: one site of 31 is 1/31 of the file
         with safe_open(
             str(Path(path) / tensors_name(KIND)), framework="pt", device=str(device)
         ) as f:

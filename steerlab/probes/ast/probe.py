@@ -29,7 +29,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -39,7 +38,7 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlab.artifacts import load_artifact, register, save_artifact
+from steerlab.artifacts import FrozenArtifact, register
 from steerlab.probes.ast.data import AstSnippet
 from steerlab.probes.ast.trees import (
     F1Score,
@@ -245,12 +244,15 @@ class AstProbeOutput(NamedTuple):
 
 @register("ast_probe")
 @dataclass(frozen=True, eq=False, repr=False)
-class AstProbe:
+class AstProbe(FrozenArtifact):
     """A trained AST-Probe (Hernández López et al., ASE 2022).
 
     With ``z = (h − μ) ⊙ s`` and ``p_i = Bᵀ z_i``: ``d̂_i = ‖p_i − p_{i−1}‖²``, LCA scores
-    ``(p_i − p_{i−1}) C`` and unary scores ``p_i U``.
+    ``(p_i − p_{i−1}) C`` and unary scores ``p_i U``. ``save(dir)`` / ``AstProbe.load(dir)``
+    come from :class:`~steerlab.artifacts.FrozenArtifact` (the label tuples go to ``cfg.json``).
     """
+
+    CODECS = {"c_labels": (list, tuple), "u_labels": (list, tuple)}
 
     B: Float[Tensor, "d_model rank"]
     C: Float[Tensor, "rank n_c"]
@@ -330,28 +332,6 @@ class AstProbe:
         """A copy on ``device`` and/or in ``dtype``."""
         t = {k: getattr(self, k).to(device=device, dtype=dtype) for k in _TENSORS}
         return AstProbe(**t, c_labels=self.c_labels, u_labels=self.u_labels, meta=dict(self.meta))
-
-    def save(self, path: str | os.PathLike) -> Any:
-        """Write ``cfg.json`` (labels, meta) and ``ast_probe.safetensors``."""
-        cfg = {
-            "d_model": self.d_model,
-            "rank": self.rank,
-            "c_labels": list(self.c_labels),
-            "u_labels": list(self.u_labels),
-            "meta": self.meta,
-        }
-        return save_artifact(path, "ast_probe", cfg, {k: getattr(self, k) for k in _TENSORS})
-
-    @classmethod
-    def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> AstProbe:
-        """Read a probe written by :meth:`save`."""
-        cfg, t = load_artifact(path, "ast_probe", device=device)
-        return cls(
-            **{k: t[k] for k in _TENSORS},
-            c_labels=tuple(cfg["c_labels"]),
-            u_labels=tuple(cfg["u_labels"]),
-            meta=cfg["meta"],
-        )
 
 
 _TENSORS = ("B", "C", "U", "mean", "scale")

@@ -25,8 +25,14 @@ example's real tokens, and the prompt length ``L_b``. The rule for where a promp
    tokens; the rest of that call counts as generation (to score a fixed continuation in one
    forward, or to drive a manual uncached decoding loop: call it before every step).
 
-Tokens are counted by rank, so left or right padding, batching and the cache change nothing;
-padding is never edited.
+Tokens are counted by rank among the content tokens, so left or right padding, batching and
+the cache change nothing. Padding and the tokens the tokenizer or steerlab added (a BOS
+prepended for ``handle.add_bos``, BERT's [CLS]/[SEP]; :mod:`steerlab.tokens`) are never edited:
+``"all"`` means every token of the text, exactly the tokens ``capture(..., positions="all")``
+reads. A forward inside :func:`steerlab.tokens.batch_scope` (as ``capture()`` and
+:mod:`steerlab.interventions.run` run theirs) also gives the tracker the batch's prompt
+lengths, each row's index in the caller's texts and the tokens' character offsets, so that
+character-span rules resolve per batch.
 
 **Per-example steering.** ``steer(handle, [[iv_a], [iv_b, iv_c], []], per_example=True)`` gives
 example ``b`` of the batch its own list (applied in order); the batch size of every call must
@@ -59,8 +65,10 @@ import torch
 from torch import Tensor
 
 from steerlab.interventions.kinds import Intervention
+from steerlab.models import ModelHandle
 from steerlab.positions import TokenView
 from steerlab.sites import Site, SiteError, _get, hf_location, parse_site
+from steerlab.tokens import BatchInfo, added_special, current_batch
 
 logger = logging.getLogger(__name__)
 
@@ -72,11 +80,16 @@ class PositionTracker:
     """Knows, at every forward call, each token's rank and whether it is prompt or generation.
 
     See the module docstring for the rule. ``view`` is the current call's
-    :class:`TokenView`; ``prompt_len`` the prompt length of each example of the sequence.
+    :class:`TokenView`; ``prompt_len`` the real prompt tokens (added tokens included) of each
+    example of the sequence; ``lead`` whether each example starts with an added token (a BOS
+    steerlab prepended), which a cached call cannot see any more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handle: ModelHandle | None = None) -> None:
+        self.handle = handle
         self.prompt_len: Tensor | None = None
+        self.lead: Tensor | None = None
+        self.batch: BatchInfo | None = None
         self.view: TokenView | None = None
         self.resid: dict[int, Tensor] = {}  # resid_pre of this call, for resid_mid edits
         self._pending: Tensor | int | None = None
@@ -85,7 +98,7 @@ class PositionTracker:
 
     def new_prompt(self, lengths: int | Sequence[int] | Tensor | None = None) -> None:
         """The next call starts a prompt; with ``lengths``, only that many real tokens of
-        each example are prompt, the rest generation."""
+        each example (added tokens included) are prompt, the rest generation."""
         if lengths is not None and not isinstance(lengths, (int, Tensor)):
             lengths = torch.as_tensor(list(lengths))
         self._pending = lengths
@@ -96,6 +109,18 @@ class PositionTracker:
 
     def end_generate(self) -> None:
         self._in_generate -= 1
+
+    def _special(self, ids: Tensor | None, am: Tensor, past: int) -> Tensor | None:
+        """Added tokens over the full (past + new) mask: found by id in an uncached call,
+        remembered (``lead``) for the cached past."""
+        if self.handle is None:
+            return None
+        if past == 0:
+            return added_special(self.handle, ids, am)
+        if self.lead is None or len(self.lead) != am.shape[0]:
+            return None
+        real = am.bool()
+        return real & (real.long().cumsum(1) == 1) & self.lead.to(am.device)[:, None]
 
     def on_call(
         self,
@@ -122,23 +147,35 @@ class PositionTracker:
             new = am if am is not None else torch.ones(n_batch, n_new, dtype=torch.long, device=dev)
             am = torch.cat([torch.ones(n_batch, past, dtype=new.dtype, device=dev), new], 1)
         am = am.to(dev)
+        ids = input_ids if input_ids is not None and input_ids.ndim == 2 else None
+        special = self._special(ids, am, past)
         starts = (not self._generate_started) if self._in_generate else past == 0
         if self._in_generate:
             self._generate_started = True
         if starts:
+            batch = current_batch()
+            self.batch = batch if batch is not None and batch.n == n_batch else None
             if self._pending is not None:
                 plen = torch.as_tensor(self._pending, device=dev).expand(n_batch).long()
+            elif self.batch is not None and self.batch.prompt_len is not None:
+                plen = self.batch.prompt_len.to(dev)
             else:
                 plen = am.bool().sum(1)
             self._pending = None
             self.prompt_len = plen
+            first = am.bool() & (am.long().cumsum(1) == 1)
+            self.lead = None if special is None else (special & first).any(1)
         elif self.prompt_len is None or len(self.prompt_len) != n_batch:
             logger.warning("steer: a cached call without a known prompt; the cached tokens count "
                            "as the prompt")  # fmt: skip
             self.prompt_len = am[:, :past].bool().sum(1)
+            self.batch = None
         self.resid = {}
-        ids = input_ids if input_ids is not None and input_ids.ndim == 2 else None
-        self.view = TokenView.from_mask(am, n_new, self.prompt_len, ids)
+        b = self.batch
+        self.view = TokenView.from_mask(
+            am, n_new, self.prompt_len, ids, special=special,
+            examples=None if b is None else b.examples, offsets=None if b is None else b.offsets,
+        )  # fmt: skip
         return self.view
 
 
@@ -219,7 +256,7 @@ class Steering:
             {parse_site(s, handle.n_layers) for iv in unique.values() for s in iv.sites()}
         )
         self.points = _plan(handle, self.sites)
-        self.tracker = PositionTracker()
+        self.tracker = PositionTracker(handle)
         self._stack: ExitStack | None = None
 
     def new_prompt(self, lengths: int | Sequence[int] | Tensor | None = None) -> None:
@@ -355,6 +392,13 @@ def steer(
     per_example: bool = False,
 ) -> Steering:
     """Context manager applying ``interventions`` to every forward pass inside it.
+
+    Each intervention edits the tokens its position rule (:mod:`steerlab.positions`) selects:
+    the same rules, with the same meaning, as :func:`steerlab.capture.capture` reads. ``"all"``
+    is every token of the text (never padding, never a BOS steerlab added or BERT's
+    [CLS]/[SEP]); ``"prompt"``/``"generation"`` split at the prompt's end (see the module
+    docstring for where a prompt starts); character :func:`~steerlab.positions.spans` resolve
+    against the batch declared by :func:`steerlab.tokens.batch_scope`.
 
     Args:
         handle: a :class:`steerlab.models.ModelHandle`.

@@ -283,15 +283,15 @@ class Positions:
             part, idx = view.is_generation, rank - plen
         else:
             part, idx = view.content, rank
-        t = self.tokens
+        t, n = self.tokens, int(self.n or 0)
         if t == "all":
             return part
         if t == "last":
             return part & (rank == plen - 1)
         if t == "first_n":
-            return part & (idx < self.n)
+            return part & (idx < n)
         if t == "last_n":
-            return part & (rank >= plen - self.n)
+            return part & (rank >= plen - n)
         if t == "token_ids":
             if view.input_ids is None:
                 raise ValueError("the token_ids rule needs input_ids; this call passed embeddings")

@@ -1,8 +1,8 @@
 """capture() and steer() touch exactly the same tokens for the same texts and rule.
 
 The capture side reports the rows a rule selects. The steer side applies ``AddVector`` with the
-same rule at ``resid_post.0`` and finds the tokens whose ``resid_post.0`` moved (HF's own
-``output_hidden_states``, or a capture of every token inside the ``steer`` block). Drawn over
+same rule at ``resid_post.0`` and finds the tokens whose ``resid_post.0`` moved (a plain forward
+hook on block 0, or a capture of every token inside the ``steer`` block). Drawn over
 texts, prompt/completion splits, rules (spans included), batch sizes, padding sides and with or
 without a BOS that steerlab adds, on a tiny GPT-2; one check on the embedded model.
 """
@@ -55,6 +55,21 @@ def _captured(handle, enc, rule, batch_size):
     return set(zip(cap.doc_ids.tolist(), cap.positions.tolist()))
 
 
+def _block0_output(handle, sub):
+    """resid_post.0 of a forward of ``sub``, read by a plain forward hook on block 0 (inside
+    steer(), whose hooks are prepended, it sees the steered output)."""
+    got = []
+    hook = handle.layers[0].register_forward_hook(
+        lambda _m, _a, out: got.append((out[0] if isinstance(out, tuple) else out).clone())
+    )
+    try:
+        with torch.no_grad():
+            handle.model(input_ids=sub.input_ids, attention_mask=sub.attention_mask)
+    finally:
+        hook.remove()
+    return got[0]
+
+
 def _steered(handle, enc, rule, batch_size):
     """Tokens whose resid_post.0 moves under steer(), as (text, rank among real tokens)."""
     v = torch.randn(handle.d_model, generator=torch.Generator().manual_seed(0))
@@ -63,15 +78,11 @@ def _steered(handle, enc, rule, batch_size):
     for start in range(0, len(enc), batch_size):
         rows = list(range(start, min(start + batch_size, len(enc))))
         sub = enc.take(rows)
-        kw = {"input_ids": sub.input_ids, "attention_mask": sub.attention_mask,
-              "output_hidden_states": True}  # fmt: skip
-        with torch.no_grad():
-            before = handle.model(**kw).hidden_states[1]  # resid_post.0: block 0's output
-            with steer(handle, iv), batch_scope(sub, rows):
-                after = handle.model(**kw).hidden_states[1]
+        before = _block0_output(handle, sub)
+        with steer(handle, iv), batch_scope(sub, rows):
+            after = _block0_output(handle, sub)
         moved = (after - before).abs().amax(-1)
-        real = sub.attention_mask.bool()
-        assert not (moved > 0)[~real].any(), "padding was edited"
+        assert not (moved > 0)[~sub.attention_mask.bool()].any(), "padding was edited"
         assert bool((moved[moved > 0] > MOVED).all())
         b, p = (moved > 0).nonzero(as_tuple=True)
         touched |= {(rows[i], r) for i, r in zip(b.tolist(), sub.real_rank[b, p].tolist())}

@@ -224,7 +224,7 @@ def capture(
         progress: called with the number of tokens processed after each batch.
     """
     _check_backend(backend)
-    site_list = parse_sites(sites, handle.n_layers)
+    site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
     enc = _encode(handle, inputs, attention_mask, max_length, padding_side)
     rule = _rule(positions, span_tokens, enc)
     parts = []
@@ -286,7 +286,7 @@ def capture_to_store(
     Returns:
         The finished :class:`steerlab.capture.store.ActivationStore`.
     """
-    site_list = parse_sites(sites, handle.n_layers)
+    site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
     ids = chunks.input_ids if hasattr(chunks, "input_ids") else chunks
     enc = encode_tokens(handle, ids)
     rule = _rule(positions, "all", enc)

@@ -134,7 +134,7 @@ def run_nnsight(
         tracer.stop()  # nothing after the last site runs
     out = {}
     for name, value in saved.items():
-        t = _first(value.value if hasattr(value, "value") else value)
+        t: Any = _first(value.value if hasattr(value, "value") else value)
         if isinstance(t, dict):  # an input envoy may give (args, kwargs)
             t = t["hidden_states"]
         out[name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx)

@@ -187,7 +187,7 @@ class _Point:
     actions: list[tuple[str, Site]] = field(default_factory=list)  # ("edit"|"record"|"mid", site)
 
 
-def _plan(handle: Any, sites: list[Site]) -> list[_Point]:
+def _plan(handle: ModelHandle, sites: list[Site]) -> list[_Point]:
     """Where to hook, in execution order. ``resid_mid`` of pre-LN models becomes "record the
     block input" plus "edit attn_out so that resid_pre + attn_out moves as resid_mid should"."""
     points: dict[Site, _Point] = {}
@@ -232,7 +232,7 @@ class Steering:
 
     def __init__(
         self,
-        handle: Any,
+        handle: ModelHandle,
         interventions: Intervention | Sequence[Any],
         backend: Backend = "hf",
         per_example: bool = False,
@@ -244,7 +244,7 @@ class Steering:
             )
         self.handle, self.backend = handle, backend
         self.groups = _groups(interventions, per_example)
-        self.n_examples = len(list(interventions)) if per_example else None
+        self.n_examples = len(list(interventions)) if per_example else None  # type: ignore[arg-type]
         unique = {id(iv): iv for ivs, _ in self.groups for iv in ivs}
         for iv in unique.values():
             iv.check(handle)  # every check runs before any hook exists
@@ -385,7 +385,7 @@ class Steering:
 
 
 def steer(
-    handle: Any,
+    handle: ModelHandle,
     interventions: Intervention | Sequence[Any],
     backend: Backend = "hf",
     *,
@@ -415,7 +415,11 @@ def steer(
 
 
 def apply_nnsight(
-    lm: Any, handle: Any, interventions: Intervention | Sequence[Any], *, per_example: bool = False
+    lm: Any,
+    handle: ModelHandle,
+    interventions: Intervention | Sequence[Any],
+    *,
+    per_example: bool = False,
 ) -> Steering:
     """Apply interventions inside an nnsight ``lm.trace(...)`` block by editing envoys.
 

@@ -173,10 +173,10 @@ def comparison_margins(
     """The answer margin of each comparison: ``logit(positive) − logit(negative)`` with its
     :attr:`Comparison.answer_ids` (``" Yes"``/``" No"`` where unset), steered by
     ``interventions`` if given (as in :func:`answer_margins`)."""
-    yn = None
+    yn: tuple[int, int] = (-1, -1)  # only read where a comparison has no answer ids
     if any(c.answer_ids is None for c in comparisons):
         yn = (single_token_id(handle, " Yes"), single_token_id(handle, " No"))
-    ids = [c.answer_ids or yn for c in comparisons]
+    ids = [yn if c.answer_ids is None else c.answer_ids for c in comparisons]
     return answer_margins(handle, [c.text for c in comparisons], [i[0] for i in ids],
                           [i[1] for i in ids], interventions, per_example=per_example,
                           batch_size=batch_size)  # fmt: skip

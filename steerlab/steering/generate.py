@@ -32,6 +32,7 @@ from jaxtyping import Int
 from torch import Tensor
 
 from steerlab.interventions.run import generate_tokens
+from steerlab.models import ModelHandle
 from steerlab.tokens import left_pad
 
 logger = logging.getLogger(__name__)
@@ -73,7 +74,7 @@ class Comparison(NamedTuple):
 
 
 def render(
-    handle: Any, prompts: Sequence[str], *, chat: bool = True, system: str | None = None
+    handle: ModelHandle, prompts: Sequence[str], *, chat: bool = True, system: str | None = None
 ) -> list[str]:
     """The prompts as the model will see them: chat-templated, or as given.
 
@@ -99,7 +100,7 @@ def render(
 
 
 def generate(
-    handle: Any,
+    handle: ModelHandle,
     prompts: Sequence[str],
     interventions: Any = None,
     *,
@@ -163,7 +164,9 @@ def generate(
     return Generation(texts, out.new_ids, out.prompt_ids, rendered, out.finished)
 
 
-def compare(handle: Any, prompts: Sequence[str], interventions: Any, **kwargs: Any) -> Comparison:
+def compare(
+    handle: ModelHandle, prompts: Sequence[str], interventions: Any, **kwargs: Any
+) -> Comparison:
     """Generate each prompt unsteered and steered with the same settings.
 
     Args:

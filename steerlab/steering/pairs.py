@@ -24,6 +24,7 @@ from torch import Tensor
 
 from steerlab.capture import capture
 from steerlab.datasets.pairs import LabelledSet, PairSet, as_pairs
+from steerlab.models import ModelHandle
 from steerlab.positions import Positions, as_positions, select_encoded
 from steerlab.sites import SiteError, parse_sites
 from steerlab.tokens import encode_pairs
@@ -75,7 +76,7 @@ class PairActivations(NamedTuple):
 
 
 def read_examples(
-    handle: Any,
+    handle: ModelHandle,
     texts: Sequence[str],
     sites: str | Sequence[str],
     *,
@@ -103,18 +104,17 @@ def read_examples(
         raise ValueError("no texts to read")
     if prompts is not None and len(prompts) != len(texts):
         raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
-    name = (lambda i: names[i]) if names is not None else (lambda i: f"example {i}")
     n = len(texts)
+    labels = list(names) if names is not None else [f"example {i}" for i in range(n)]
     heads, tails = (list(texts), None) if prompts is None else (list(prompts), list(texts))
-    enc = encode_pairs(handle, heads, tails, chat=chat,
-                       names=[name(i) for i in range(n)])  # fmt: skip
+    enc = encode_pairs(handle, heads, tails, chat=chat, names=labels)
     n_real = enc.attention_mask.sum(1)
     empty = (~select_encoded(rule, enc).any(1)).nonzero().flatten()
     if len(empty):
         i = int(empty[0])
         no_completion = enc.prompt_len is None or bool(enc.prompt_len[i] == n_real[i])
         raise ValueError(
-            f"read rule {str(rule)!r} selects no token of {name(i)}"
+            f"read rule {str(rule)!r} selects no token of {labels[i]}"
             + (" (it has no completion tokens; standalone texts are all prompt: read them "
                "with 'last' or 'prompt')" if no_completion else "")
         )  # fmt: skip
@@ -135,7 +135,7 @@ def read_examples(
 
 
 def read_pairs(
-    handle: Any,
+    handle: ModelHandle,
     pairs: Any,
     sites: str | Sequence[str],
     *,
@@ -162,13 +162,13 @@ def _default_rule(pairs: PairSet | LabelledSet) -> str:
 
 
 def _iter_pairs(
-    handle: Any, pairs: PairSet, sites: Any, positions: Any, chat: bool, batch_size: int
+    handle: ModelHandle, pairs: PairSet, sites: Any, positions: Any, chat: bool, batch_size: int
 ) -> Iterator[PairActivations]:
     rule = positions if positions is not None else _default_rule(pairs)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs.pairs[start : start + batch_size]
         texts = [p.positive for p in chunk] + [p.negative for p in chunk]
-        prompts = None if chunk[0].prompt is None else [p.prompt for p in chunk] * 2
+        prompts = None if chunk[0].prompt is None else [str(p.prompt) for p in chunk] * 2
         names = [f"pair {start + i} ({side})" for side in ("positive", "negative")
                  for i in range(len(chunk))]  # fmt: skip
         ex = read_examples(handle, texts, sites, prompts=prompts, positions=rule, chat=chat,

@@ -64,7 +64,7 @@ def _block0_output(handle, sub):
     )
     try:
         with torch.no_grad():
-            handle.model(input_ids=sub.input_ids, attention_mask=sub.attention_mask)
+            handle.model.base_model(input_ids=sub.input_ids, attention_mask=sub.attention_mask)
     finally:
         hook.remove()
     return got[0]

@@ -106,11 +106,6 @@ class TokenView:
     def is_generation(self) -> Bool[Tensor, "batch pos"]:
         return self.content & (self.rank >= self.prompt_len[:, None])
 
-    def rows(self) -> list[int]:
-        """The caller's text index of each row."""
-        n = self.real.shape[0]
-        return list(range(n)) if self.examples is None else self.examples.tolist()
-
     @classmethod
     def from_mask(
         cls,
@@ -304,7 +299,8 @@ class Positions:
         return self._scored(part, h, self.basis if self.basis is not None else basis)
 
     def _texts(self, view: TokenView, n_texts: int) -> list[int]:
-        rows = view.rows()
+        n = view.real.shape[0]
+        rows = list(range(n)) if view.examples is None else view.examples.tolist()
         if view.examples is None and n_texts != len(rows):
             raise ValueError(
                 f"this rule names tokens of {n_texts} texts, but the forward pass has a batch "
@@ -472,18 +468,10 @@ def select(
     *,
     special: Bool[Tensor, "batch pos"] | None = None,
 ) -> Bool[Tensor, "batch pos"]:
-    """Apply a rule to a whole padded batch (no cache); see :func:`select_encoded` for an
-    :class:`~steerlab.tokens.Encoded` batch.
-
-    Args:
-        rule: the position rule.
-        input_ids: ``[batch, pos]`` tokens (needed by ``token_ids``).
-        attention_mask: ``[batch, pos]``, 1 for real tokens, padded on either side.
-        prompt_len: real prompt tokens per example (added tokens included); default all prompt.
-        h: activations, for ``scored``.
-        basis: scoring rows, for ``scored`` rules that carry none.
-        special: ``[batch, pos]`` added tokens (never selected); default none.
-    """
+    """Apply a rule to a whole padded batch (no cache; :func:`select_encoded` for an
+    :class:`~steerlab.tokens.Encoded` batch). ``prompt_len`` counts real prompt tokens (added
+    ones included; default all prompt), ``h``/``basis`` serve ``scored``, ``special`` marks the
+    added tokens (never selected; default none)."""
     view = TokenView.from_mask(attention_mask, attention_mask.shape[1], prompt_len, input_ids,
                                special=special)  # fmt: skip
     return as_positions(rule).mask(view, h, basis)

@@ -98,9 +98,7 @@ def _rule(positions: PositionRule, span_tokens: SpanTokens, enc: Encoded) -> Pos
                 f"got {len(positions)} span entries for {len(enc)} texts; give one per text"
             )
         return spans(positions, span_tokens)
-    if span_tokens != "all":
-        raise ValueError("span_tokens applies to character spans; a spans() rule carries its own")
-    rule = as_positions(positions)
+    rule = as_positions(positions)  # span_tokens only shapes a plain list of spans
     if rule.tokens == "scored":
         raise ValueError("a scored rule selects by activations; it applies in steer(), not here")
     if rule.tokens in ("spans", "indices"):
@@ -214,7 +212,7 @@ def capture(
         sites: site names (``"resid_post.6"``) or a comma-separated string.
         positions: the rule (see above).
         span_tokens: with a list of spans, keep ``"all"`` overlapping tokens, the ``"first"``
-            or the ``"last"``.
+            or the ``"last"`` (other rules ignore it; a :func:`spans` rule carries its own).
         backend: ``"hf"`` (fast, default), ``"transformer_lens"`` or ``"nnsight"``.
         batch_size: sequences per forward pass.
         attention_mask: for token input with padding.

@@ -14,7 +14,8 @@ repeats one token. Pass ``use_past_kv_cache=False`` to it; steering works either
 **Position tracking** (:class:`PositionTracker`, one per ``steer`` context). A hook on the base
 model sees every call's ``input_ids``, full attention mask (past + new tokens) and KV cache, and
 turns them into a :class:`~steerlab.positions.TokenView`: each token's rank among its
-example's real tokens, and the prompt length ``L_b``. The rule for where a prompt starts:
+example's content tokens, which tokens were added, and the prompt length ``L_b``. The rule for
+where a prompt starts:
 
 1. Inside ``generate()`` (the context wraps ``model.generate`` while it is open), the first
    forward call of each ``generate`` is the prompt; all later calls continue it, with or
@@ -22,8 +23,10 @@ example's real tokens, and the prompt length ``L_b``. The rule for where a promp
 2. Outside ``generate``, a call with no cached tokens starts a new prompt made of all its real
    tokens; a call on top of a KV cache continues the current prompt.
 3. ``Steering.new_prompt(lengths)`` makes the next prompt start have ``lengths[b]`` real prompt
-   tokens; the rest of that call counts as generation (to score a fixed continuation in one
-   forward, or to drive a manual uncached decoding loop: call it before every step).
+   tokens (an added BOS included); the rest of that call counts as generation (to score a fixed
+   continuation in one forward, or to drive a manual uncached decoding loop: call it before
+   every step). Without it, a prompt start inside a ``batch_scope`` whose batch has prompt
+   lengths (an encoded prompt + completion batch) takes those.
 
 Tokens are counted by rank among the content tokens, so left or right padding, batching and
 the cache change nothing. Padding and the tokens the tokenizer or steerlab added (a BOS

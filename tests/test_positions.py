@@ -3,6 +3,8 @@ and the tracker's rule for where a prompt starts. Pure tensor tests except the s
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 from hypothesis import given, settings
@@ -17,9 +19,11 @@ from steerlab.positions import (
     last_n,
     scored,
     select,
+    select_encoded,
     spans,
     token_ids,
 )
+from steerlab.tokens import encode_texts
 
 PROPS = settings(max_examples=40, deadline=None)
 
@@ -165,22 +169,56 @@ def test_scored_picks_largest_projection_in_prompt():
     assert m2.long().tolist() == [[0, 1, 1, 0, 0], [0, 1, 0, 1, 0]]
 
 
-def test_spans_select_the_span_tokens(model):
+def test_added_tokens_are_never_selected():
+    # example 0: BOS (added) + 3 prompt + 1 generated, left-padded; example 1: BOS + 2 + 2.
+    # Ranks count content tokens only, so "first_2" is two tokens of the text, not BOS + one.
+    am = torch.tensor([[0, 1, 1, 1, 1, 1], [1, 1, 1, 1, 1, 1]])
+    special = torch.tensor([[0, 1, 0, 0, 0, 0], [1, 0, 0, 0, 0, 0]]).bool()
+    ids = torch.tensor([[0, 9, 5, 6, 7, 8], [9, 5, 6, 7, 8, 9]])
+    plen = torch.tensor([4, 3])  # real prompt tokens, BOS included (as Encoded counts them)
+
+    def sel(rule):
+        return select(rule, ids, am, plen, special=special).long().tolist()
+
+    assert sel("all") == [[0, 0, 1, 1, 1, 1], [0, 1, 1, 1, 1, 1]]
+    assert sel("prompt") == [[0, 0, 1, 1, 1, 0], [0, 1, 1, 0, 0, 0]]
+    assert sel("prompt:first_2") == [[0, 0, 1, 1, 0, 0], [0, 1, 1, 0, 0, 0]]
+    assert sel("last") == [[0, 0, 0, 0, 1, 0], [0, 0, 1, 0, 0, 0]]
+    assert sel("generation:first_1") == [[0, 0, 0, 0, 0, 1], [0, 0, 0, 1, 0, 0]]
+    assert sel(token_ids(9)) == [[0, 0, 0, 0, 0, 0], [0, 0, 0, 0, 0, 1]]  # the BOS id 9 too
+    view = TokenView.from_mask(am, 6, plen, ids, special=special)
+    assert view.rank.tolist() == [[-1, -1, 0, 1, 2, 3], [-1, 0, 1, 2, 3, 4]]
+    assert view.prompt_len.tolist() == [3, 2]
+
+
+def test_spans_resolve_per_batch(model):
     texts = ["The cat sat on the mat.", "A dog barked."]
-    rule = spans(model, texts, [(4, 7), (2, 5)])
-    enc = model.tokenizer(texts, add_special_tokens=False)
-    for b, (text, idx) in enumerate(zip(texts, rule.indices)):
-        toks = [enc["input_ids"][b][i] for i in idx]
-        assert model.tokenizer.decode(toks).strip() == ["cat", "dog"][b]
-    # the same rule on a left-padded batch of these texts selects the same tokens
-    seqs = [torch.tensor(s) for s in enc["input_ids"]]
-    ids, am = _pad(seqs, "left")
-    m = select(rule, ids, am)
-    assert [ids[b][m[b]].tolist() for b in range(2)] == [
-        [enc["input_ids"][b][i] for i in idx] for b, idx in enumerate(rule.indices)
-    ]
-    with pytest.raises(ValueError, match="batch of 3"):
-        select(rule, torch.zeros(3, 4, dtype=torch.long), torch.ones(3, 4))
+    rule = spans([(4, 7), (2, 5)])
+    words = ["cat", "dog"]
+    for side in ("left", "right"):
+        enc = encode_texts(model, texts, padding_side=side)
+        m = select_encoded(rule, enc)
+        got = [model.tokenizer.decode(enc.input_ids[b][m[b]]).strip() for b in range(2)]
+        assert got == words
+    # one text at a time: the batch declares which text each row is
+    for i, word in enumerate(words):
+        enc = encode_texts(model, texts[i : i + 1])
+        m = select_encoded(rule, enc, examples=[i])
+        assert model.tokenizer.decode(enc.input_ids[0][m[0]]).strip() == word
+    with pytest.raises(ValueError, match="batch of 1"):
+        select_encoded(rule, encode_texts(model, texts[:1]))
+    with pytest.raises(ValueError, match="matches no token"):
+        select_encoded(spans([(40, 44)]), encode_texts(model, texts[1:]))
+    # a saved rule comes back equal
+    assert Positions.from_config(rule.to_config()) == rule
+
+
+def test_spans_never_match_an_added_bos(model):
+    h = replace(model, add_bos=True)
+    enc = encode_texts(h, ["A dog barked."])
+    assert enc.special_mask[0].tolist()[:2] == [True, False]
+    m = select_encoded(spans([(0, 13)]), enc)
+    assert m[0].tolist() == (~enc.special_mask[0]).tolist()
 
 
 # --- the tracker ------------------------------------------------------------------------------

@@ -23,19 +23,19 @@ import torch
 from torch import Tensor
 
 from steerlab.capture.backends import BACKENDS, RUNNERS
+from steerlab.capture.store import ActivationStore, StoreWriter
+from steerlab.models import ModelHandle
+from steerlab.positions import Positions, SpanTokens, as_positions, spans, view_of
 from steerlab.sites import Site, parse_sites, site_width
-from steerlab.tokens import (
-    Encoded,
-    PositionRule,
-    SpanTokens,
-    encode_texts,
-    encode_tokens,
-    selection_mask,
-)
+from steerlab.tokens import Encoded, PaddingSide, batch_scope, encode_texts, encode_tokens
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["Capture", "capture", "capture_to_store", "BACKENDS"]
+__all__ = ["Capture", "capture", "capture_to_store", "BACKENDS", "PositionRule"]
+
+#: what ``capture(positions=...)`` accepts: a rule (string or :class:`Positions`), a boolean
+#: mask ``[batch, pos]``, or character spans (one ``(start, end)`` or a list per text)
+PositionRule = str | Positions | Tensor | list
 
 
 @dataclass
@@ -46,7 +46,8 @@ class Capture:
         acts: site name -> ``[n_rows, d]`` activations (rows in document, then position order).
         token_ids: ``[n_rows]`` the token at each row.
         doc_ids: ``[n_rows]`` index of the input text/sequence of each row.
-        positions: ``[n_rows]`` token position of each row within its sequence.
+        positions: ``[n_rows]`` index of each row's token among its sequence's real tokens
+            (an added BOS counts; padding does not): the column of a right-padded batch.
         span_ids: ``[n_rows]`` which span of its text a row belongs to (-1 without spans).
         model_id: the model the activations came from.
     """
@@ -77,44 +78,61 @@ def _check_backend(backend: str) -> None:
         raise ValueError(f"unknown backend {backend!r}; choose one of {list(BACKENDS)}")
 
 
-def _batches(n: int, batch_size: int) -> Iterable[slice]:
+def _batches(n: int, batch_size: int) -> Iterable[range]:
     for i in range(0, n, batch_size):
-        yield slice(i, min(n, i + batch_size))
+        yield range(i, min(n, i + batch_size))
+
+
+def _rule(positions: PositionRule, span_tokens: SpanTokens, enc: Encoded) -> Positions | Tensor:
+    """The capture rule as a :class:`Positions` or a checked boolean mask."""
+    if isinstance(positions, Tensor):
+        if positions.dtype != torch.bool or positions.shape != enc.input_ids.shape:
+            raise ValueError(
+                f"a position mask must be bool {tuple(enc.input_ids.shape)} like the token "
+                f"batch, got {positions.dtype} {tuple(positions.shape)}"
+            )
+        return positions
+    if isinstance(positions, (list, tuple)):
+        if len(positions) != len(enc):
+            raise ValueError(
+                f"got {len(positions)} span entries for {len(enc)} texts; give one per text"
+            )
+        return spans(positions, span_tokens)
+    rule = as_positions(positions)  # span_tokens only shapes a plain list of spans
+    if rule.tokens == "scored":
+        raise ValueError("a scored rule selects by activations; it applies in steer(), not here")
+    if rule.tokens in ("spans", "indices"):
+        n = len(rule.spans if rule.spans is not None else rule.indices or ())
+        if n != len(enc):
+            raise ValueError(f"the rule names tokens of {n} texts, but there are {len(enc)}")
+    return rule
 
 
 def _run_batch(
-    handle,
+    handle: ModelHandle,
     enc: Encoded,
-    rows: slice,
+    rows: range,
     sites: Sequence[Site],
-    positions: Any,
-    span_tokens: SpanTokens,
+    rule: Positions | Tensor,
     backend: str,
     out_dtype: torch.dtype | None,
 ) -> tuple[dict[str, Tensor], Tensor, Tensor, Tensor, Tensor, int]:
-    sub = Encoded(
-        enc.input_ids[rows],
-        enc.attention_mask[rows],
-        enc.special_mask[rows],
-        None if enc.offsets is None else enc.offsets[rows],
-    )
-    # trim right padding of this batch so short batches run short forwards
-    T = int(sub.attention_mask.sum(1).max())
-    sub = Encoded(
-        sub.input_ids[:, :T],
-        sub.attention_mask[:, :T],
-        sub.special_mask[:, :T],
-        None if sub.offsets is None else sub.offsets[:, :T],
-    )
-    pos_rule = positions[rows] if isinstance(positions, list) else positions
-    if isinstance(pos_rule, Tensor):
-        pos_rule = pos_rule[rows][:, :T]
-    mask, span_ids = selection_mask(sub, pos_rule, span_tokens)
+    sl = slice(rows.start, rows.stop)
+    sub = enc.take(sl)  # without the columns that are padding in every row of the batch
+    T = sub.input_ids.shape[1]
+    span_ids = torch.full(sub.input_ids.shape, -1, dtype=torch.long)
+    if isinstance(rule, Tensor):
+        mask = rule[sl][:, enc.columns(sl)] & sub.attention_mask.bool()
+    elif rule.tokens == "spans":
+        mask, span_ids = rule.span_hits(view_of(sub, list(rows)))
+    else:
+        mask = rule.mask(view_of(sub, list(rows)))
     b_idx, p_idx = mask.nonzero(as_tuple=True)
     flat = (b_idx * T + p_idx).to(handle.device)
     acts = {}
     if len(flat):
-        with torch.inference_mode():
+        # the batch scope lets a steer() context around capture() resolve its rules per batch
+        with torch.inference_mode(), batch_scope(sub, list(rows)):
             acts = RUNNERS[backend](
                 handle,
                 sub.input_ids.to(handle.device),
@@ -133,13 +151,21 @@ def _run_batch(
         acts,
         sub.input_ids[b_idx, p_idx],
         b_idx + rows.start,
-        p_idx,
+        sub.real_rank[b_idx, p_idx],
         span_ids[b_idx, p_idx],
         n_tok,
     )
 
 
-def _encode(handle, inputs: Any, attention_mask: Tensor | None, max_length: int | None) -> Encoded:
+def _encode(
+    handle: ModelHandle,
+    inputs: Any,
+    attention_mask: Tensor | None,
+    max_length: int | None,
+    padding_side: PaddingSide,
+) -> Encoded:
+    if isinstance(inputs, Encoded):
+        return inputs
     if hasattr(inputs, "input_ids") and isinstance(inputs.input_ids, Tensor):
         return encode_tokens(
             handle, inputs.input_ids, attention_mask
@@ -148,12 +174,12 @@ def _encode(handle, inputs: Any, attention_mask: Tensor | None, max_length: int 
         return encode_tokens(handle, inputs, attention_mask)
     if isinstance(inputs, str):
         inputs = [inputs]
-    return encode_texts(handle, list(inputs), max_length)
+    return encode_texts(handle, list(inputs), max_length, padding_side=padding_side)
 
 
 def capture(
-    handle,
-    inputs: str | Sequence[str] | Tensor | Any,
+    handle: ModelHandle,
+    inputs: str | Sequence[str] | Tensor | Encoded | Any,
     sites: str | Sequence[str],
     *,
     positions: PositionRule = "all",
@@ -162,39 +188,46 @@ def capture(
     batch_size: int = 8,
     attention_mask: Tensor | None = None,
     max_length: int | None = None,
+    padding_side: PaddingSide = "right",
     dtype: torch.dtype | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> Capture:
     """Run the model on ``inputs`` and return activations at ``sites`` for selected tokens.
 
+    ``positions`` takes the rules of :mod:`steerlab.positions`, the same that say where
+    :func:`steerlab.interventions.steer` edits, with the same meaning: ``"all"`` is every token
+    of the text (never padding, never a BOS steerlab added for ``handle.add_bos``, never BERT's
+    [CLS]/[SEP]); ``"last"`` the last of them; ``"prompt"``/``"generation"`` split an
+    :class:`~steerlab.tokens.Encoded` batch with prompt lengths (texts are all prompt);
+    ``"prompt:first_3"``, :func:`~steerlab.positions.token_ids`, ... Character spans, as
+    :func:`~steerlab.positions.spans` or as a plain list (one ``(start, end)`` or a list of
+    them per text, with ``span_tokens``), select the tokens whose offsets overlap them, batch
+    by batch. A boolean mask ``[batch, pos]`` selects exactly its tokens (padding excepted).
+
     Args:
         handle: a :class:`steerlab.models.ModelHandle`.
-        inputs: a text, a list of texts, a token tensor ``[batch, pos]``, or
-            :class:`steerlab.datasets.TokenChunks`.
+        inputs: a text, a list of texts, a token tensor ``[batch, pos]``,
+            :class:`steerlab.datasets.TokenChunks`, or an :class:`~steerlab.tokens.Encoded`
+            batch (e.g. prompt + completion pairs from :func:`steerlab.tokens.encode_pairs`).
         sites: site names (``"resid_post.6"``) or a comma-separated string.
-        positions: ``"all"`` (real tokens, no padding or BOS), ``"last"``, a boolean mask
-            ``[batch, pos]``, or character spans (one ``(start, end)`` or a list per text).
-        span_tokens: with spans, keep ``"all"`` overlapping tokens, the ``"first"`` or ``"last"``.
+        positions: the rule (see above).
+        span_tokens: with a list of spans, keep ``"all"`` overlapping tokens, the ``"first"``
+            or the ``"last"`` (other rules ignore it; a :func:`spans` rule carries its own).
         backend: ``"hf"`` (fast, default), ``"transformer_lens"`` or ``"nnsight"``.
         batch_size: sequences per forward pass.
         attention_mask: for token input with padding.
         max_length: truncate longer texts (with a warning); default the model's context.
+        padding_side: how texts are padded (results agree up to float round-off).
         dtype: dtype of the returned activations (default: the model's).
         progress: called with the number of tokens processed after each batch.
     """
     _check_backend(backend)
-    site_list = parse_sites(sites, handle.n_layers)
-    enc = _encode(handle, inputs, attention_mask, max_length)
-    if isinstance(positions, Tensor) and positions.shape != enc.input_ids.shape:
-        raise ValueError(
-            f"position mask {tuple(positions.shape)} does not match the token "
-            f"batch {tuple(enc.input_ids.shape)}"
-        )
+    site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
+    enc = _encode(handle, inputs, attention_mask, max_length, padding_side)
+    rule = _rule(positions, span_tokens, enc)
     parts = []
-    for rows in _batches(len(enc.input_ids), batch_size):
-        parts.append(
-            _run_batch(handle, enc, rows, site_list, positions, span_tokens, backend, dtype)
-        )
+    for rows in _batches(len(enc), batch_size):
+        parts.append(_run_batch(handle, enc, rows, site_list, rule, backend, dtype))
         if progress is not None:
             progress(parts[-1][5])
     acts = {s.name: torch.cat([p[0][s.name] for p in parts]) for s in site_list}
@@ -214,7 +247,7 @@ def capture(
 
 
 def capture_to_store(
-    handle,
+    handle: ModelHandle,
     chunks: Any,
     sites: str | Sequence[str],
     path: str,
@@ -227,7 +260,7 @@ def capture_to_store(
     config: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
-):
+) -> ActivationStore:
     """Stream activations of a token corpus into an on-disk store, resumably.
 
     The corpus is processed in order, ``batch_size`` sequences at a time; the store flushes a
@@ -251,11 +284,10 @@ def capture_to_store(
     Returns:
         The finished :class:`steerlab.capture.store.ActivationStore`.
     """
-    from steerlab.capture.store import ActivationStore, StoreWriter
-
-    site_list = parse_sites(sites, handle.n_layers)
+    site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
     ids = chunks.input_ids if hasattr(chunks, "input_ids") else chunks
     enc = encode_tokens(handle, ids)
+    rule = _rule(positions, "all", enc)
     fps = {"tokenizer": handle.tokenizer_fingerprint()}
     if getattr(chunks, "fingerprint", None):
         fps["corpus"] = chunks.fingerprint
@@ -285,11 +317,11 @@ def capture_to_store(
                 progress(int(enc.attention_mask[:start].sum()))
         if not writer.complete:
             for rows in _batches(len(ids) - start, batch_size):
-                rows = slice(rows.start + start, rows.stop + start)
+                rows = range(rows.start + start, rows.stop + start)
                 acts, tok, doc, pos, _, n_tok = _run_batch(
-                    handle, enc, rows, site_list, positions, "all", "hf", None
+                    handle, enc, rows, site_list, rule, "hf", None
                 )
-                writer.add(acts, tok, doc, pos, n_sequences=rows.stop - rows.start)
+                writer.add(acts, tok, doc, pos, n_sequences=len(rows))
                 if progress is not None:
                     progress(n_tok)
             writer.finish()

@@ -18,6 +18,7 @@ from typing import Any
 
 from torch import Tensor
 
+from steerlab.models import ModelHandle
 from steerlab.sites import Site, check_site, hf_location, nnsight_envoy
 
 BACKENDS = ("hf", "transformer_lens", "nnsight")
@@ -31,15 +32,33 @@ def _first(x: Any) -> Tensor:
     return x[0] if isinstance(x, (tuple, list)) else x
 
 
-def _forward_kwargs(handle, input_ids: Tensor, attention_mask: Tensor) -> dict[str, Any]:
+def _left_padded(attention_mask: Tensor) -> bool:
+    return bool((attention_mask[:, 0] == 0).any())
+
+
+def _inputs(input_ids: Tensor, attention_mask: Tensor) -> dict[str, Any]:
+    """Forward inputs; a left-padded batch also gets position ids counted from each row's
+    first real token (a plain forward would count them from column 0, which moves absolute
+    position embeddings such as GPT-2's)."""
     kw: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention_mask}
+    if _left_padded(attention_mask):
+        kw["position_ids"] = (attention_mask.long().cumsum(1) - 1).clamp_min(0)
+    return kw
+
+
+def _forward_kwargs(handle: ModelHandle, input_ids: Tensor, attention_mask: Tensor) -> dict:
+    kw = _inputs(input_ids, attention_mask)
     if handle.is_causal:
         kw["use_cache"] = False
     return kw
 
 
 def run_hf(
-    handle, input_ids: Tensor, attention_mask: Tensor, sites: Sequence[Site], flat_idx: Tensor
+    handle: ModelHandle,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    sites: Sequence[Site],
+    flat_idx: Tensor,
 ) -> dict[str, Tensor]:
     """Capture with forward hooks on the HF modules; stop after the last site."""
     out: dict[str, Tensor] = {}
@@ -73,11 +92,17 @@ def run_hf(
 
 
 def run_transformer_lens(
-    handle, input_ids: Tensor, attention_mask: Tensor, sites: Sequence[Site], flat_idx: Tensor
+    handle: ModelHandle,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    sites: Sequence[Site],
+    flat_idx: Tensor,
 ) -> dict[str, Tensor]:
     """Capture through TransformerLens's ``TransformerBridge.run_with_cache``."""
     for s in sites:  # a site the architecture lacks is a SiteError, not a missing cache key
         check_site(handle, s)
+    if _left_padded(attention_mask):
+        raise ValueError("the transformer_lens backend needs right padding (padding_side='right')")
     bridge = handle.transformer_lens()
     names = {s.tl_name(): s for s in sites}
     stop = max(sites).layer + 1
@@ -95,19 +120,23 @@ def run_transformer_lens(
 
 
 def run_nnsight(
-    handle, input_ids: Tensor, attention_mask: Tensor, sites: Sequence[Site], flat_idx: Tensor
+    handle: ModelHandle,
+    input_ids: Tensor,
+    attention_mask: Tensor,
+    sites: Sequence[Site],
+    flat_idx: Tensor,
 ) -> dict[str, Tensor]:
     """Capture through an nnsight trace (envoys read in execution order, then stop)."""
     lm = handle.nnsight()
     ordered = sorted(sites)
     saved = {}
-    with lm.trace({"input_ids": input_ids, "attention_mask": attention_mask}) as tracer:
+    with lm.trace(_inputs(input_ids, attention_mask)) as tracer:
         for site in ordered:
             saved[site.name] = nnsight_envoy(lm, handle, site).save()
         tracer.stop()  # nothing after the last site runs
     out = {}
     for name, value in saved.items():
-        t = _first(value.value if hasattr(value, "value") else value)
+        t: Any = _first(value.value if hasattr(value, "value") else value)
         if isinstance(t, dict):  # an input envoy may give (args, kwargs)
             t = t["hidden_states"]
         out[name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx)

@@ -14,7 +14,8 @@ repeats one token. Pass ``use_past_kv_cache=False`` to it; steering works either
 **Position tracking** (:class:`PositionTracker`, one per ``steer`` context). A hook on the base
 model sees every call's ``input_ids``, full attention mask (past + new tokens) and KV cache, and
 turns them into a :class:`~steerlab.positions.TokenView`: each token's rank among its
-example's real tokens, and the prompt length ``L_b``. The rule for where a prompt starts:
+example's content tokens, which tokens were added, and the prompt length ``L_b``. The rule for
+where a prompt starts:
 
 1. Inside ``generate()`` (the context wraps ``model.generate`` while it is open), the first
    forward call of each ``generate`` is the prompt; all later calls continue it, with or
@@ -22,11 +23,19 @@ example's real tokens, and the prompt length ``L_b``. The rule for where a promp
 2. Outside ``generate``, a call with no cached tokens starts a new prompt made of all its real
    tokens; a call on top of a KV cache continues the current prompt.
 3. ``Steering.new_prompt(lengths)`` makes the next prompt start have ``lengths[b]`` real prompt
-   tokens; the rest of that call counts as generation (to score a fixed continuation in one
-   forward, or to drive a manual uncached decoding loop: call it before every step).
+   tokens (an added BOS included); the rest of that call counts as generation (to score a fixed
+   continuation in one forward, or to drive a manual uncached decoding loop: call it before
+   every step). Without it, a prompt start inside a ``batch_scope`` whose batch has prompt
+   lengths (an encoded prompt + completion batch) takes those.
 
-Tokens are counted by rank, so left or right padding, batching and the cache change nothing;
-padding is never edited.
+Tokens are counted by rank among the content tokens, so left or right padding, batching and
+the cache change nothing. Padding and the tokens the tokenizer or steerlab added (a BOS
+prepended for ``handle.add_bos``, BERT's [CLS]/[SEP]; :mod:`steerlab.tokens`) are never edited:
+``"all"`` means every token of the text, exactly the tokens ``capture(..., positions="all")``
+reads. A forward inside :func:`steerlab.tokens.batch_scope` (as ``capture()`` and
+:mod:`steerlab.interventions.run` run theirs) also gives the tracker the batch's prompt
+lengths, each row's index in the caller's texts and the tokens' character offsets, so that
+character-span rules resolve per batch.
 
 **Per-example steering.** ``steer(handle, [[iv_a], [iv_b, iv_c], []], per_example=True)`` gives
 example ``b`` of the batch its own list (applied in order); the batch size of every call must
@@ -59,6 +68,7 @@ import torch
 from torch import Tensor
 
 from steerlab.interventions.kinds import Intervention
+from steerlab.models import ModelHandle
 from steerlab.positions import TokenView
 from steerlab.sites import (
     Site,
@@ -68,6 +78,7 @@ from steerlab.sites import (
     parse_site,
     resid_mid_is_written_via_attn_out,
 )
+from steerlab.tokens import BatchInfo, added_special, current_batch
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +89,16 @@ class PositionTracker:
     """Knows, at every forward call, each token's rank and whether it is prompt or generation.
 
     See the module docstring for the rule. ``view`` is the current call's
-    :class:`TokenView`; ``prompt_len`` the prompt length of each example of the sequence.
+    :class:`TokenView`; ``prompt_len`` the real prompt tokens (added tokens included) of each
+    example of the sequence; ``lead`` whether each example starts with an added token (a BOS
+    steerlab prepended), which a cached call cannot see any more.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, handle: ModelHandle | None = None) -> None:
+        self.handle = handle
         self.prompt_len: Tensor | None = None
+        self.lead: Tensor | None = None
+        self.batch: BatchInfo | None = None
         self.view: TokenView | None = None
         self.resid: dict[int, Tensor] = {}  # resid_pre of this call, for resid_mid edits
         self._pending: Tensor | int | None = None
@@ -91,7 +107,7 @@ class PositionTracker:
 
     def new_prompt(self, lengths: int | Sequence[int] | Tensor | None = None) -> None:
         """The next call starts a prompt; with ``lengths``, only that many real tokens of
-        each example are prompt, the rest generation."""
+        each example (added tokens included) are prompt, the rest generation."""
         if lengths is not None and not isinstance(lengths, (int, Tensor)):
             lengths = torch.as_tensor(list(lengths))
         self._pending = lengths
@@ -102,6 +118,18 @@ class PositionTracker:
 
     def end_generate(self) -> None:
         self._in_generate -= 1
+
+    def _special(self, ids: Tensor | None, am: Tensor, past: int) -> Tensor | None:
+        """Added tokens over the full (past + new) mask: found by id in an uncached call,
+        remembered (``lead``) for the cached past."""
+        if self.handle is None:
+            return None
+        if past == 0:
+            return added_special(self.handle, ids, am)
+        if self.lead is None or len(self.lead) != am.shape[0]:
+            return None
+        real = am.bool()
+        return real & (real.long().cumsum(1) == 1) & self.lead.to(am.device)[:, None]
 
     def on_call(
         self,
@@ -128,23 +156,35 @@ class PositionTracker:
             new = am if am is not None else torch.ones(n_batch, n_new, dtype=torch.long, device=dev)
             am = torch.cat([torch.ones(n_batch, past, dtype=new.dtype, device=dev), new], 1)
         am = am.to(dev)
+        ids = input_ids if input_ids is not None and input_ids.ndim == 2 else None
+        special = self._special(ids, am, past)
         starts = (not self._generate_started) if self._in_generate else past == 0
         if self._in_generate:
             self._generate_started = True
         if starts:
+            batch = current_batch()
+            self.batch = batch if batch is not None and batch.n == n_batch else None
             if self._pending is not None:
                 plen = torch.as_tensor(self._pending, device=dev).expand(n_batch).long()
+            elif self.batch is not None and self.batch.prompt_len is not None:
+                plen = self.batch.prompt_len.to(dev)
             else:
                 plen = am.bool().sum(1)
             self._pending = None
             self.prompt_len = plen
+            first = am.bool() & (am.long().cumsum(1) == 1)
+            self.lead = None if special is None else (special & first).any(1)
         elif self.prompt_len is None or len(self.prompt_len) != n_batch:
             logger.warning("steer: a cached call without a known prompt; the cached tokens count "
                            "as the prompt")  # fmt: skip
             self.prompt_len = am[:, :past].bool().sum(1)
+            self.batch = None
         self.resid = {}
-        ids = input_ids if input_ids is not None and input_ids.ndim == 2 else None
-        self.view = TokenView.from_mask(am, n_new, self.prompt_len, ids)
+        b = self.batch
+        self.view = TokenView.from_mask(
+            am, n_new, self.prompt_len, ids, special=special,
+            examples=None if b is None else b.examples, offsets=None if b is None else b.offsets,
+        )  # fmt: skip
         return self.view
 
 
@@ -156,7 +196,7 @@ class _Point:
     actions: list[tuple[str, Site]] = field(default_factory=list)  # ("edit"|"record"|"mid", site)
 
 
-def _plan(handle: Any, sites: list[Site]) -> list[_Point]:
+def _plan(handle: ModelHandle, sites: list[Site]) -> list[_Point]:
     """Where to hook, in execution order. ``resid_mid`` of pre-LN models becomes "record the
     block input" plus "edit attn_out so that resid_pre + attn_out moves as resid_mid should"."""
     points: dict[Site, _Point] = {}
@@ -201,7 +241,7 @@ class Steering:
 
     def __init__(
         self,
-        handle: Any,
+        handle: ModelHandle,
         interventions: Intervention | Sequence[Any],
         backend: Backend = "hf",
         per_example: bool = False,
@@ -213,7 +253,7 @@ class Steering:
             )
         self.handle, self.backend = handle, backend
         self.groups = _groups(interventions, per_example)
-        self.n_examples = len(list(interventions)) if per_example else None
+        self.n_examples = len(list(interventions)) if per_example else None  # type: ignore[arg-type]
         unique = {id(iv): iv for ivs, _ in self.groups for iv in ivs}
         for iv in unique.values():
             iv.check(handle)  # every check runs before any hook exists
@@ -225,7 +265,7 @@ class Steering:
             {parse_site(s, handle.n_layers) for iv in unique.values() for s in iv.sites()}
         )
         self.points = _plan(handle, self.sites)
-        self.tracker = PositionTracker()
+        self.tracker = PositionTracker(handle)
         self._stack: ExitStack | None = None
 
     def new_prompt(self, lengths: int | Sequence[int] | Tensor | None = None) -> None:
@@ -354,13 +394,20 @@ class Steering:
 
 
 def steer(
-    handle: Any,
+    handle: ModelHandle,
     interventions: Intervention | Sequence[Any],
     backend: Backend = "hf",
     *,
     per_example: bool = False,
 ) -> Steering:
     """Context manager applying ``interventions`` to every forward pass inside it.
+
+    Each intervention edits the tokens its position rule (:mod:`steerlab.positions`) selects:
+    the same rules, with the same meaning, as :func:`steerlab.capture.capture` reads. ``"all"``
+    is every token of the text (never padding, never a BOS steerlab added or BERT's
+    [CLS]/[SEP]); ``"prompt"``/``"generation"`` split at the prompt's end (see the module
+    docstring for where a prompt starts); character :func:`~steerlab.positions.spans` resolve
+    against the batch declared by :func:`steerlab.tokens.batch_scope`.
 
     Args:
         handle: a :class:`steerlab.models.ModelHandle`.
@@ -377,7 +424,11 @@ def steer(
 
 
 def apply_nnsight(
-    lm: Any, handle: Any, interventions: Intervention | Sequence[Any], *, per_example: bool = False
+    lm: Any,
+    handle: ModelHandle,
+    interventions: Intervention | Sequence[Any],
+    *,
+    per_example: bool = False,
 ) -> Steering:
     """Apply interventions inside an nnsight ``lm.trace(...)`` block by editing envoys.
 

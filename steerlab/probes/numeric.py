@@ -20,6 +20,8 @@ import torch
 from torch import Tensor
 
 from steerlab.datasets.numeric import Comparison, Entities
+from steerlab.interventions.run import generate_tokens, next_token_logits
+from steerlab.models import ModelHandle
 from steerlab.tokens import single_token_id
 
 logger = logging.getLogger(__name__)
@@ -60,33 +62,25 @@ class RecallResult(NamedTuple):
     """``[n]`` bool: parsed within the attribute's tolerance (in target units)."""
 
 
-@torch.no_grad()
 def greedy_complete(
-    handle: Any, prompts: Sequence[str], *, max_new_tokens: int = 8, batch_size: int = 16
+    handle: ModelHandle,
+    prompts: Sequence[str],
+    interventions: Any = None,
+    *,
+    per_example: bool = False,
+    max_new_tokens: int = 8,
+    batch_size: int = 16,
 ) -> list[str]:
-    """Greedy continuations of ``prompts`` (batched with left padding; the handle's BOS rule)."""
-    tok = handle.tokenizer
-    out: list[str] = []
-    side = tok.padding_side
-    try:
-        tok.padding_side = "left"
-        for i in range(0, len(prompts), batch_size):
-            batch = list(prompts[i : i + batch_size])
-            if handle.add_bos:
-                batch = [tok.bos_token + p for p in batch]
-            enc = tok(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(handle.device) for k, v in enc.items()}
-            gen = handle.model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
-                                        pad_token_id=tok.pad_token_id)  # fmt: skip
-            new = gen[:, enc["input_ids"].shape[1] :]
-            out.extend(tok.batch_decode(new, skip_special_tokens=True))
-    finally:
-        tok.padding_side = side
-    return out
+    """Greedy continuations of ``prompts`` (:func:`steerlab.interventions.run.generate_tokens`:
+    left-padded batches, the handle's BOS rule, cut at end-of-sequence), steered by
+    ``interventions`` if given (character-span rules resolve per batch)."""
+    out = generate_tokens(handle, prompts, interventions, per_example=per_example,
+                          max_new_tokens=max_new_tokens, batch_size=batch_size)  # fmt: skip
+    return [handle.tokenizer.decode(t, skip_special_tokens=True) for t in out.new_ids]
 
 
 def recall_check(
-    handle: Any,
+    handle: ModelHandle,
     entities: Entities,
     *,
     tolerance: float | None = None,
@@ -127,40 +121,37 @@ def score_completions(
     return RecallResult(comps, parsed, ok)
 
 
-@torch.no_grad()
 def answer_margins(
-    handle: Any,
+    handle: ModelHandle,
     prompts: Sequence[str],
     pos_ids: Sequence[int] | Tensor,
     neg_ids: Sequence[int] | Tensor,
+    interventions: Any = None,
     *,
+    per_example: bool = False,
     batch_size: int = 32,
 ) -> Tensor:
     """``logit(pos_i) − logit(neg_i)`` at the last token of prompt ``i``: ``[n]`` float32.
 
-    Prompts are right-padded and tokenised like every steerlab capture, so interventions that
-    use :func:`steerlab.positions.spans` on the same texts line up with them.
+    Steered by ``interventions`` if given (:func:`steerlab.interventions.run.next_token_logits`:
+    right-padded batches, rules such as :func:`steerlab.positions.spans` resolved per batch).
     """
-    from steerlab.tokens import encode_texts
-
     pos = torch.as_tensor(pos_ids, dtype=torch.long).reshape(-1)
     neg = torch.as_tensor(neg_ids, dtype=torch.long).reshape(-1)
     if not len(pos) == len(neg) == len(prompts):
         raise ValueError(f"{len(prompts)} prompts but {len(pos)} / {len(neg)} answer ids")
-    out = []
-    for i in range(0, len(prompts), batch_size):
-        enc = encode_texts(handle, list(prompts[i : i + batch_size]))
-        am = enc.attention_mask.to(handle.device)
-        logits = handle.model(input_ids=enc.input_ids.to(handle.device), attention_mask=am).logits
-        rows = torch.arange(am.shape[0], device=am.device)
-        lg = logits[rows, am.sum(1) - 1].float().cpu()
-        r = torch.arange(lg.shape[0])
-        out.append(lg[r, pos[i : i + batch_size]] - lg[r, neg[i : i + batch_size]])
-    return torch.cat(out)
+    lg = next_token_logits(handle, list(prompts), interventions, candidates=torch.stack([pos, neg], 1),
+                           per_example=per_example, batch_size=batch_size)  # fmt: skip
+    return lg[:, 0] - lg[:, 1]
 
 
 def yes_no_margin(
-    handle: Any, prompts: Sequence[str], *, batch_size: int = 32, yes: str = " Yes", no: str = " No"
+    handle: ModelHandle,
+    prompts: Sequence[str],
+    *,
+    batch_size: int = 32,
+    yes: str = " Yes",
+    no: str = " No",
 ) -> Tensor:
     """``logit(yes) − logit(no)`` at the last prompt token: ``[n]`` (> 0 means the model says Yes).
 
@@ -172,16 +163,23 @@ def yes_no_margin(
 
 
 def comparison_margins(
-    handle: Any, comparisons: Sequence[Comparison], *, batch_size: int = 32
+    handle: ModelHandle,
+    comparisons: Sequence[Comparison],
+    interventions: Any = None,
+    *,
+    per_example: bool = False,
+    batch_size: int = 32,
 ) -> Tensor:
     """The answer margin of each comparison: ``logit(positive) − logit(negative)`` with its
-    :attr:`Comparison.answer_ids` (``" Yes"``/``" No"`` where unset)."""
-    yn = None
+    :attr:`Comparison.answer_ids` (``" Yes"``/``" No"`` where unset), steered by
+    ``interventions`` if given (as in :func:`answer_margins`)."""
+    yn: tuple[int, int] = (-1, -1)  # only read where a comparison has no answer ids
     if any(c.answer_ids is None for c in comparisons):
         yn = (single_token_id(handle, " Yes"), single_token_id(handle, " No"))
-    ids = [c.answer_ids or yn for c in comparisons]
+    ids = [yn if c.answer_ids is None else c.answer_ids for c in comparisons]
     return answer_margins(handle, [c.text for c in comparisons], [i[0] for i in ids],
-                          [i[1] for i in ids], batch_size=batch_size)  # fmt: skip
+                          [i[1] for i in ids], interventions, per_example=per_example,
+                          batch_size=batch_size)  # fmt: skip
 
 
 def wilson_interval(k: int, n: int, z: float = 1.96) -> tuple[float, float]:

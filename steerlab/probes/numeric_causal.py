@@ -18,7 +18,15 @@ import torch
 from torch import Tensor
 
 from steerlab.datasets.numeric import Comparison, Entities
-from steerlab.probes.numeric import comparison_margins, parse_number, wilson_interval
+from steerlab.interventions import AddVector, SetCoords
+from steerlab.models import ModelHandle
+from steerlab.positions import Positions, spans
+from steerlab.probes.numeric import (
+    comparison_margins,
+    greedy_complete,
+    parse_number,
+    wilson_interval,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -42,29 +50,20 @@ class FlipExperiment(NamedTuple):
 
 
 def steered_margins(
-    handle: Any,
+    handle: ModelHandle,
     comparisons: Sequence[Comparison],
-    make: Callable[[Any], Any],
+    make: Callable[[Positions], Any],
     *,
     batch_size: int = 32,
 ) -> Tensor:
     """Answer margins (:func:`comparison_margins`) with an intervention at the last token of
     entity ``a`` of each prompt.
 
-    ``make(positions)`` builds the intervention(s) for one batch, given the
-    :func:`steerlab.positions.spans` rule of that batch (per-example prompt ranks
-    only hold for a batch of exactly those texts, so the rule is rebuilt per batch).
+    ``make(positions)`` builds the intervention(s) from the :func:`steerlab.positions.spans`
+    rule of all the prompts (resolved against each batch by the scoring helper).
     """
-    from steerlab.interventions import spans, steer
-
-    out = []
-    for i in range(0, len(comparisons), batch_size):
-        chunk = comparisons[i : i + batch_size]
-        texts = [c.text for c in chunk]
-        pos = spans(handle, texts, [c.span_a for c in chunk], "last")
-        with steer(handle, make(pos)):
-            out.append(comparison_margins(handle, chunk, batch_size=len(chunk)))
-    return torch.cat(out)
+    rule = spans([c.span_a for c in comparisons], "last")
+    return comparison_margins(handle, comparisons, make(rule), batch_size=batch_size)
 
 
 def _flip_row(direction: str, alpha: float, m0: Tensor, m: Tensor, toward_yes: Tensor) -> dict:
@@ -85,7 +84,7 @@ def _flip_row(direction: str, alpha: float, m0: Tensor, m: Tensor, toward_yes: T
 
 
 def flip_experiment(
-    handle: Any,
+    handle: ModelHandle,
     comparisons: Sequence[Comparison],
     direction: Tensor,
     layer: int,
@@ -118,8 +117,6 @@ def flip_experiment(
         kind: site kind.
         batch_size: prompts per forward.
     """
-    from steerlab.interventions import AddVector
-
     site = f"{kind}.{layer}"
     u = direction.detach().double().cpu()
     u = u / torch.linalg.vector_norm(u)
@@ -151,49 +148,28 @@ def flip_experiment(
     return FlipExperiment(rows, m0, acc)
 
 
-@torch.no_grad()
 def steered_greedy(
-    handle: Any,
+    handle: ModelHandle,
     prompts: Sequence[str],
     char_spans: Sequence[tuple[int, int]],
-    make: Callable[[Any], Any] | None,
+    make: Callable[[Positions], Any] | None,
     *,
     max_new_tokens: int = 5,
     batch_size: int = 32,
 ) -> list[str]:
     """Greedy continuations with an edit at the last token of a character span of each prompt.
 
-    Each step re-runs the whole (prompt + continuation so far) without a KV cache, so the span
-    rule of :func:`steerlab.positions.spans` stays valid: appending text never moves
-    the span's tokens. ``make(positions)`` builds the intervention(s); ``None`` runs unsteered.
-    Slower than cached generation, and exact for any position rule.
+    ``make(positions)`` builds the intervention(s) from the :func:`steerlab.positions.spans`
+    rule of all the prompts; ``None`` runs unsteered. Decoding is :func:`greedy_complete`
+    (cached, left-padded; the span rule resolves against each batch's prompts).
     """
-    from steerlab.interventions import spans, steer
-    from steerlab.tokens import encode_texts
-
-    out: list[str] = []
-    for i in range(0, len(prompts), batch_size):
-        base = list(prompts[i : i + batch_size])
-        sp = list(char_spans[i : i + batch_size])
-        ids: list[list[int]] = [[] for _ in base]
-        for _ in range(max_new_tokens):
-            texts = [b + handle.tokenizer.decode(t) for b, t in zip(base, ids)]
-            enc = encode_texts(handle, texts)
-            am = enc.attention_mask.to(handle.device)
-            ivs = [] if make is None else make(spans(handle, texts, sp, "last"))
-            with steer(handle, ivs):
-                logits = handle.model(input_ids=enc.input_ids.to(handle.device),
-                                      attention_mask=am).logits  # fmt: skip
-            last = am.sum(1) - 1
-            nxt = logits[torch.arange(len(texts)), last].argmax(-1).tolist()
-            for row, t in zip(ids, nxt):
-                row.append(t)
-        out.extend(handle.tokenizer.decode(t) for t in ids)
-    return out
+    ivs = None if make is None else make(spans(list(char_spans), "last"))
+    return greedy_complete(handle, prompts, ivs, max_new_tokens=max_new_tokens,
+                           batch_size=batch_size)  # fmt: skip
 
 
 def value_shift_experiment(
-    handle: Any,
+    handle: ModelHandle,
     entities: Entities,
     direction: Tensor,
     layer: int,
@@ -222,8 +198,6 @@ def value_shift_experiment(
         directed_rate, ci_low, ci_high, mean_shift, median_shift}, ...]}``; shifts are in value
         units, signed so that positive is the intended direction.
     """
-    from steerlab.interventions import AddVector
-
     spec = entities.attribute
     prefix = spec.recall[: spec.recall.index("{e}")]
     prompts = [spec.recall.format(e=n) for n in entities.names]
@@ -269,7 +243,7 @@ def value_shift_experiment(
 
 
 def set_value_experiment(
-    handle: Any,
+    handle: ModelHandle,
     comparisons: Sequence[Comparison],
     probe: Any,
     layer: int,
@@ -289,8 +263,6 @@ def set_value_experiment(
     with Wilson intervals. ``baseline``: the unsteered margins if already computed
     (:attr:`FlipExperiment.baseline` of the same prompts), saving a forward pass.
     """
-    from steerlab.interventions import SetCoords
-
     sub = probe.subspace()
     t = entities.targets
     lower = torch.tensor([i % 2 == 0 for i in range(len(comparisons))])
@@ -305,22 +277,11 @@ def set_value_experiment(
         )
     m0 = (comparison_margins(handle, comparisons, batch_size=batch_size) if baseline is None
           else baseline)  # fmt: skip
-    out = []
-    for i in range(0, len(comparisons), batch_size):
-        chunk = comparisons[i : i + batch_size]
-        cc = coords[i : i + batch_size]
-
-        def make(pos, cc=cc):
-            # one SetCoords per example (each has its own target), applied per example
-            return [[SetCoords(sub.to(dtype=torch.float32), c, site, pos)] for c in cc]
-
-        from steerlab.interventions import spans, steer
-
-        texts = [c.text for c in chunk]
-        pos = spans(handle, texts, [c.span_a for c in chunk], "last")
-        with steer(handle, make(pos), per_example=True):
-            out.append(comparison_margins(handle, chunk, batch_size=len(chunk)))
-    m = torch.cat(out)
+    rule = spans([c.span_a for c in comparisons], "last")
+    sub32 = sub.to(dtype=torch.float32)
+    # one SetCoords per example (each has its own target), applied per example
+    ivs = [[SetCoords(sub32, c, site, rule)] for c in coords]
+    m = comparison_margins(handle, comparisons, ivs, per_example=True, batch_size=batch_size)
     n = len(comparisons)
     before = int(((m0 > 0) == implied_yes).sum())
     after = int(((m > 0) == implied_yes).sum())

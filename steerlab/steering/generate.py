@@ -4,11 +4,12 @@
     >>> gen.texts[0]
 
 Prompts are rendered with the model's chat template (``chat=True``, optionally with a
-``system`` message) or used as plain text, tokenised without other special tokens (a BOS is
+``system`` message) or used as plain text, tokenised by :mod:`steerlab.tokens` (a BOS is
 prepended when the handle says so, as every steerlab capture does), and generated in batches
-padded on the **left**, so that every example's last prompt token sits in the last column.
-Steering goes through :func:`steerlab.steering.steer`, whose position rules count tokens by rank,
-so padding and batch composition do not change which tokens are edited.
+padded on the **left** by :func:`steerlab.interventions.run.generate_tokens`. Steering goes
+through :func:`steerlab.interventions.steer`, whose position rules count tokens by rank and
+resolve per batch, so padding and batch composition do not change which tokens are edited
+(character spans refer to the rendered prompt).
 
 Decoding is greedy by default. With ``greedy=False`` tokens are sampled (temperature, top-p)
 from a generator seeded with ``seed``; the global RNG is left as it was. Sampled texts depend
@@ -24,15 +25,15 @@ from __future__ import annotations
 import logging
 import textwrap
 from collections.abc import Callable, Sequence
-from contextlib import nullcontext
 from typing import Any, NamedTuple
 
 import torch
 from jaxtyping import Int
 from torch import Tensor
-from torch.nn.utils import parametrize
 
-from steerlab.interventions.hooks import steer
+from steerlab.interventions.run import generate_tokens
+from steerlab.models import ModelHandle
+from steerlab.tokens import left_pad
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,7 @@ class Comparison(NamedTuple):
 
 
 def render(
-    handle: Any, prompts: Sequence[str], *, chat: bool = True, system: str | None = None
+    handle: ModelHandle, prompts: Sequence[str], *, chat: bool = True, system: str | None = None
 ) -> list[str]:
     """The prompts as the model will see them: chat-templated, or as given.
 
@@ -98,44 +99,8 @@ def render(
     return [handle.chat(p, system=system) for p in prompts]
 
 
-def _encode(handle: Any, texts: list[str]) -> list[Tensor]:
-    tok = handle.tokenizer
-    bos = [tok.bos_token_id] if handle.add_bos else []
-    ids = tok(texts, add_special_tokens=False)["input_ids"]
-    out = []
-    for t, seq in zip(texts, ids):
-        if bos and tok.bos_token and t.startswith(tok.bos_token):
-            seq = list(seq)  # the template already starts with BOS
-        else:
-            seq = bos + list(seq)
-        if not seq:
-            raise ValueError(f"prompt {t!r} tokenised to no tokens")
-        out.append(torch.tensor(seq, dtype=torch.long))
-    return out
-
-
-def left_pad(
-    seqs: Sequence[Tensor], pad_id: int
-) -> tuple[Int[Tensor, "batch pos"], Int[Tensor, "batch pos"]]:
-    """Stack 1-D token tensors into ``(input_ids, attention_mask)`` padded on the left."""
-    T = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
-    am = torch.zeros(len(seqs), T, dtype=torch.long)
-    for b, s in enumerate(seqs):
-        ids[b, T - len(s) :], am[b, T - len(s) :] = s, 1
-    return ids, am
-
-
-def _eos_ids(handle: Any) -> set[int]:
-    eos = handle.model.generation_config.eos_token_id
-    if eos is None:
-        eos = handle.tokenizer.eos_token_id
-    ids = set(eos) if isinstance(eos, (list, tuple)) else {eos}
-    return {int(i) for i in ids if i is not None}
-
-
 def generate(
-    handle: Any,
+    handle: ModelHandle,
     prompts: Sequence[str],
     interventions: Any = None,
     *,
@@ -182,53 +147,26 @@ def generate(
             f"per_example=True needs one entry per prompt: {len(list(interventions))} entries "
             f"for {len(rendered)} prompts"
         )
-    prompt_ids = _encode(handle, rendered)
-    eos = _eos_ids(handle)
-    pad = handle.tokenizer.pad_token_id
-    pad = pad if pad is not None else next(iter(eos))
-    kw: dict[str, Any] = {"do_sample": not greedy, "max_new_tokens": max_new_tokens}
-    if greedy:  # override sampling defaults a model's generation_config may carry
-        kw.update(temperature=None, top_p=None, top_k=None)
+    if greedy:
+        sampling = None
     else:
         if not (temperature > 0 and 0 < top_p <= 1):
             raise ValueError("sampling needs temperature > 0 and 0 < top_p <= 1")
-        kw.update(temperature=temperature, top_p=top_p, top_k=0)
-
-    texts: list[str] = []
-    new_ids: list[Tensor] = []
-    finished: list[bool] = []
+        sampling = {"do_sample": True, "temperature": temperature, "top_p": top_p, "top_k": 0}
     device = handle.device
     rng = torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-    # parametrize.cached(): a parametrized weight (LoReFT's orthogonal R) is computed once per
-    # call instead of at every decoding step (measured: 4.2 ms -> 0.4 ms per step for rank 4)
-    with rng, torch.no_grad(), parametrize.cached():
+    with rng:
         torch.manual_seed(seed)
-        for start in range(0, len(prompt_ids), batch_size):
-            rows = slice(start, start + batch_size)
-            ids, am = left_pad(prompt_ids[rows], pad)
-            if interventions is None:
-                ctx: Any = nullcontext()
-            elif per_example:
-                ctx = steer(handle, list(interventions)[rows], per_example=True)
-            else:
-                ctx = steer(handle, interventions)
-            with ctx:
-                out = handle.model.generate(
-                    input_ids=ids.to(device), attention_mask=am.to(device),
-                    pad_token_id=pad, **kw,
-                )  # fmt: skip
-            for seq in out[:, ids.shape[1] :].cpu():
-                stop = [i for i, t in enumerate(seq.tolist()) if t in eos]
-                cut = seq[: stop[0]] if stop else seq
-                new_ids.append(cut.clone())
-                finished.append(bool(stop))
-                texts.append(handle.tokenizer.decode(cut, skip_special_tokens=True))
-            if progress is not None:
-                progress(len(ids))
-    return Generation(texts, new_ids, prompt_ids, rendered, finished)
+        out = generate_tokens(handle, rendered, interventions, per_example=per_example,
+                              max_new_tokens=max_new_tokens, batch_size=batch_size,
+                              sampling=sampling, progress=progress)  # fmt: skip
+    texts = [handle.tokenizer.decode(t, skip_special_tokens=True) for t in out.new_ids]
+    return Generation(texts, out.new_ids, out.prompt_ids, rendered, out.finished)
 
 
-def compare(handle: Any, prompts: Sequence[str], interventions: Any, **kwargs: Any) -> Comparison:
+def compare(
+    handle: ModelHandle, prompts: Sequence[str], interventions: Any, **kwargs: Any
+) -> Comparison:
     """Generate each prompt unsteered and steered with the same settings.
 
     Args:

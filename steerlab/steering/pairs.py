@@ -1,17 +1,16 @@
 """Reading activations of contrast pairs and labelled sets (the data: :mod:`steerlab.datasets.pairs`).
 
 **Reading activations** (:func:`read_examples`, :func:`read_pairs`). Each example is tokenised
-as prompt tokens (the chat template applied when ``chat=True``; a BOS token first when the
-handle adds one) followed by completion tokens, tokenised separately so that the
-prompt/completion boundary is exact (without the chat template a space joins them when neither
-side has one). The read rule is a :mod:`steerlab.positions` rule, the same vocabulary
-that says where an intervention applies, resolved by
-:func:`steerlab.positions.select` with ``L_b`` = the prompt length: ``"generation"``
-(every completion token; the default for pairs with a prompt), ``"last"`` (the last prompt
-token; the default for standalone texts), ``"prompt"``, ``"generation:first_4"``, ... An
-example's activation is the mean over its selected tokens (each example weighs the same); a BOS
-token that steerlab prepends is never read. Every requested layer is read in the same forward
-pass (:func:`steerlab.capture.capture`, which stops after the last one).
+by :func:`steerlab.tokens.encode_pair`: prompt tokens (the chat template applied when
+``chat=True``; a BOS token first when the handle adds one) followed by completion tokens,
+tokenised separately so that the prompt/completion boundary is exact. The read rule is a
+:mod:`steerlab.positions` rule, the same vocabulary that says where an intervention applies,
+with the completion as "generation": ``"generation"`` (every completion token; the default for
+pairs with a prompt), ``"last"`` (the last prompt token; the default for standalone texts),
+``"prompt"``, ``"generation:first_4"``, ... An example's activation is the mean over its
+selected tokens (each example weighs the same). Like every rule, it never selects a BOS token
+that steerlab prepends. Every requested layer is read in the same forward pass
+(:func:`steerlab.capture.capture`, which stops after the last one).
 """
 
 from __future__ import annotations
@@ -23,9 +22,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
+from steerlab.capture import capture
 from steerlab.datasets.pairs import LabelledSet, PairSet, as_pairs
-from steerlab.positions import Positions, as_positions, select
+from steerlab.models import ModelHandle
+from steerlab.positions import Positions, as_positions, select_encoded
 from steerlab.sites import SiteError, parse_sites
+from steerlab.tokens import encode_pairs
 
 __all__ = ["Examples", "PairActivations", "read_examples", "read_pairs"]
 
@@ -35,10 +37,10 @@ __all__ = ["Examples", "PairActivations", "read_examples", "read_pairs"]
 
 def _read_rule(rule: str | Positions) -> Positions:
     pos = as_positions(rule)
-    if pos.tokens in ("scored", "indices"):
+    if pos.tokens in ("scored", "indices", "spans"):
         raise ValueError(
             f"read rule {str(pos)!r} cannot read a steering vector: 'scored' needs a basis "
-            "before there is one, and 'indices' names tokens of one particular batch"
+            "before there is one, and 'indices'/'spans' name tokens of other texts"
         )
     return pos
 
@@ -73,26 +75,8 @@ class PairActivations(NamedTuple):
     neg_norms: Float[Tensor, "n layer"]
 
 
-def _encode(handle: Any, prompt: str | None, text: str, chat: bool) -> tuple[list[int], int]:
-    """Token ids and prompt length of one example (see the module docstring)."""
-    tok = handle.tokenizer
-    if prompt is None:
-        head, tail = (handle.chat(text) if chat else text), None
-    else:
-        head, tail = (handle.chat(prompt) if chat else prompt), text
-        if not chat and not head[-1].isspace() and not tail[0].isspace():
-            tail = " " + tail  # plain text: keep the prompt and the completion two words
-    ids = list(tok(head, add_special_tokens=False)["input_ids"])
-    if handle.add_bos and (not ids or ids[0] != tok.bos_token_id):
-        ids = [tok.bos_token_id, *ids]
-    plen = len(ids)
-    if tail is not None:
-        ids += list(tok(tail, add_special_tokens=False)["input_ids"])
-    return ids, plen
-
-
 def read_examples(
-    handle: Any,
+    handle: ModelHandle,
     texts: Sequence[str],
     sites: str | Sequence[str],
     *,
@@ -114,55 +98,30 @@ def read_examples(
         batch_size: sequences per forward pass.
         names: what to call each example in error messages (default ``"example <i>"``).
     """
-    from steerlab.capture import capture
-    from steerlab.tokens import model_context
-
     site_list = _one_kind(sites, handle.n_layers)
     rule = _read_rule(positions)
     if len(texts) == 0:
         raise ValueError("no texts to read")
     if prompts is not None and len(prompts) != len(texts):
         raise ValueError(f"{len(prompts)} prompts for {len(texts)} texts")
-    name = (lambda i: names[i]) if names is not None else (lambda i: f"example {i}")
-    encoded = [
-        _encode(handle, None if prompts is None else prompts[i], t, chat)
-        for i, t in enumerate(texts)
-    ]
-    for i, (ids, _) in enumerate(encoded):
-        if not ids:
-            raise ValueError(f"{name(i)} tokenises to no tokens")
-    limit = model_context(handle)
-    too_long = [i for i, (ids, _) in enumerate(encoded) if len(ids) > limit]
-    if too_long:
-        raise ValueError(f"{name(too_long[0])} has more than {limit} tokens (the context)")
-    order = sorted(range(len(encoded)), key=lambda i: -len(encoded[i][0]))  # less padding
-    n, T = len(encoded), max(len(ids) for ids, _ in encoded)
-    pad = handle.tokenizer.pad_token_id
-    input_ids = torch.full((n, T), pad, dtype=torch.long)
-    attn = torch.zeros(n, T, dtype=torch.long)
-    plen = torch.zeros(n, dtype=torch.long)
-    for row, i in enumerate(order):
-        ids, p = encoded[i]
-        input_ids[row, : len(ids)] = torch.tensor(ids)
-        attn[row, : len(ids)] = 1
-        plen[row] = p
-    mask = select(rule, input_ids, attn, plen)
-    if handle.add_bos:  # right padding: the BOS steerlab prepends is column 0
-        mask[:, 0] &= input_ids[:, 0] != handle.tokenizer.bos_token_id
-    empty = (~mask.any(1)).nonzero().flatten()
+    n = len(texts)
+    labels = list(names) if names is not None else [f"example {i}" for i in range(n)]
+    heads, tails = (list(texts), None) if prompts is None else (list(prompts), list(texts))
+    enc = encode_pairs(handle, heads, tails, chat=chat, names=labels)
+    n_real = enc.attention_mask.sum(1)
+    empty = (~select_encoded(rule, enc).any(1)).nonzero().flatten()
     if len(empty):
-        i = min(order[int(r)] for r in empty)
+        i = int(empty[0])
+        no_completion = enc.prompt_len is None or bool(enc.prompt_len[i] == n_real[i])
         raise ValueError(
-            f"read rule {str(rule)!r} selects no token of {name(i)}"
-            + (
-                " (it has no completion tokens; standalone texts are all prompt: read them "
-                "with 'last' or 'prompt')"
-                if encoded[i][1] == len(encoded[i][0])
-                else ""
-            )
-        )
-    cap = capture(handle, input_ids, [s.name for s in site_list], positions=mask,
-                  attention_mask=attn, batch_size=batch_size)  # fmt: skip
+            f"read rule {str(rule)!r} selects no token of {labels[i]}"
+            + (" (it has no completion tokens; standalone texts are all prompt: read them "
+               "with 'last' or 'prompt')" if no_completion else "")
+        )  # fmt: skip
+    order = sorted(range(n), key=lambda i: -int(n_real[i]))  # longest first: less padding
+    enc = enc.take(order)
+    cap = capture(handle, enc, [s.name for s in site_list], positions=rule,
+                  batch_size=batch_size)  # fmt: skip
     rows = torch.as_tensor(order)[cap.doc_ids]  # back to the caller's order
     count = torch.bincount(rows, minlength=n).double()
     d = cap.acts[site_list[0].name].shape[-1]
@@ -176,7 +135,7 @@ def read_examples(
 
 
 def read_pairs(
-    handle: Any,
+    handle: ModelHandle,
     pairs: Any,
     sites: str | Sequence[str],
     *,
@@ -203,13 +162,13 @@ def _default_rule(pairs: PairSet | LabelledSet) -> str:
 
 
 def _iter_pairs(
-    handle: Any, pairs: PairSet, sites: Any, positions: Any, chat: bool, batch_size: int
+    handle: ModelHandle, pairs: PairSet, sites: Any, positions: Any, chat: bool, batch_size: int
 ) -> Iterator[PairActivations]:
     rule = positions if positions is not None else _default_rule(pairs)
     for start in range(0, len(pairs), batch_size):
         chunk = pairs.pairs[start : start + batch_size]
         texts = [p.positive for p in chunk] + [p.negative for p in chunk]
-        prompts = None if chunk[0].prompt is None else [p.prompt for p in chunk] * 2
+        prompts = None if chunk[0].prompt is None else [str(p.prompt) for p in chunk] * 2
         names = [f"pair {start + i} ({side})" for side in ("positive", "negative")
                  for i in range(len(chunk))]  # fmt: skip
         ex = read_examples(handle, texts, sites, prompts=prompts, positions=rule, chat=chat,

@@ -6,8 +6,9 @@
 
 The model is frozen; only the intervention's parameters get gradients. During training the
 intervention acts at ``TrainConfig.positions`` (default the last prompt token, as pyreft's
-``l1`` and the MSRS code) whatever its own rule is, which is restored afterwards. Prompts are
-rendered with the chat template (``chat=True``); each target is cut to ``max_target_tokens``
+``l1`` and the MSRS code) whatever its own rule is, which is restored afterwards; the targets
+are its "generation". Examples are tokenised by :func:`steerlab.tokens.encode_pair`: prompts
+rendered with the chat template (``chat=True``); each target cut to ``max_target_tokens``
 tokens, with an end-of-sequence token appended when it was not cut (``add_eos``). The loss is
 the mean negative log-likelihood of the target tokens, plus whatever ``extra_loss`` returns (a
 dict of named, already weighted terms; e.g. MSRS's gate and alignment terms,
@@ -25,10 +26,13 @@ from typing import Any, NamedTuple
 import torch
 from jaxtyping import Int
 from torch import Tensor
+from tqdm.auto import tqdm
 
 from steerlab.interventions.algebra import Intervention
-from steerlab.interventions.hooks import steer
+from steerlab.interventions.hooks import Steering, steer
+from steerlab.models import ModelHandle
 from steerlab.positions import as_positions
+from steerlab.tokens import encode_pair, pad
 
 logger = logging.getLogger(__name__)
 
@@ -112,44 +116,32 @@ ExtraLoss = Callable[[Intervention, Batch], dict[str, Tensor]]
 
 
 def encode_examples(
-    handle: Any, examples: Sequence[TrainExample], config: TrainConfig
+    handle: ModelHandle, examples: Sequence[TrainExample], config: TrainConfig
 ) -> list[tuple[list[int], int]]:
-    """Token ids (prompt + target) and prompt length of every example."""
-    tok = handle.tokenizer
-    eos = tok.eos_token_id
+    """Token ids (prompt + target) and prompt length of every example
+    (:func:`steerlab.tokens.encode_pair`)."""
     out = []
     for i, ex in enumerate(examples):
         if not ex.prompt or not ex.target:
             raise ValueError(f"example {i} has an empty prompt or target")
-        head = handle.chat(ex.prompt) if config.chat else ex.prompt
-        tail = ex.target if config.chat or ex.target[0].isspace() else " " + ex.target
-        p = list(tok(head, add_special_tokens=False)["input_ids"])
-        if handle.add_bos and (not p or p[0] != tok.bos_token_id):
-            p = [tok.bos_token_id, *p]
-        t = list(tok(tail, add_special_tokens=False)["input_ids"])
-        if len(t) > config.max_target_tokens:
-            t = t[: config.max_target_tokens]
-        elif config.add_eos and eos is not None:
-            t = [*t, eos]
-        out.append((p + t, len(p)))
+        out.append(encode_pair(handle, ex.prompt, ex.target, chat=config.chat,
+                               max_completion_tokens=config.max_target_tokens,
+                               add_eos=config.add_eos))  # fmt: skip
     return out
 
 
-def _batch(encoded: list[tuple[list[int], int]], groups: list[str], pad: int) -> Batch:
-    T = max(len(ids) for ids, _ in encoded)
-    ids = torch.full((len(encoded), T), pad, dtype=torch.long)
-    am = torch.zeros(len(encoded), T, dtype=torch.long)
-    for b, (x, _) in enumerate(encoded):
-        ids[b, : len(x)], am[b, : len(x)] = torch.tensor(x), 1
-    plen = torch.tensor([p for _, p in encoded])
-    return Batch(ids, am, plen, groups)
+def _batch(handle: ModelHandle, encoded: list[tuple[list[int], int]], groups: list[str]) -> Batch:
+    enc = pad(handle, [ids for ids, _ in encoded], prompt_len=[p for _, p in encoded])
+    assert enc.prompt_len is not None
+    return Batch(enc.input_ids, enc.attention_mask, enc.prompt_len, groups)
 
 
-def _ce(handle: Any, s: Any, batch: Batch) -> Tensor:
+def _ce(handle: ModelHandle, s: Steering | None, batch: Batch) -> Tensor:
     """Mean NLL of the target tokens of ``batch`` under the steered model."""
     dev = handle.device
     ids, am = batch.input_ids.to(dev), batch.attention_mask.to(dev)
-    s.new_prompt(batch.prompt_len)
+    if s is not None:
+        s.new_prompt(batch.prompt_len)  # the targets are "generation"
     hidden = handle.model.base_model(input_ids=ids, attention_mask=am).last_hidden_state
     pos = torch.arange(ids.shape[1], device=dev)
     plen, n = batch.prompt_len.to(dev)[:, None], am.sum(1, keepdim=True)
@@ -182,7 +174,7 @@ class _TrainingPositions:
 
 
 def train_intervention(
-    handle: Any,
+    handle: ModelHandle,
     iv: Intervention,
     examples: Sequence[TrainExample],
     config: TrainConfig | None = None,
@@ -211,16 +203,12 @@ def train_intervention(
     if not params:
         raise ValueError(f"{iv.KIND} has no trainable parameters")
     encoded = encode_examples(handle, examples, config)
-    pad = handle.tokenizer.pad_token_id
-    pad = pad if pad is not None else handle.tokenizer.eos_token_id
     iv.to(handle.device)
     opt = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
     gen = torch.Generator().manual_seed(config.seed)
     n_steps = config.epochs * math.ceil(len(examples) / config.batch_size)
     bar = None
     if progress is True:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=n_steps, desc=f"train {iv.KIND}", leave=False)
     history: list[dict[str, float]] = []
     epoch_ce: list[float] = []
@@ -233,8 +221,8 @@ def train_intervention(
             for epoch in range(config.epochs):
                 ces = []
                 for rows in _loader(len(examples), config.batch_size, gen):
-                    batch = _batch([encoded[i] for i in rows], [examples[i].group for i in rows],
-                                   pad)  # fmt: skip
+                    batch = _batch(handle, [encoded[i] for i in rows],
+                                   [examples[i].group for i in rows])  # fmt: skip
                     ce = _ce(handle, s, batch)
                     terms = extra_loss(iv, batch) if extra_loss is not None else {}
                     loss = ce + sum(terms.values(), torch.zeros_like(ce))
@@ -265,7 +253,7 @@ def train_intervention(
 
 @torch.no_grad()
 def evaluate_loss(
-    handle: Any,
+    handle: ModelHandle,
     iv: Intervention | None,
     examples: Sequence[TrainExample],
     config: TrainConfig | None = None,
@@ -274,23 +262,15 @@ def evaluate_loss(
     the unsteered model."""
     config = config or TrainConfig()
     encoded = encode_examples(handle, list(examples), config)
-    pad = handle.tokenizer.pad_token_id
-    pad = pad if pad is not None else handle.tokenizer.eos_token_id
     total, n = 0.0, 0
     for start in range(0, len(encoded), config.batch_size):
         part = encoded[start : start + config.batch_size]
-        batch = _batch(part, [ex.group for ex in examples[start : start + config.batch_size]], pad)
+        batch = _batch(handle, part,
+                       [ex.group for ex in examples[start : start + config.batch_size]])  # fmt: skip
         if iv is None:
-            total += float(_ce(handle, _NoSteer(), batch)) * len(part)
+            total += float(_ce(handle, None, batch)) * len(part)
         else:
             with _TrainingPositions(iv, config.positions, False), steer(handle, iv) as s:
                 total += float(_ce(handle, s, batch)) * len(part)
         n += len(part)
     return total / n
-
-
-class _NoSteer:
-    """Stands in for a Steering context when scoring the unsteered model."""
-
-    def new_prompt(self, lengths: Any) -> None:
-        del lengths

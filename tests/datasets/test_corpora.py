@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from steerlab import data
+from steerlab.datasets import corpora as data
 from steerlab.datasets.corpora import (
     CONTEXT_CLOSE,
     CONTEXT_OPEN,

@@ -16,6 +16,7 @@ recovered), :mod:`~steerlab.saes.formats` (steerlab's directory, checkpoints),
 
 from __future__ import annotations
 
+from steerlab.saes.batchtopk import BatchTopKSae
 from steerlab.saes.evals import (
     LossRecovered,
     MetricsFitter,
@@ -25,7 +26,6 @@ from steerlab.saes.evals import (
     evaluate,
     loss_recovered,
 )
-from steerlab.saes.batchtopk import BatchTopKSae
 from steerlab.saes.formats import save_sae
 from steerlab.saes.gated import GatedSae
 from steerlab.saes.init import (

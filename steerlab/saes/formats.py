@@ -43,8 +43,6 @@ PARAM_NAMES = ("W_enc", "b_enc", "W_dec", "b_dec")
 _HEADER_ONLY = frozenset(HEADER) - {"d_in", "site", "model_id"}
 
 
-
-
 @register(SAE_KIND)
 class SaeArtifact:
     """The loader of ``kind: "sae"`` for :func:`steerlab.artifacts.load` (the SAE classes
@@ -172,8 +170,8 @@ from steerlab.saes.io.saelens import (  # noqa: E402
     load_saelens,
     load_saelens_sparsity,
     log_feature_sparsity,
-    save_saelens,
     saelens_cfg,
+    save_saelens,
 )
 
 __all__ = [

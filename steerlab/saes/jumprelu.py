@@ -46,9 +46,7 @@ class JumpReluSae(Sae):
 
     def __init__(self, cfg: SaeConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(cfg, device=device)
-        self.threshold = nn.Parameter(
-            torch.zeros(cfg.d_sae, device=device, dtype=cfg.torch_dtype)
-        )
+        self.threshold = nn.Parameter(torch.zeros(cfg.d_sae, device=device, dtype=cfg.torch_dtype))
 
     def encode_dense(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         return jumprelu(self.pre_acts(x), self.threshold)

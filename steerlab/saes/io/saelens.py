@@ -239,7 +239,9 @@ def _weights(raw: dict[str, Any], arch: str, t: dict[str, Tensor], path: Path,
     if norm == "expected_average_only_in":
         s = norm_scaling_factor
         if s is None and (path / SAELENS_SCALER).is_file():
-            s = read_json(path / SAELENS_SCALER, "SAELens's activation scaler").get("scaling_factor")
+            s = read_json(path / SAELENS_SCALER, "SAELens's activation scaler").get(
+                "scaling_factor"
+            )
         if s is None:
             logger.warning("%s: normalize_activations=expected_average_only_in without a scaling "
                            "factor; running unscaled, as SAELens does", path)  # fmt: skip

@@ -302,9 +302,16 @@ def load_saelens(
     if raw.get("finetuning_scaling_factor"):
         raise ValueError(f"{cfg_file}: finetuning_scaling_factor is not supported; fold it "
                          "into W_dec first")  # fmt: skip
-    cfg = SaeConfig.from_dict(_fields(raw, arch, path))
+    fields = _fields(raw, arch, path)
     t = load_file(str(weights_file), device="cpu")
     t = _weights(raw, arch, dict(t), path, norm_scaling_factor)
+    if fields["architecture"] == "batchtopk" and arch == "jumprelu":
+        th = t["threshold"]  # steerlab's BatchTopK saved as SAELens does: one θ everywhere
+        if th.numel() and bool((th == th[0]).all()):
+            t["threshold"] = th[0].clone()
+        else:
+            fields["architecture"] = "jumprelu"
+    cfg = SaeConfig.from_dict(fields)
     sae = build_filled(cfg, {n: v.to(cfg.torch_dtype) for n, v in t.items()}, str(weights_file))
     sae = sae.to(device)
     return NormalizedSae(sae, norm) if norm in NORM_MODES else sae

@@ -158,7 +158,7 @@ def test_bad_saelens_dirs(tmp_path):
     with pytest.raises(ValueError, match="architecture 'abstopk' is not supported"):
         load_saelens(tmp_path / "abs")
     cfg = {"architecture": "topk", "k": 3, "d_in": 8, "d_sae": 24,
-           "normalize_activations": "expected_average_only_in"}  # fmt: skip
+           "normalize_activations": "bogus_norm"}  # fmt: skip
     _write_saelens(tmp_path / "norm", cfg, t)
     with pytest.raises(ValueError, match="normalize_activations"):
         load_saelens(tmp_path / "norm")

@@ -45,7 +45,9 @@ def write_saelens(path, cfg, tensors):
     path.mkdir(parents=True)
     (path / "cfg.json").write_text(json.dumps({"d_in": D_IN, "d_sae": D_SAE, "dtype": "float64",
                                                **cfg}))  # fmt: skip
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(path / "sae_weights.safetensors"))
+    save_file(
+        {k: v.contiguous() for k, v in tensors.items()}, str(path / "sae_weights.safetensors")
+    )
 
 
 def base_tensors(seed=0):
@@ -66,7 +68,9 @@ def test_saelens_jumprelu_without_b_dec_subtraction(tmp_path):
     z = pre.relu() * (pre > t["threshold"])
     with torch.no_grad():
         torch.testing.assert_close(sae.encode_dense(x), z, atol=ATOL64, rtol=0)
-        torch.testing.assert_close(sae.reconstruct(x), z @ t["W_dec"] + t["b_dec"], atol=ATOL64, rtol=0)
+        torch.testing.assert_close(
+            sae.reconstruct(x), z @ t["W_dec"] + t["b_dec"], atol=ATOL64, rtol=0
+        )
 
 
 def test_saelens_gated_without_b_dec_subtraction(tmp_path):
@@ -123,7 +127,9 @@ def test_saelens_expected_average_only_in_and_whitening(tmp_path):
 
 def test_saelens_registry_norm_factor_and_per_token_norm(tmp_path):
     t = base_tensors()
-    write_saelens(tmp_path / "ln", {"architecture": "standard", "normalize_activations": "layer_norm"}, t)
+    write_saelens(
+        tmp_path / "ln", {"architecture": "standard", "normalize_activations": "layer_norm"}, t
+    )
     assert isinstance(load_sae(tmp_path / "ln"), NormalizedSae)
     write_saelens(tmp_path / "z", {"architecture": "standard", "reshape_activations": "hook_z"}, t)
     with pytest.raises(ValueError, match="reshape_activations='hook_z'"):
@@ -179,7 +185,9 @@ def test_sparsify_refusals(tmp_path):
     with pytest.raises(ValueError, match="transcode=true is not supported"):
         load_sae(tmp_path / "t")
     write_sparsify(tmp_path / "w", num_latents=25)  # config says 25 latents, weights hold 24
-    with pytest.raises(ValueError, match=r"encoder.weight has shape \(24, 8\), the config implies \(25, 8\)"):
+    with pytest.raises(
+        ValueError, match=r"encoder.weight has shape \(24, 8\), the config implies \(25, 8\)"
+    ):
         load_sae(tmp_path / "w")
 
 
@@ -213,7 +221,11 @@ def dl_dir(path, cls, sd, **trainer):
                                  "JumpReluAutoEncoder", "GatedAutoEncoder"])  # fmt: skip
 def test_dictionary_learning_classes(tmp_path, cls):
     t = {k: v.float().double() for k, v in base_tensors().items()}  # float32-representable
-    r, bm, th = rand(D_SAE, seed=5).float().double() * 0.2, rand(D_SAE, seed=6).float().double(), 0.25
+    r, bm, th = (
+        rand(D_SAE, seed=5).float().double() * 0.2,
+        rand(D_SAE, seed=6).float().double(),
+        0.25,
+    )
     x = x64()
     enc = lambda: x - t["b_dec"]  # noqa: E731
     if cls == "AutoEncoder":  # encode: ReLU(encoder(x - bias)); decode: decoder(f) + bias
@@ -292,8 +304,9 @@ def test_gemma_scope_params_npz(tmp_path):
         torch.testing.assert_close(sae.encode_dense(x.float()).double(), z, atol=1e-4, rtol=1e-5)
     f = save_gemma_scope(sae, tmp_path / "copy")
     with torch.no_grad():
-        torch.testing.assert_close(load_sae(f).reconstruct(x.float()), sae.reconstruct(x.float()),
-                                   atol=1e-5, rtol=1e-5)  # fmt: skip  (b_enc unfolded, refolded)
+        torch.testing.assert_close(
+            load_sae(f).reconstruct(x.float()), sae.reconstruct(x.float()), atol=1e-5, rtol=1e-5
+        )  # fmt: skip  (b_enc unfolded, refolded)
     np.savez(tmp_path / "obj.npz", W_enc=np.array([object()], dtype=object))
     with pytest.raises(ValueError, match="allow_pickle=False"):
         load_sae(tmp_path / "obj.npz")
@@ -344,14 +357,19 @@ def test_shape_mismatch_between_config_and_weights(tmp_path):
     t = {**base_tensors(), "threshold": torch.zeros(D_SAE, dtype=torch.float64)}
     t["W_dec"] = t["W_dec"][:, :7]
     write_saelens(tmp_path / "s", {"architecture": "jumprelu"}, t)
-    with pytest.raises(ValueError, match=r"W_dec has shape \(24, 7\), but the config \(d_in=8, d_sae=24\) implies \(24, 8\)"):
+    with pytest.raises(
+        ValueError,
+        match=r"W_dec has shape \(24, 7\), but the config \(d_in=8, d_sae=24\) implies \(24, 8\)",
+    ):
         load_sae(tmp_path / "s")
 
 
 def test_checkpoint_for_another_width_than_the_site(tmp_path, model):
     sae = random_sae("topk")  # d_in 8, at resid_post.5
     path = save_saelens(sae, tmp_path / "sl")
-    with pytest.raises(ValueError, match=r"reads 8-wide activations, but .*resid_post.5 is 576 wide"):
+    with pytest.raises(
+        ValueError, match=r"reads 8-wide activations, but .*resid_post.5 is 576 wide"
+    ):
         load_sae(path, handle=model)
     with pytest.raises(ValueError, match="576 wide"):
         check_fits(sae, model, "resid_post.2")

@@ -129,6 +129,9 @@ def saelens_cfg(
         "activation_fn": "topk" if arch == "topk" else "relu",
         "metadata": meta,
     }
+    for key in ("model_name", "hook_name", "hook_layer"):
+        if cfg[key] is None:
+            del cfg[key]  # SAELens's pre-6 converter reads these as strings when present
     if arch == "topk":
         cfg["k"] = c.k
         cfg["rescale_acts_by_decoder_norm"] = False  # rows are unit norm: either reads the same

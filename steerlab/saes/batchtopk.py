@@ -50,6 +50,7 @@ class BatchTopKSae(Sae):
     unit_norm_decoder = True
     THRESHOLD_BETA = 0.999
     """EMA decay of the threshold estimate (dictionary_learning's ``threshold_beta``)."""
+    threshold: Tensor
 
     def __init__(self, cfg: SaeConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(cfg, device=device)

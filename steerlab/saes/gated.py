@@ -29,6 +29,8 @@ class GatedSae(Sae):
     (``b_enc`` is the gate bias) plus ``r_mag [d_sae]`` and ``b_mag [d_sae]`` (zeros when new)."""
 
     unit_norm_decoder = False
+    r_mag: nn.Parameter
+    b_mag: nn.Parameter
 
     def __init__(self, cfg: SaeConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(cfg, device=device)

@@ -43,6 +43,7 @@ class JumpReluSae(Sae):
     """
 
     unit_norm_decoder = False
+    threshold: nn.Parameter
 
     def __init__(self, cfg: SaeConfig, device: str | torch.device = "cpu") -> None:
         super().__init__(cfg, device=device)

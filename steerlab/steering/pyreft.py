@@ -57,10 +57,9 @@ def _key(layer: int, component: str, i: int) -> str:
 
 def _loreft_tensors(iv: LoReFT | LowRankEdit) -> tuple[Tensor, Tensor, Tensor]:
     """``(R [r, d], W [r, d], b [r])`` of a LoReFT or of a LowRankEdit with an affine target."""
-    if isinstance(iv, LoReFT):
-        return iv.R.weight.detach(), iv.f.weight.detach(), iv.f.bias.detach()
-    if isinstance(iv, LowRankEdit) and isinstance(iv.f, Affine) and iv.gate is None:
-        return iv.B.detach(), iv.f.weight.detach(), iv.f.bias.detach()
+    f = getattr(iv, "f", None)
+    if isinstance(f, Affine) and iv.gate is None:  # LoReFT, or LowRankEdit with f = W h + b
+        return iv.basis().detach(), f.weight.detach(), f.bias.detach()
     raise ValueError(f"pyreft's LoreftIntervention holds h + Rᵀ(W h + b − R h); a "
                      f"{type(iv).__name__} with f={type(getattr(iv, 'f', None)).__name__} and a "
                      "gate is not of that form")  # fmt: skip

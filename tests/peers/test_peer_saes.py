@@ -44,10 +44,21 @@ def dense(sae, x):
 def saelens_models():
     import sae_lens as sl
 
-    yield "standard", sl.StandardSAE(sl.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False))
-    yield "topk", sl.TopKSAE(sl.TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=5, rescale_acts_by_decoder_norm=True))
+    yield (
+        "standard",
+        sl.StandardSAE(sl.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False)),
+    )
+    yield (
+        "topk",
+        sl.TopKSAE(
+            sl.TopKSAEConfig(d_in=D_IN, d_sae=D_SAE, k=5, rescale_acts_by_decoder_norm=True)
+        ),
+    )
     yield "jumprelu", sl.JumpReLUSAE(sl.JumpReLUSAEConfig(d_in=D_IN, d_sae=D_SAE))
-    yield "gated", sl.GatedSAE(sl.GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False))
+    yield (
+        "gated",
+        sl.GatedSAE(sl.GatedSAEConfig(d_in=D_IN, d_sae=D_SAE, apply_b_dec_to_input=False)),
+    )
 
 
 @pytest.mark.parametrize("arch", ["standard", "topk", "jumprelu", "gated"])
@@ -107,7 +118,9 @@ def test_steerlab_written_loads_in_saelens(tmp_path, arch):
 def test_per_token_normalisation_matches_saelens(tmp_path, mode):
     import sae_lens as sl
 
-    theirs = sl.StandardSAE(sl.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, normalize_activations=mode))
+    theirs = sl.StandardSAE(
+        sl.StandardSAEConfig(d_in=D_IN, d_sae=D_SAE, normalize_activations=mode)
+    )
     randomize_(theirs)
     theirs.save_model(str(tmp_path / "sl"))
     ours = load_sae(tmp_path / "sl")
@@ -162,11 +175,15 @@ def test_sparsify_written_loads_in_steerlab_and_back(tmp_path):
         torch.testing.assert_close(
             torch.zeros(64, D_SAE).scatter(-1, idx, acts),
             torch.zeros(64, D_SAE).scatter(-1, enc.top_indices, enc.top_acts), **TOL)  # fmt: skip
-        torch.testing.assert_close(ours.reconstruct(x), theirs.decode(enc.top_acts, enc.top_indices), **TOL)
+        torch.testing.assert_close(
+            ours.reconstruct(x), theirs.decode(enc.top_acts, enc.top_indices), **TOL
+        )
         # and back: steerlab's writer, sparsify's reader
         back = SparseCoder.load_from_disk(save_sparsify(ours, tmp_path / "again"))
         e2 = back.encode(x)
-        torch.testing.assert_close(back.decode(e2.top_acts, e2.top_indices), ours.reconstruct(x), **TOL)
+        torch.testing.assert_close(
+            back.decode(e2.top_acts, e2.top_indices), ours.reconstruct(x), **TOL
+        )
         run = save_sparsify_run({"layers.2": ours, "layers.10": ours}, tmp_path / "ours")
         assert list(SparseCoder.load_many(str(run), local=True)) == ["layers.2", "layers.10"]
 

@@ -13,10 +13,14 @@ import pytest
 import torch
 
 from steerlab.interventions import steer
-from steerlab.steering.exchange import from_repeng, from_steering_vectors, to_repeng, to_steering_vectors
+from steerlab.steering.exchange import (
+    from_repeng,
+    from_steering_vectors,
+    to_repeng,
+    to_steering_vectors,
+)
 from steerlab.steering.gguf import export_gguf, import_gguf
 from steerlab.steering.pyreft import load_pyreft
-from steerlab.steering.vectors import SteeringVector
 from steerlab.tokens import encode_texts
 
 pytestmark = pytest.mark.peer
@@ -79,7 +83,9 @@ def test_pyreft_intervention_saved_by_pyreft_steers_alike(tmp_path, model):
     import pyreft
 
     torch.manual_seed(0)
-    iv = pyreft.LoreftIntervention(embed_dim=model.d_model, low_rank_dimension=4, dtype=torch.float32)
+    iv = pyreft.LoreftIntervention(
+        embed_dim=model.d_model, low_rank_dimension=4, dtype=torch.float32
+    )
     with torch.no_grad():
         iv.learned_source.weight.normal_(std=0.05)
         iv.learned_source.bias.normal_(std=0.5)

@@ -134,7 +134,7 @@ def load_dictionary_learning(path: str | os.PathLike, device: str | torch.device
     d_in = int(need(tr, "activation_dim", config))
     d_sae = int(need(tr, "dict_size", config))
     lm = tr.get("lm_name")
-    cfg = SaeConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=int(k) if k else 32,
+    cfg = SaeConfig(d_in=d_in, d_sae=d_sae, architecture=arch, k=int(k) if k else 32,  # type: ignore[arg-type]
                     site=_site(tr), model_id=lm, dtype="float32")  # fmt: skip
     t = {n: v.float() for n, v in _tensors(arch, cls, sd, weights).items()}
     return build_filled(cfg, t, str(weights)).to(device)
@@ -149,20 +149,20 @@ def save_dictionary_learning(sae: Sae, path: str | os.PathLike) -> Path:
     """
     c = sae.cfg
     cls = TO_DL[c.architecture]
-    W_enc, b_enc, W_dec, b_dec = (getattr(sae, n).detach().cpu() for n in
-                                  ("W_enc", "b_enc", "W_dec", "b_dec"))  # fmt: skip
+    t = {n: v.detach().cpu() for n, v in sae.state_dict().items()}
+    W_enc, b_enc, W_dec, b_dec = (t[n] for n in ("W_enc", "b_enc", "W_dec", "b_dec"))
     sd: dict[str, Tensor]
     if c.architecture == "jumprelu":  # its encoder does not subtract b_dec: unfold
         sd = {"W_enc": W_enc, "b_enc": b_enc - b_dec @ W_enc, "W_dec": W_dec, "b_dec": b_dec,
-              "threshold": sae.threshold.detach().cpu()}  # fmt: skip
+              "threshold": t["threshold"]}  # fmt: skip
     elif c.architecture == "gated":
-        sd = {"decoder_bias": b_dec, "encoder.weight": W_enc.T, "r_mag": sae.r_mag.detach().cpu(),
-              "gate_bias": b_enc, "mag_bias": sae.b_mag.detach().cpu(), "decoder.weight": W_dec.T}  # fmt: skip
+        sd = {"decoder_bias": b_dec, "encoder.weight": W_enc.T, "r_mag": t["r_mag"],
+              "gate_bias": b_enc, "mag_bias": t["b_mag"], "decoder.weight": W_dec.T}  # fmt: skip
     elif c.architecture == "relu_l1":
         sd = {"bias": b_dec, "encoder.weight": W_enc.T, "encoder.bias": b_enc,
               "decoder.weight": W_dec.T}  # fmt: skip
     else:
-        th = sae.threshold.detach().cpu().reshape(()) if c.architecture == "batchtopk" else None
+        th = t["threshold"].reshape(()) if c.architecture == "batchtopk" else None
         sd = {"k": torch.tensor(c.k, dtype=torch.int), "threshold": torch.tensor(-1.0) if th is None
               else th.float(), "decoder.weight": W_dec.T, "encoder.weight": W_enc.T,
               "encoder.bias": b_enc, "b_dec": b_dec}  # fmt: skip

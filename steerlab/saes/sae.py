@@ -8,7 +8,10 @@ layouts (``W_enc [d_in, d_sae]``, ``W_dec [d_sae, d_in]``):
     x̂    = z W_dec + b_dec                                          # [batch, d_in]
 
 A small registry maps the ``architecture`` string of :class:`SaeConfig` (and of ``cfg.json``)
-to its class: ``"topk"`` -> :class:`TopKSae`, ``"relu_l1"`` -> :class:`ReluSae`.
+to its class: ``"topk"`` -> :class:`TopKSae`, ``"relu_l1"`` -> :class:`ReluSae`; the
+architectures that foreign formats need live one per module beside this one and register
+themselves the same way: ``"jumprelu"`` (:mod:`~steerlab.saes.jumprelu`), ``"batchtopk"``
+(:mod:`~steerlab.saes.batchtopk`), ``"gated"`` (:mod:`~steerlab.saes.gated`).
 """
 
 from __future__ import annotations
@@ -29,7 +32,7 @@ from torch import Tensor, nn
 
 logger = logging.getLogger(__name__)
 
-Architecture = Literal["topk", "relu_l1"]
+Architecture = Literal["topk", "relu_l1", "jumprelu", "batchtopk", "gated"]
 InitMethod = Literal["tied", "active_subspace", "random"]
 DTYPES = {
     "float32": torch.float32,
@@ -49,9 +52,11 @@ class SaeConfig:
     d_sae: int
     """Number of latents (the dictionary size, or "width")."""
     architecture: Architecture = "topk"
-    """``"topk"``: keep the ``k`` largest pre-activations; ``"relu_l1"``: ReLU + L1 penalty."""
+    """``"topk"``: keep the ``k`` largest pre-activations; ``"relu_l1"``: ReLU + L1 penalty;
+    ``"jumprelu"``, ``"batchtopk"``, ``"gated"``: see their modules."""
     k: int = 32
-    """Latents kept per token (TopK only); must satisfy ``1 <= k < d_sae``."""
+    """Latents kept per token (TopK; BatchTopK: on average over a training batch); must
+    satisfy ``1 <= k < d_sae``."""
     l1_coefficient: float = 0.05
     """Weight of the scale-free L1 penalty (ReLU-L1 only, see :class:`ReluSae`)."""
     site: str | None = None
@@ -76,7 +81,8 @@ class SaeConfig:
             )
         if self.d_in < 1 or self.d_sae < 1:
             raise ValueError(f"d_in and d_sae must be >= 1, got {self.d_in}, {self.d_sae}")
-        if self.architecture == "topk" and not 1 <= self.k < self.d_sae:
+        uses_k = SAE_CLASSES[self.architecture].uses_k
+        if uses_k and not 1 <= self.k < self.d_sae:
             raise ValueError(f"k must satisfy 1 <= k < d_sae={self.d_sae}, got k={self.k}")
         if self.l1_coefficient < 0:
             raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
@@ -89,7 +95,7 @@ class SaeConfig:
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype {self.dtype!r} not supported; choose from {sorted(DTYPES)}")
         if self.name is None:
-            k = f".k{self.k}" if self.architecture == "topk" else ""
+            k = f".k{self.k}" if uses_k else ""
             self.name = f"{self.site or 'x'}.{self.architecture}.w{self.d_sae}{k}.{self.init}"
         if not _NAME_RE.match(self.name):
             raise ValueError(f"name {self.name!r} may hold only letters, digits and '_.-'")
@@ -172,6 +178,8 @@ class Sae(nn.Module):
     """
 
     architecture: ClassVar[str] = ""
+    uses_k: ClassVar[bool] = False
+    """Whether :attr:`SaeConfig.k` means something for this architecture (checked, named)."""
     unit_norm_decoder: ClassVar[bool] = False
     """Whether training keeps decoder rows at unit norm (and projects their gradient)."""
 
@@ -349,6 +357,7 @@ class TopKSae(Sae):
     reference. The encoder backward is sparse too (:class:`_TopKEncode`).
     """
 
+    uses_k = True
     unit_norm_decoder = True
 
     def encode(

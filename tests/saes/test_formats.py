@@ -154,11 +154,11 @@ def test_load_pre6_topk_config(tmp_path):
 
 def test_bad_saelens_dirs(tmp_path):
     t = {k: v.detach() for k, v in make_sae("topk").state_dict().items()}
-    _write_saelens(tmp_path / "jr", {"architecture": "jumprelu", "d_in": 8, "d_sae": 24}, t)
-    with pytest.raises(ValueError, match="architecture 'jumprelu' is not supported"):
-        load_saelens(tmp_path / "jr")
+    _write_saelens(tmp_path / "abs", {"architecture": "abstopk", "d_in": 8, "d_sae": 24}, t)
+    with pytest.raises(ValueError, match="architecture 'abstopk' is not supported"):
+        load_saelens(tmp_path / "abs")
     cfg = {"architecture": "topk", "k": 3, "d_in": 8, "d_sae": 24,
-           "normalize_activations": "expected_average_only_in"}  # fmt: skip
+           "normalize_activations": "bogus_norm"}  # fmt: skip
     _write_saelens(tmp_path / "norm", cfg, t)
     with pytest.raises(ValueError, match="normalize_activations"):
         load_saelens(tmp_path / "norm")
@@ -176,8 +176,8 @@ def test_steerlab_errors(tmp_path):
     sae = make_sae("topk")
     path = save_sae(sae, tmp_path / "s")
     cfg = json.loads((path / "cfg.json").read_text())
-    (path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "gated"}))
-    with pytest.raises(ValueError, match="unknown architecture 'gated'"):
+    (path / "cfg.json").write_text(json.dumps({**cfg, "architecture": "abstopk"}))
+    with pytest.raises(ValueError, match="unknown architecture 'abstopk'"):
         load_sae(path)
     with pytest.raises(FileNotFoundError):
         load_sae(tmp_path / "missing")

@@ -48,7 +48,7 @@ def test_config_validation():
     with pytest.raises(ValueError, match="k must satisfy"):
         SaeConfig(d_in=8, d_sae=16, k=16)
     with pytest.raises(ValueError, match="unknown architecture"):
-        SaeConfig(d_in=8, d_sae=16, architecture="jumprelu")  # type: ignore[arg-type]
+        SaeConfig(d_in=8, d_sae=16, architecture="abstopk")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dtype"):
         SaeConfig(d_in=8, d_sae=16, k=2, dtype="int8")
     with pytest.raises(ValueError, match="init_dim"):
@@ -63,10 +63,11 @@ def test_config_validation():
 
 
 def test_registry():
-    assert sorted(SAE_CLASSES) == ["relu_l1", "topk"]
+    # jumprelu, batchtopk and gated register from their own modules (steerlab.saes imports them)
+    assert sorted(SAE_CLASSES) == ["batchtopk", "gated", "jumprelu", "relu_l1", "topk"]
     assert sae_class("topk") is TopKSae and sae_class("relu_l1") is ReluSae
-    with pytest.raises(ValueError, match="unknown SAE architecture 'gated'"):
-        sae_class("gated")
+    with pytest.raises(ValueError, match="unknown SAE architecture 'abstopk'"):
+        sae_class("abstopk")
 
 
 def test_lr_for_width():

@@ -183,6 +183,8 @@ def capture(
         progress: called with the number of tokens processed after each batch.
     """
     _check_backend(backend)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     site_list = parse_sites(sites, handle.n_layers)
     enc = _encode(handle, inputs, attention_mask, max_length)
     if isinstance(positions, Tensor) and positions.shape != enc.input_ids.shape:
@@ -253,6 +255,8 @@ def capture_to_store(
     """
     from steerlab.capture.store import ActivationStore, StoreWriter
 
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     site_list = parse_sites(sites, handle.n_layers)
     ids = chunks.input_ids if hasattr(chunks, "input_ids") else chunks
     enc = encode_tokens(handle, ids)

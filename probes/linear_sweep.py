@@ -70,14 +70,18 @@ class Recipe:
         require(self, "stages", set(self.stages) <= set(STAGES), f"stages among {STAGES}")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, ProbeConfig]:
     # the kind of probe is the stage's (logistic on token roles, ridge on years)
-    args, cfg = parse_configs(
+    return parse_configs(
         Recipe,
         ConfigOptions(ProbeConfig, skip=("kind",), rename={"C_grid": "C", "n_folds": "folds"}),
         argv=argv,
         description=__doc__,
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, cfg = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

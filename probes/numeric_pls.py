@@ -340,8 +340,12 @@ class Recipe:
                 f"attributes among {tuple(ATTRIBUTES)}")  # fmt: skip
 
 
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, PLSConfig]:
+    return parse_configs(Recipe, PLSConfig, argv=argv, description=__doc__)
+
+
 def main(argv: list[str] | None = None) -> None:
-    args, pls_cfg = parse_configs(Recipe, PLSConfig, argv=argv, description=__doc__)
+    args, pls_cfg = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 
 from steerlab.capture import capture
 from steerlab.capture.store import ActivationStore
-from steerlab.config import add_config, check_positive, check_types
+from steerlab.config import PendingConfig, add_config, check_positive, check_types
 from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.models import load_model
 from steerlab.saes import SaeConfig, StatsFitter, TrainConfig, evaluate, train
@@ -128,7 +128,9 @@ class Recipe:
         check_positive(self, "rank_tokens", "eval_tokens", "threads")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig, PendingConfig]:
+    """The recipe's settings, the training config and the SAE options (built per init once
+    the store gives ``d_in``)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     recipe = add_config(ap, Recipe, title="Recipe")
@@ -140,8 +142,12 @@ def main(argv: list[str] | None = None) -> None:
                             rename={"max_tokens": "tokens"}, title="TrainConfig")  # fmt: skip
     ns = ap.parse_args(argv)
     args: Recipe = recipe.build(ns, parser=ap)
-    tcfg: TrainConfig = train_opts.build(ns, parser=ap,
-                                         checkpoint_dir=str(Path(args.out) / "ckpt"))  # fmt: skip
+    tcfg = train_opts.build(ns, parser=ap, checkpoint_dir=str(Path(args.out) / "ckpt"))
+    return args, tcfg, PendingConfig(sae_opts, ns, ap)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, tcfg, sae_opts = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -173,7 +179,7 @@ def main(argv: list[str] | None = None) -> None:
         if args.site not in store.sites:
             raise SystemExit(f"store {args.store} has no site {args.site!r}; it holds "
                              f"{sorted(store.sites)}")  # fmt: skip
-        sae_cfg = sae_opts.build(ns, parser=ap, d_in=store.sites[args.site], site=args.site,
+        sae_cfg = sae_opts.build(d_in=store.sites[args.site], site=args.site,
                                  model_id=store.model_id)  # fmt: skip
         rows, logs, densities = dead_by_init(args, sae_cfg, tcfg, store)
         report["dead_by_init"] = rows

@@ -28,7 +28,13 @@ import torch
 
 from steerlab.capture.store import ActivationStore
 from steerlab.cli import main as cli
-from steerlab.config import add_config, check_nonnegative, check_positive, check_types
+from steerlab.config import (
+    ConfigOptions,
+    add_config,
+    check_nonnegative,
+    check_positive,
+    check_types,
+)
 from steerlab.models import load_model
 from steerlab.saes import (
     SaeConfig,
@@ -41,6 +47,9 @@ from steerlab.saes import (
 from steerlab.saes.splice import spliced_losses, store_windows
 from steerlab.views import write_html
 from steerlab.views.saes import density_figure, latent_dashboard, read_train_log, training_curves
+
+# TrainConfig on the command line as `steerlab sae train` has it
+TRAIN_OPTIONS = {"skip": ("checkpoint_dir",), "rename": {"max_tokens": "tokens"}}
 
 
 @dataclass
@@ -68,7 +77,9 @@ class Recipe:
         check_nonnegative(self, "dashboard_latents")
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig, PendingConfig]:
+    """The recipe's settings, the training config, and the SAE options (the SaeConfig needs
+    the store's width and model, so :meth:`PendingConfig.build` makes it once the store is open)."""
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     recipe = add_config(ap, Recipe, title="Recipe")
@@ -76,11 +87,14 @@ def main(argv: list[str] | None = None) -> None:
     sae_opts = add_config(ap, SaeConfig, skip=("d_in", "site", "model_id"),
                           rename={"d_sae": "width", "architecture": "arch"},
                           defaults={"d_sae": 4608}, title="SaeConfig")  # fmt: skip
-    train_opts = add_config(ap, TrainConfig, skip=("checkpoint_dir",),
-                            rename={"max_tokens": "tokens"}, title="TrainConfig")  # fmt: skip
+    train_opts = add_config(ap, TrainConfig, **TRAIN_OPTIONS, title="TrainConfig")
     ns = ap.parse_args(argv)
-    args: Recipe = recipe.build(ns, parser=ap)
-    tcfg: TrainConfig = train_opts.build(ns, parser=ap)
+    sae = PendingConfig(sae_opts, ns, ap)
+    return recipe.build(ns, parser=ap), train_opts.build(ns, parser=ap), sae
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, tcfg, sae_opts = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
@@ -88,13 +102,13 @@ def main(argv: list[str] | None = None) -> None:
     if args.site not in store.sites:
         raise SystemExit(f"store {args.store} has no site {args.site!r}; it holds "
                          f"{sorted(store.sites)}")  # fmt: skip
-    sae_cfg: SaeConfig = sae_opts.build(ns, parser=ap, d_in=store.sites[args.site],
-                                        site=args.site, model_id=store.model_id)  # fmt: skip
+    sae_cfg = sae_opts.build(d_in=store.sites[args.site], site=args.site, model_id=store.model_id)
 
     t0 = time.perf_counter()
     # the command line trains (progress bar, checkpoints, resume); the same configs go through
     rc = cli(["sae", "train", "--store", args.store, "--site", args.site, "--out", str(out),
-              *sae_opts.to_argv(sae_cfg), *train_opts.to_argv(tcfg)])  # fmt: skip
+              *sae_opts.options.to_argv(sae_cfg),
+              *ConfigOptions(TrainConfig, **TRAIN_OPTIONS).to_argv(tcfg)])  # fmt: skip
     if rc:
         raise SystemExit(rc)
     train_s = time.perf_counter() - t0

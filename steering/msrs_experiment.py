@@ -178,10 +178,14 @@ class Recipe:
         require(self, "attributes", not unknown, f"attributes among {sorted(ATTRS)}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    args, tcfg_base = parse_configs(
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig]:
+    return parse_configs(
         Recipe, ConfigOptions(TrainConfig, skip=("seed",)), argv=argv, description=__doc__
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, tcfg_base = parse_args(argv)
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)

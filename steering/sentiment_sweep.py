@@ -81,7 +81,7 @@ class Recipe:
         check_fraction(self, "min_fluency", low=True, high=True)
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, VectorConfig, SweepConfig]:
     args, vcfg, cfg = parse_configs(
         Recipe,
         # the pairs are chat exchanges: read the assistant's tokens (chat=True, always)
@@ -95,7 +95,11 @@ def main(argv: list[str] | None = None) -> None:
         argv=argv,
         description=__doc__,
     )
-    vcfg = replace(vcfg, chat=True)
+    return args, replace(vcfg, chat=True), cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, vcfg, cfg = parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)

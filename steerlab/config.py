@@ -47,6 +47,7 @@ from typing import Any, Literal, NamedTuple
 __all__ = [
     "ConfigError",
     "ConfigOptions",
+    "PendingConfig",
     "add_config",
     "check_fraction",
     "check_nonnegative",
@@ -443,6 +444,22 @@ class ConfigOptions:
             if parser is not None:
                 parser.error(str(e))
             raise
+
+
+class PendingConfig(NamedTuple):
+    """Parsed options of a config with fields known only later (e.g. ``d_in``, the width of a
+    store that is opened after parsing): :meth:`build` makes the instance then."""
+
+    options: ConfigOptions
+    """How the config's fields map to options."""
+    args: argparse.Namespace
+    """The parsed command line."""
+    parser: Any = None
+    """Reports a bad value as a usage error naming the flag (see :meth:`ConfigOptions.build`)."""
+
+    def build(self, **fixed: Any) -> Any:
+        """The config instance, with the late ``fixed`` fields."""
+        return self.options.build(self.args, parser=self.parser, **fixed)
 
 
 def add_config(

@@ -30,6 +30,7 @@ from steerlab.capture.store import ActivationStore
 from steerlab.cli import main as cli
 from steerlab.config import (
     ConfigOptions,
+    PendingConfig,
     add_config,
     check_nonnegative,
     check_positive,

@@ -407,15 +407,18 @@ class ConfigOptions:
         fields aside): every option, in field order."""
         if not isinstance(cfg, self.cls):
             raise TypeError(f"expected a {self.cls.__name__}, got {type(cfg).__name__}")
+        # "--flag=value": a value that starts with "-" (-1e-3) is not taken for an option
         argv: list[str] = []
         for f in self.fields():
             value, flag = getattr(cfg, f.name), self.flag(f.name)
             if isinstance(value, bool):
                 argv.append(flag if value else "--no-" + flag[2:])
+            elif isinstance(value, tuple | list) and all(isinstance(v, int | float) for v in value):
+                argv += [f"{flag}={_show(value)}"] if value else []
             elif isinstance(value, tuple | list):
-                argv += [flag, *map(str, value)]
+                argv += [f"{flag}={v}" for v in value]  # the repeated flag collects them
             else:
-                argv += [flag, _show(value)]
+                argv.append(f"{flag}={_show(value)}")
         return argv
 
     def build(self, args: argparse.Namespace, *, parser: Any = None, **fixed: Any) -> Any:

@@ -322,10 +322,13 @@ class ConfigOptions:
     defaults: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     """Defaults for fields that the library leaves without one (overriding a library default
     is refused: a command's defaults are the library's)."""
+    positional: tuple[str, ...] = ()
+    """Fields given as positional arguments (``steerlab sae eval DIR``), in field order."""
 
     def __post_init__(self) -> None:
         names = {f.name for f in dataclasses.fields(self.cls)}
-        unknown = (set(self.skip) | set(self.rename) | set(self.defaults)) - names
+        given = set(self.skip) | set(self.rename) | set(self.defaults) | set(self.positional)
+        unknown = given - names
         if unknown:
             raise ValueError(f"{self.cls.__name__} has no fields {sorted(unknown)}")
         for f in dataclasses.fields(self.cls):
@@ -397,7 +400,15 @@ class ConfigOptions:
                     kw["metavar"] = "{" + ",".join(map(str, ft.choices)) + "}"
                 elif ft.base is not str:
                     kw["metavar"] = _METAVAR[ft.base]
-            action = target.add_argument(self.flag(f.name), **kw)
+            if f.name in self.positional:
+                del kw["dest"]  # a positional argument's name is its destination
+                kw.pop("required", None)
+                kw["metavar"] = self.option(f.name).upper()
+                if not required:
+                    kw["nargs"] = "?"
+                action = target.add_argument(self.option(f.name), **kw)
+            else:
+                action = target.add_argument(self.flag(f.name), **kw)
             # BooleanOptionalAction appends "(default: ...)" itself on some Python versions
             if action.help and action.help.count("(default:") > 1:
                 action.help = doc + " (default: %(default)s)"
@@ -411,7 +422,9 @@ class ConfigOptions:
         argv: list[str] = []
         for f in self.fields():
             value, flag = getattr(cfg, f.name), self.flag(f.name)
-            if isinstance(value, bool):
+            if f.name in self.positional:
+                argv.append(_show(value))
+            elif isinstance(value, bool):
                 argv.append(flag if value else "--no-" + flag[2:])
             elif isinstance(value, tuple | list) and all(isinstance(v, int | float) for v in value):
                 argv += [f"{flag}={_show(value)}"] if value else []
@@ -473,6 +486,7 @@ def add_config(
     skip: Sequence[str] = (),
     rename: Mapping[str, str] | None = None,
     defaults: Mapping[str, Any] | None = None,
+    positional: Sequence[str] = (),
     title: str | None = None,
 ) -> ConfigOptions:
     """Add the fields of config class ``cls`` to ``parser`` as options.
@@ -485,12 +499,15 @@ def add_config(
         skip: fields that are not options (pass them to :meth:`ConfigOptions.build`).
         rename: field -> option name.
         defaults: defaults for fields without a library default.
+        positional: fields given as positional arguments (in field order).
         title: put the options into an argument group with this title in ``--help``.
 
     Returns:
         The :class:`ConfigOptions`, whose :meth:`~ConfigOptions.build` makes the instance.
     """
-    spec = ConfigOptions(cls, prefix, tuple(skip), dict(rename or {}), dict(defaults or {}))
+    spec = ConfigOptions(
+        cls, prefix, tuple(skip), dict(rename or {}), dict(defaults or {}), tuple(positional)
+    )
     spec.add_to(parser, title)
     return spec
 

@@ -8,7 +8,8 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -73,10 +74,19 @@ def subcommand(sub: Any, name: str, help: str, description: str | None = None,
 # --------------------------------------------------------------------------- output
 
 
-def progress_bar(total: int, desc: str, unit: str = "tok") -> tqdm:
-    """A progress bar on stderr (``TQDM_DISABLE=1`` turns it off)."""
-    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
-                smoothing=0.1)  # fmt: skip
+@contextmanager
+def progress_bar(total: int, desc: str, unit: str = "tok") -> Iterator[tqdm]:
+    """A progress bar on stderr (``TQDM_DISABLE=1`` turns it off), erased if the command
+    fails so that the error stands alone on its line."""
+    bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
+               smoothing=0.1)  # fmt: skip
+    try:
+        yield bar
+    except BaseException:
+        bar.leave = False
+        raise
+    finally:
+        bar.close()
 
 
 def say(*parts: Any) -> None:

@@ -134,7 +134,7 @@ def register(sub: Any) -> None:
     )  # fmt: skip
     e = subcommand(ssub, "eval", "FVU, L0, dead %% and CE/KL loss recovered of an SAE",
                    epilog=EVAL_EXAMPLES)  # fmt: skip
-    e.set_defaults(fn=eval_command, options=add_config(e, EvalOptions))
+    e.set_defaults(fn=eval_command, options=add_config(e, EvalOptions, positional=("dir",)))
 
 
 def _postfix(m: dict[str, float]) -> dict[str, str]:

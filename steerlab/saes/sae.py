@@ -27,7 +27,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
-from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types, require
+from steerlab.config import (
+    ConfigError,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+    check_types,
+    require,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,7 +84,8 @@ class SaeConfig:
                 f"a registered architecture {sorted(SAE_CLASSES)}")  # fmt: skip
         check_positive(self, "d_in", "d_sae", "k")
         if self.architecture == "topk" and not 1 <= self.k < self.d_sae:
-            raise ValueError(f"k must satisfy 1 <= k < d_sae={self.d_sae}, got k={self.k}")
+            raise ConfigError("SaeConfig", "k", f"k must satisfy 1 <= k < d_sae={self.d_sae}, "
+                              f"got k={self.k}")  # fmt: skip
         check_nonnegative(self, "l1_coefficient")
         check_fraction(self, "init_var", high=True)
         if self.init_dim is not None:

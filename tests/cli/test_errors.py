@@ -13,37 +13,10 @@ import torch
 
 import steerlab.cli.capture as cli_capture
 import steerlab.cli.common as common
-from steerlab.capture.store import ActivationStore, StoreWriter
 from steerlab.cli import main
 from steerlab.datasets import corpora
 from steerlab.saes import SaeConfig, save_sae
 from steerlab.saes.sae import build_sae
-
-MODEL = "smollm2-135m-instruct"
-
-
-def one_line(err: str) -> str:
-    """The single line of a failed command's stderr (as a terminal shows it: a progress bar
-    erased with carriage returns is gone)."""
-    lines = [ln.split("\r")[-1] for ln in err.split("\n")]
-    lines = [ln for ln in lines if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("steerlab: error: "), err
-    assert "Traceback" not in err
-    return lines[0]
-
-
-def small_store(path, n_windows: int = 8, seq: int = 16, d: int = 16) -> ActivationStore:
-    """A store of random activations at ``resid_post.0`` with real token ids of the embedded
-    model (so views can decode them), one window per ``doc_id``."""
-    g = torch.Generator().manual_seed(0)
-    with StoreWriter(path, model_id=MODEL, sites={"resid_post.0": d}, shard_tokens=64) as w:
-        for win in range(n_windows):
-            pos = torch.arange(seq)
-            tok = torch.randint(200, 20_000, (seq,), generator=g)
-            x = torch.randn(seq, d, generator=g) * 3 + torch.linspace(-1, 1, d)
-            w.add({"resid_post.0": x}, tok, torch.full((seq,), win), pos, 1)
-        w.finish()
-    return ActivationStore(path)
 
 
 @pytest.fixture
@@ -74,7 +47,7 @@ def offline(monkeypatch):
 
 
 def test_unknown_corpus_lists_the_named_corpora_without_trying_the_hub(
-    tmp_path, capsys, monkeypatch
+    tmp_path, capsys, monkeypatch, one_line
 ):
     def hub(*args, **kwargs):
         raise AssertionError("a mistyped corpus name must not go to the hub")
@@ -89,7 +62,7 @@ def test_unknown_corpus_lists_the_named_corpora_without_trying_the_hub(
     assert not out.exists()
 
 
-def test_hub_corpus_offline_is_one_line(tmp_path, capsys, offline):
+def test_hub_corpus_offline_is_one_line(tmp_path, capsys, offline, one_line):
     out = tmp_path / "x"
     rc = main(["capture", "--sites", "resid_post.1", "--corpus", "owner/no-such-set", "--out",
                str(out)])  # fmt: skip
@@ -98,7 +71,7 @@ def test_hub_corpus_offline_is_one_line(tmp_path, capsys, offline):
     assert "prose, code" in line and not out.exists()
 
 
-def test_unknown_model_offline_is_one_line(tmp_path, capsys, offline):
+def test_unknown_model_offline_is_one_line(tmp_path, capsys, offline, one_line):
     out = tmp_path / "x"
     rc = main(["capture", "--model", "owner/no-such-model", "--sites", "resid_post.1", "--out",
                str(out)])  # fmt: skip
@@ -117,11 +90,6 @@ def test_hub_reachable_honours_offline_mode(monkeypatch):
 
 
 # --------------------------------------------------------------------------- option values
-
-
-@pytest.fixture
-def store(tmp_path):
-    return small_store(tmp_path / "store")
 
 
 def _cases():
@@ -202,7 +170,7 @@ def test_library_capture_refuses_batch_size_zero(model, tmp_path):
 # --------------------------------------------------------------------------- runtime errors
 
 
-def test_permission_error_is_one_line(tmp_path, capsys, monkeypatch, model):
+def test_permission_error_is_one_line(tmp_path, capsys, monkeypatch, model, one_line):
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "locked" / "store"))
 
@@ -214,7 +182,7 @@ def test_permission_error_is_one_line(tmp_path, capsys, monkeypatch, model):
     assert rc == 1 and line.endswith(f"Permission denied: {tmp_path / 'locked' / 'store'}")
 
 
-def test_unwritable_output_fails_before_the_work(tmp_path, capsys, monkeypatch, no_model):
+def test_unwritable_output_fails_before_the_work(tmp_path, capsys, monkeypatch, no_model, one_line):
     writable = os.access
     monkeypatch.setattr(common.os, "access", lambda p, mode: False if str(p) == str(tmp_path)
                         else writable(p, mode))  # fmt: skip
@@ -227,7 +195,7 @@ def test_unwritable_output_fails_before_the_work(tmp_path, capsys, monkeypatch, 
     assert rc == 1 and "is a file" in one_line(capsys.readouterr().err)
 
 
-def test_truncated_sae_weights_are_one_line(tmp_path, store, capsys):
+def test_truncated_sae_weights_are_one_line(tmp_path, store, capsys, one_line):
     sae = build_sae(SaeConfig(d_in=16, d_sae=32, k=4, site="resid_post.0"))
     path = save_sae(sae, tmp_path / "sae")
     weights = next(path.glob("*.safetensors"))
@@ -237,7 +205,7 @@ def test_truncated_sae_weights_are_one_line(tmp_path, store, capsys):
     assert rc == 1 and "truncated" in line and str(path) in line
 
 
-def test_missing_store_is_one_line(tmp_path, capsys):
+def test_missing_store_is_one_line(tmp_path, capsys, one_line):
     assert main(["store", "info", str(tmp_path / "nothing")]) == 1
     assert str(tmp_path / "nothing") in one_line(capsys.readouterr().err)
 
@@ -256,7 +224,7 @@ def test_internal_errors_point_at_debug(monkeypatch, capsys, store):
         main(["--debug", "store", "info", str(store.path)])
 
 
-def test_debug_shows_the_traceback_in_a_real_process(tmp_path):
+def test_debug_shows_the_traceback_in_a_real_process(tmp_path, one_line):
     base = [sys.executable, "-m", "steerlab"]
     argv = ["capture", "--sites", "resid_post.1", "--corpus", "prosee", "--out", str(tmp_path)]
     env = {**os.environ, "TQDM_DISABLE": "1"}

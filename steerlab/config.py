@@ -123,12 +123,29 @@ def _is(value: Any, base: Any) -> bool:
     return isinstance(value, base)
 
 
+def _matches(value: Any, ft: FieldType) -> bool:
+    """``value`` fits the field type (None aside)."""
+    if ft.base is tuple:  # a list is accepted where a tuple is declared
+        if not isinstance(value, tuple | list):
+            return False
+        kinds = [ft.items[0]] * len(value) if ft.items[-1:] == (Ellipsis,) else list(ft.items)
+        return len(kinds) == len(value) and all(
+            _is(v, k) and (k is not float or math.isfinite(v)) for v, k in zip(value, kinds)
+        )
+    if not _is(value, ft.base):
+        return False
+    if ft.choices is not None:
+        return value in ft.choices
+    return ft.base is not float or math.isfinite(value)
+
+
 def _type_name(ft: FieldType) -> str:
     if ft.choices is not None:
         name = "one of " + ", ".join(map(repr, ft.choices))
+    elif ft.base is tuple and ft.items[-1:] == (Ellipsis,):
+        name = f"a list of {ft.items[0].__name__}"
     elif ft.base is tuple:
-        inner = ft.items[0].__name__ if ft.items else "value"
-        name = f"a tuple of {inner}" if ft.items[-1:] == (Ellipsis,) else f"a tuple {ft.items}"
+        name = f"{len(ft.items)} values ({', '.join(t.__name__ for t in ft.items)})"
     else:
         name = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}[
             ft.base
@@ -152,16 +169,7 @@ def check_types(cfg: Any) -> None:
         value = getattr(cfg, field)
         if ft.base is None or (value is None and ft.optional):
             continue
-        ok = _is(value, ft.base) or (ft.base is tuple and isinstance(value, list))
-        if ok and ft.choices is not None:
-            ok = value in ft.choices
-        if ok and ft.base is float:
-            ok = math.isfinite(value)
-        if ok and ft.base is tuple:
-            kinds = [ft.items[0]] * len(value) if ft.items[-1:] == (Ellipsis,) else ft.items
-            ok = len(kinds) == len(value) and all(
-                _is(v, k) and (k is not float or math.isfinite(v)) for v, k in zip(value, kinds)
-            )
+        ok = _matches(value, ft)
         if not ok and ft.choices is not None and isinstance(value, type(ft.choices[0])):
             raise ConfigError(name, field, f"unknown {field} {value!r}; expected {_type_name(ft)}")
         if not ok:

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from steerlab.capture import capture_to_store
 from steerlab.capture.store import ActivationStore
 from steerlab.cli.common import (
+    advance,
     check_writable,
     corpus_texts,
     open_model,
@@ -91,7 +92,7 @@ def capture_store(o: CaptureOptions, *, config: dict[str, Any] | None = None) ->
         return capture_to_store(
             handle, chunks, o.sites, o.out, dtype=o.dtype, batch_size=o.batch_size,
             shard_tokens=o.shard_tokens, overwrite=o.overwrite,
-            config={"corpus": o.corpus, **(config or {})}, progress=bar.update,
+            config={"corpus": o.corpus, **(config or {})}, progress=advance(bar),
         )  # fmt: skip
 
 

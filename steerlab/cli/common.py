@@ -8,7 +8,7 @@ import json
 import os
 import socket
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -89,6 +89,15 @@ def progress_bar(total: int, desc: str, unit: str = "tok") -> Iterator[tqdm]:
         bar.close()
 
 
+def advance(bar: tqdm) -> Callable[[int], None]:
+    """A progress callback of the library (``n`` more done) that moves ``bar``."""
+
+    def step(n: int) -> None:
+        bar.update(n)
+
+    return step
+
+
 def say(*parts: Any) -> None:
     """Print a line of the command's report on stdout."""
     print(*parts, flush=True)
@@ -166,13 +175,11 @@ def go_offline() -> None:
     """
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
-    hub_constants = sys.modules.get("huggingface_hub.constants")
-    if hub_constants is not None:
-        hub_constants.HF_HUB_OFFLINE = True
-    datasets_config = sys.modules.get("datasets.config")
-    if datasets_config is not None:
-        datasets_config.HF_HUB_OFFLINE = True
-        datasets_config.HF_DATASETS_OFFLINE = True
+    for module, switches in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                             ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):  # fmt: skip
+        if module in sys.modules:
+            for name in switches:
+                setattr(sys.modules[module], name, True)
 
 
 def _hub_model(name: str) -> bool:

@@ -165,6 +165,7 @@ def train_command(args: argparse.Namespace) -> int:
     sae_cfg: SaeConfig = args.sae_config.build(
         args, parser=args.parser, d_in=store.sites[o.site], site=o.site, model_id=store.model_id
     )
+    name = str(sae_cfg.name)  # SaeConfig derives it when not given
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / SAE_TRAIN_LOG
     ckpt = find_checkpoint(out) if not o.restart else None
@@ -174,14 +175,14 @@ def train_command(args: argparse.Namespace) -> int:
     steps = None if tcfg.max_tokens is None else -(-tcfg.max_tokens // tcfg.batch_size)
     total = per_epoch if steps is None else steps * tcfg.batch_size
     verb = f"resuming at {state['tokens']:,} tokens" if ckpt else "training"
-    say(f"{verb}: {sae_cfg.name} on {o.store} ({store.n_tokens:,} tokens), "
+    say(f"{verb}: {name} on {o.store} ({store.n_tokens:,} tokens), "
         f"{total:,} tokens in batches of {tcfg.batch_size}")  # fmt: skip
     t0 = time.perf_counter()
     with progress_bar(total, "sae train") as bar, log_path.open("a") as log:
         bar.update(state["tokens"])
 
         def on_progress(p: Any) -> None:
-            m = p.metrics[sae_cfg.name]
+            m = p.metrics[name]
             log.write(json.dumps({"step": p.step, "tokens": p.tokens,
                                   "tokens_per_s": p.tokens_per_s, **m}) + "\n")  # fmt: skip
             log.flush()
@@ -189,18 +190,18 @@ def train_command(args: argparse.Namespace) -> int:
             bar.set_postfix(_postfix(m), refresh=False)
 
         result = train(store, [sae_cfg], tcfg, callback=on_progress, resume=not o.restart)
-    sae = result.saes[sae_cfg.name]
+    sae = result.saes[name]
     save_sae(sae, out / "sae")
     save_saelens(sae, out / "saelens")
     summary = {
         "sae": sae_cfg.to_dict(), "train": dataclasses.asdict(tcfg), "store": str(o.store),
         "steps": result.steps, "tokens": result.tokens, "skipped_rows": result.skipped_rows,
-        "init": result.init_reports.get(sae_cfg.name),
-        "last_metrics": result.last_metrics.get(sae_cfg.name),
+        "init": result.init_reports.get(name),
+        "last_metrics": result.last_metrics.get(name),
         "wall_s_this_run": time.perf_counter() - t0,
     }  # fmt: skip
     write_json(out / SAE_TRAIN_SUMMARY, summary)
-    m = result.last_metrics.get(sae_cfg.name) or {}
+    m = result.last_metrics.get(name) or {}
     tail = "  ".join(f"{k} {v}" for k, v in _postfix(m).items()) if m else ""
     say(f"done: {result.tokens:,} tokens, {result.steps} steps  {tail}")
     say(f"wrote {out / 'sae'} (steerlab) and {out / 'saelens'} (SAELens)")
@@ -230,6 +231,8 @@ def eval_command(args: argparse.Namespace) -> int:
     sae = load_any_sae(path)
     store = ActivationStore(o.store)
     site = o.site or sae.cfg.site
+    if site is None:
+        raise CliError(f"{path}: the SAE records no site; give --site")
     metrics = evaluate(sae, store, site, n_tokens=o.tokens, batch_size=o.batch_size)
     report: dict = {"sae": sae.cfg.to_dict(), "store": str(o.store), "site": site,
                     "metrics": metrics.as_dict()}  # fmt: skip

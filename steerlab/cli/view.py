@@ -341,7 +341,9 @@ def view_vector(args: argparse.Namespace) -> int:
     if not isinstance(sv, SteeringVector):
         raise CliError(f"{args.path} holds a {read_cfg(args.path).get('kind')!r} artifact, not "
                        "a steering vector")  # fmt: skip
-    layer = args.layer if args.layer is not None else sv.layers[0]
+    layer: int | str = sv.layers[0] if args.layer is None else args.layer
+    if isinstance(layer, str) and layer.lstrip("-").isdigit():
+        layer = int(layer)
     site = sv.sites[sv.index(layer)]
     direction = sv.direction(layer).double()
     if args.text is not None:

@@ -223,12 +223,6 @@ def open_tokenizer(name: str) -> Any:
 
 # --------------------------------------------------------------------------- corpora
 
-CORPUS_HELP = (
-    "a named corpus (" + ", ".join(NAMED_CORPORA) + "; join them with + to interleave, e.g. "
-    "prose+code), a local .txt/.md/.py/.jsonl file or a directory of them, or a Hugging Face "
-    "datasets id written owner/name"
-)
-
 
 def corpus_texts(name: str) -> list[str]:
     """The documents of ``--corpus``; an unknown name is one line listing the named corpora.

@@ -56,6 +56,9 @@ class FieldType(NamedTuple):
     """The values of a ``Literal``."""
     items: tuple[Any, ...] = ()
     """Element types of a tuple; ``(X, Ellipsis)`` for ``tuple[X, ...]``."""
+    others: tuple[type, ...] = ()
+    """Further classes a union accepts (``str | Positions``: given as text on a command
+    line, a :class:`~steerlab.positions.Positions` object in code)."""
 
 
 def _field_type(tp: Any) -> FieldType:
@@ -63,6 +66,10 @@ def _field_type(tp: Any) -> FieldType:
     if isinstance(tp, types.UnionType) or typing.get_origin(tp) is typing.Union:
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         optional = len(args) < len(typing.get_args(tp))
+        simple = [a for a in args if a in (int, float, str, bool)]
+        if len(args) > 1 and len(simple) == 1:  # e.g. str | Positions: text, or an object
+            others = tuple(a for a in args if isinstance(a, type) and a is not simple[0])
+            return FieldType(simple[0], optional, None, (), others)
         if len(args) != 1:
             return FieldType(None, optional, None)
         tp = args[0]
@@ -102,6 +109,8 @@ def _matches(value: Any, ft: FieldType) -> bool:
         return len(kinds) == len(value) and all(
             _is(v, k) and (k is not float or math.isfinite(v)) for v, k in zip(value, kinds)
         )
+    if ft.others and isinstance(value, ft.others):
+        return True
     if not _is(value, ft.base):
         return False
     if ft.choices is not None:
@@ -120,6 +129,7 @@ def _type_name(ft: FieldType) -> str:
         name = {int: "an integer", float: "a number", str: "a string", bool: "True or False"}[
             ft.base
         ]
+    name += "".join(f", a {t.__name__}" for t in ft.others)
     return name + (" or None" if ft.optional else "")
 
 

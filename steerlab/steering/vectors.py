@@ -94,7 +94,7 @@ class VectorConfig:
 
     method: Method = "mean_diff"
     """``"mean_diff"`` (CAA / ActAdd) or ``"pca_diff"`` (repeng's PCA of paired differences)."""
-    positions: str | None = None
+    positions: str | Positions | None = None
     """Read rule (:mod:`steerlab.positions`); None: ``"generation"`` for pairs with a
     prompt, ``"last"`` for standalone texts."""
     chat: bool = False

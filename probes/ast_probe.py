@@ -20,16 +20,24 @@ OUT/subspace/.
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from steerlab.models import load_model
+from steerlab.config import (
+    ConfigOptions,
+    check_nonnegative,
+    check_positive,
+    check_types,
+    parse_configs,
+    require,
+)
+from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.probes.ast.data import load_ast_snippets
 from steerlab.probes.ast.features import (
     cached_leaf_features,
@@ -46,45 +54,63 @@ from steerlab.probes.ast.probe import (
     split_data,
 )
 from steerlab.subspace import Subspace
+from steerlab.views import write_html
+from steerlab.views.ast import f1_by_layer, f1_by_rank, pick_example, tree_pair
 
 PAPER = {"code models (best layer)": 0.7545, "embeddings / random baselines": 0.36}
 """AST-Probe Table 2, Python: GraphCodeBERT-L4 and the mean of CodeBERT-0 / CodeBERTrand."""
 
 
+@dataclass
+class Recipe:
+    """The recipe's own settings; the probe's come from AstProbeConfig (the library's
+    defaults), its ``rank`` being the rank of the layer sweep."""
+
+    model: str = DEFAULT_MODEL
+    """Model to probe: the embedded name, a local HF directory or a hub id."""
+    n_train: int = 800
+    """Training snippets."""
+    n_dev: int = 150
+    """Dev snippets (early stopping and the choice of the best depth)."""
+    n_test: int = 250
+    """Test snippets (the reported F1)."""
+    max_leaves: int = 100
+    """Drop functions with more leaves than this."""
+    seed: int = 0
+    """Seed of the data split, the subsample, the probes' initialisation and batch order, and
+    the random-weights baseline."""
+    ranks: tuple[int, ...] = (8, 16, 32, 64, 128, 256, 512, 576)
+    """Ranks of the rank sweep at the best depth (ranks above d_model are left out)."""
+    layers: str = "all"
+    """Depths to probe: 'all', 'everyN' (every N-th and the last) or a list such as 0,10,20."""
+    random_layers: str = "0,5,10,15,20"
+    """Depths probed on the random model ('all', 'everyN' or a list); the best depth of the
+    model is always added (its capture stops after the deepest one)."""
+    features_only: bool = False
+    """Capture the leaf features, then stop."""
+    threads: int | None = None
+    """Torch threads (default: torch's choice)."""
+    out: str = "runs/ast_probe"
+    """Output folder: results.json, report.html, probe/, subspace/ and the feature cache."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_positive(self, "n_train", "n_dev", "n_test", "max_leaves", "threads")
+        check_nonnegative(self, "seed")
+        require(self, "ranks", len(self.ranks) > 0 and min(self.ranks) >= 1, "ranks >= 1")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, AstProbeConfig]:
+    return parse_configs(
+        Recipe,
+        ConfigOptions(AstProbeConfig, skip=("seed",), rename={"max_epochs": "epochs"}),
+        argv=argv,
+        description=__doc__,
+    )
+
+
 def _ints(s: str) -> list[int]:
     return [int(x) for x in s.split(",") if x.strip()]
-
-
-def parse_args() -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--n-train", type=int, default=800, help="training snippets")
-    ap.add_argument("--n-dev", type=int, default=150, help="dev snippets (early stopping)")
-    ap.add_argument("--n-test", type=int, default=250, help="test snippets")
-    ap.add_argument("--max-leaves", type=int, default=100, help="drop longer functions")
-    ap.add_argument("--seed", type=int, default=0, help="data split, subsample, probe init")
-    ap.add_argument("--rank", type=int, default=128, help="rank of the layer sweep")
-    ap.add_argument("--ranks", default="8,16,32,64,128,256,512,576", help="rank sweep")
-    ap.add_argument("--layers", default=None, help="depths to probe (default: all)")
-    ap.add_argument(
-        "--random-layers",
-        default="0,5,10,15,20",
-        help="depths probed on the random model: 'all', 'everyN' or a list; the best depth "
-        "of the model is always added (its capture stops after the deepest one)",
-    )
-    ap.add_argument("--epochs", type=int, default=16, help="most epochs per probe")
-    ap.add_argument("--lr", type=float, default=1e-2)
-    ap.add_argument("--lr-patience", type=int, default=1)
-    ap.add_argument("--patience", type=int, default=3, help="early-stopping patience")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--orth-lambda", type=float, default=5.0)
-    ap.add_argument(
-        "--normalize", default="scale", choices=["scale", "standardize", "center", "none"]
-    )
-    ap.add_argument("--features-only", action="store_true", help="capture, then stop")
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--out", default="runs/ast_probe")
-    return ap.parse_args()
 
 
 def _depths(spec: str | None, n: int) -> list[int]:
@@ -130,8 +156,8 @@ class Results:
         tmp.replace(self.path)
 
 
-def main() -> None:
-    args = parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args, probe_cfg = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -165,11 +191,13 @@ def main() -> None:
     if args.features_only:
         return
 
-    settings = {
+    # what a trained probe depends on: resuming keeps the runs only while these agree
+    recipe = {
         k: v
-        for k, v in vars(args).items()
-        if k not in ("layers", "random_layers", "ranks", "features_only", "threads", "out", "rank")
+        for k, v in asdict(args).items()
+        if k not in ("layers", "random_layers", "ranks", "features_only", "threads", "out")
     }
+    settings = {**recipe, **{k: v for k, v in asdict(probe_cfg).items() if k != "rank"}}
     results = Results(out / "results.json", settings)
     results.data["data"] = {
         "sizes": sizes,
@@ -185,17 +213,7 @@ def main() -> None:
         if done is not None:
             return done
         data = split_data(feats[model], site, splits)
-        cfg = AstProbeConfig(
-            rank=rank,
-            lr=args.lr,
-            batch_size=args.batch_size,
-            max_epochs=args.epochs,
-            patience=args.patience,
-            lr_patience=args.lr_patience,
-            orth_lambda=args.orth_lambda,
-            normalize=args.normalize,
-            seed=args.seed,
-        )
+        cfg = replace(probe_cfg, rank=rank, seed=args.seed)
         t = time.perf_counter()
         fit = fit_ast_probe(data["train"], data["dev"], cfg, meta={"site": site, "model": model})
         fit.probe.save(out / "probes" / f"{model}-{site}-rank{rank}")
@@ -230,19 +248,19 @@ def main() -> None:
         return rec
 
     n = len(sites)
-    layer_runs = [run("model", d, args.rank) for d in _depths(args.layers, n)]
+    layer_runs = [run("model", d, probe_cfg.rank) for d in _depths(args.layers, n)]
     best = max(layer_runs, key=lambda r: r["dev_f1"])
     rand_depths = sorted(set(_depths(args.random_layers, n)) | {best["depth"]})
     rand_handle = random_init_model(handle, seed=args.seed)
     feats["random"] = features(rand_handle, [sites[d] for d in rand_depths])
-    rand_runs = [run("random", d, args.rank) for d in rand_depths]
+    rand_runs = [run("random", d, probe_cfg.rank) for d in rand_depths]
     rand_best = max(rand_runs, key=lambda r: r["dev_f1"])
-    emb = results.get("model", sites[0], args.rank) or run("model", 0, args.rank)
-    rank_runs = [run("model", best["depth"], r) for r in _ints(args.ranks) if r <= handle.d_model]
+    emb = results.get("model", sites[0], probe_cfg.rank) or run("model", 0, probe_cfg.rank)
+    rank_runs = [run("model", best["depth"], r) for r in args.ranks if r <= handle.d_model]
     peak = max(rank_runs, key=lambda r: r["dev_f1"])
 
     data = split_data(feats["model"], best["site"], splits)
-    probe = AstProbe.load(out / "probes" / f"model-{best['site']}-rank{args.rank}")
+    probe = AstProbe.load(out / "probes" / f"model-{best['site']}-rank{probe_cfg.rank}")
     probe.save(out / "probe")
     sub = probe.subspace()
     sub.save(out / "subspace")
@@ -270,9 +288,6 @@ def main() -> None:
     results.data["summary"] = summary
     results.save()
 
-    from steerlab.views import write_html
-    from steerlab.views.ast import f1_by_layer, f1_by_rank, pick_example, tree_pair
-
     k = pick_example(test_eval.per_snippet, [len(t.leaves) for t in data["test"].targets])
     leaves = splits["test"][k].leaves
     figs = {
@@ -283,8 +298,8 @@ def main() -> None:
         ),
     }
     notes = (
-        f"{handle.model_id}; {sizes} snippets ({n_tokens} tokens), rank {args.rank}, "
-        f"{args.epochs} epochs max, lr {args.lr}. Best depth by dev F1: {best['depth']} "
+        f"{handle.model_id}; {sizes} snippets ({n_tokens} tokens), rank {probe_cfg.rank}, "
+        f"{probe_cfg.max_epochs} epochs max, lr {probe_cfg.lr}. Best depth by dev F1: {best['depth']} "
         f"({best['site']}), test F1 {best['f1']:.3f}; embeddings {emb['f1']:.3f}; random "
         f"weights (best depth {rand_best['depth']}) {rand_best['f1']:.3f}; F1 peaks at rank "
         f"{peak['rank']} ({peak['f1']:.3f}). Paper (Python): about 0.75 vs about 0.36."

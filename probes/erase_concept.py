@@ -15,19 +15,36 @@
 Writes ``summary.json``, ``report.html`` and the erasers (``erasers/<method>/``) to ``--out``.
 The data file is JSONL with ``text`` and ``label`` (class index) and optionally ``split``
 (``train``/``test``; otherwise a seeded 25% of rows is held out).
+
+R-LACE and INLP run with the library's defaults (RlaceConfig, InlpConfig: the rlace-icml
+README's 50,000 steps). The README's figures used the paper's Bias in Bios settings, fewer
+steps and 40 INLP directions (with lr 0.02 and no momentum the game stalls at 0.56 on gender)::
+
+    python probes/erase_concept.py --rlace-max-iter 4000 --rlace-lr-P 0.005 \
+        --rlace-lr-predictor 0.005 --rlace-momentum 0.9 --rlace-eval-every 250 \
+        --rlace-dtype float32 --inlp-n-iter 40
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from steerlab.capture import capture
+from steerlab.config import (
+    ConfigOptions,
+    check_nonnegative,
+    check_positive,
+    check_types,
+    parse_configs,
+    require,
+)
 from steerlab.datasets.concepts import load_concept
 from steerlab.datasets.corpora import chunk_tokens, prose_corpus
 from steerlab.erasure.evaluation import (
@@ -41,7 +58,7 @@ from steerlab.erasure.leace import probe_scores
 from steerlab.erasure.rlace import RlaceConfig
 from steerlab.erasure.scrub import EraserEdit, lm_cost, scrub
 from steerlab.interventions import steer
-from steerlab.models import load_model
+from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.views.erasure import (
     accuracy_vs_rank_figure,
     erasure_pca_figure,
@@ -56,41 +73,64 @@ def _ints(s: str) -> list[int]:
     return [int(v) for v in s.split(",") if v.strip()]
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--data", default=str(ROOT / "data/erasure/gender.jsonl"))
-    ap.add_argument("--n", type=int, default=0, help="a seeded random N of the rows (0: all)")
-    ap.add_argument("--site-kind", default="resid_post")
-    ap.add_argument("--layers", default="all", help="'all' or comma-separated layers to probe")
-    ap.add_argument("--site", default=None, help="erase here instead of the best site")
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--rlace-ranks", default="1,2,4")
-    # R-LACE: the paper's Bias in Bios settings (lr 0.005, predictor momentum 0.9); with
-    # lr 0.02 and no momentum the game stalls at 0.56 on gender (5.1 points above majority)
-    ap.add_argument("--rlace-iter", type=int, default=4000, help="R-LACE game iterations")
-    ap.add_argument("--rlace-lr", type=float, default=0.005, help="both players (rescaled inputs)")
-    ap.add_argument("--rlace-momentum", type=float, default=0.9, help="predictor's SGD momentum")
-    ap.add_argument("--rlace-eval-every", type=int, default=250)
-    ap.add_argument("--inlp-iter", type=int, default=40, help="most INLP classifiers")
-    ap.add_argument("--tolerance", type=float, default=0.02, help="'at majority' tolerance")
-    ap.add_argument("--ce-tokens", type=int, default=8192, help="prose tokens for the LM cost")
-    ap.add_argument("--ce-positions", default="all", help="where the eraser acts in the model")
-    ap.add_argument(
-        "--in-model-probe",
-        default="leace",
-        choices=["leace", "all", "none"],
-        help="which in-model erasers get a fresh probe on re-captured activations",
+@dataclass
+class Recipe:
+    """The recipe's own settings; R-LACE's and INLP's come from RlaceConfig and InlpConfig
+    (``--rlace-*``, ``--inlp-*``, the library's defaults)."""
+
+    model: str = DEFAULT_MODEL
+    """Model: the embedded name, a local HF directory or a hub id."""
+    data: str = str(ROOT / "data/erasure/gender.jsonl")
+    """JSONL with text, label (class index) and optionally split (train/test)."""
+    n: int = 0
+    """Use a seeded random n of the rows (0: all)."""
+    site_kind: str = "resid_post"
+    """Kind of the sites probed and erased."""
+    layers: str = "all"
+    """'all' or comma-separated layers to probe."""
+    site: str | None = None
+    """Erase at this site instead of the best one (default: the best probed site)."""
+    batch_size: int = 32
+    """Texts per forward pass."""
+    rlace_ranks: tuple[int, ...] = (1, 2, 4)
+    """Ranks of the R-LACE games (one game each)."""
+    tolerance: float = 0.02
+    """How close to the majority rate counts as 'at majority'."""
+    ce_tokens: int = 8192
+    """Prose tokens for the language-modelling cost."""
+    ce_positions: str = "all"
+    """Where the eraser acts inside the model."""
+    in_model_probe: Literal["leace", "all", "none"] = "leace"
+    """Which in-model erasers get a fresh probe on re-captured activations."""
+    scrub_layers: tuple[int, ...] = ()
+    """Also scrub these layers, each fitted after the earlier ones (e.g. 10,15,20,25)."""
+    threads: int = 1
+    """Torch and BLAS threads."""
+    seed: int = 0
+    """Seed of the row subsample, the split and of R-LACE and INLP."""
+    out: str = str(ROOT / "runs/erasure")
+    """Output folder: summary.json, report.html and erasers/."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_nonnegative(self, "n", "seed", "tolerance")
+        check_positive(self, "batch_size", "ce_tokens", "threads")
+        require(self, "rlace_ranks", len(self.rlace_ranks) > 0 and min(self.rlace_ranks) >= 1,
+                "ranks >= 1")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, RlaceConfig, InlpConfig]:
+    return parse_configs(
+        Recipe,
+        ConfigOptions(RlaceConfig, prefix="rlace", skip=("rank", "seed")),
+        ConfigOptions(InlpConfig, prefix="inlp", skip=("seed",)),
+        argv=argv,
+        description=__doc__,
     )
-    ap.add_argument("--scrub-layers", default="", help="e.g. 10,15,20,25: also scrub these")
-    ap.add_argument("--threads", type=int, default=1, help="torch and BLAS threads")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--out", default=str(ROOT / "runs/erasure"))
-    return ap.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
+    args, rlace_cfg, inlp_cfg = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     torch.set_num_threads(args.threads)
     try:  # sklearn's BLAS pool oversubscribes a busy machine (25x slower probes measured)
@@ -131,12 +171,9 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"best site {site}: held-out probe accuracy {scores[site].accuracy:.4f}")
 
     # 3. accuracy vs rank for the three methods
-    rcfg = RlaceConfig(max_iter=args.rlace_iter, eval_every=args.rlace_eval_every,
-                       lr_P=args.rlace_lr, lr_predictor=args.rlace_lr,
-                       momentum=args.rlace_momentum, epsilon=0.001,
-                       dtype="float32", seed=args.seed)  # fmt: skip
-    icfg = InlpConfig(n_iter=args.inlp_iter, epsilon=0.01, seed=args.seed)
-    curves = accuracy_vs_rank(xtr, ytr, xte, yte, rlace_ranks=_ints(args.rlace_ranks),
+    rcfg = replace(rlace_cfg, seed=args.seed)
+    icfg = replace(inlp_cfg, seed=args.seed)
+    curves = accuracy_vs_rank(xtr, ytr, xte, yte, rlace_ranks=list(args.rlace_ranks),
                               rlace_config=rcfg, inlp_config=icfg,
                               progress=lambda m: print("  " + m, flush=True))  # fmt: skip
     lap("accuracy vs rank")
@@ -189,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
     # 5. optional scrubbing across layers
     scrubbed = None
     if args.scrub_layers:
-        scrub_sites = [f"{args.site_kind}.{layer}" for layer in _ints(args.scrub_layers)]
+        scrub_sites = [f"{args.site_kind}.{layer}" for layer in args.scrub_layers]
         res = scrub(handle, [texts[i] for i in train.nonzero().flatten().tolist()], ytr,
                     scrub_sites, apply_positions=args.ce_positions,
                     batch_size=args.batch_size)  # fmt: skip
@@ -219,7 +256,7 @@ def main(argv: list[str] | None = None) -> dict:
         "tolerance": args.tolerance,
         "in_model": in_model,
         "scrub": scrubbed,
-        "settings": {k: v for k, v in vars(args).items()},
+        "settings": {**asdict(args), "rlace": asdict(rcfg), "inlp": asdict(icfg)},
         "timings_s": timings,
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))

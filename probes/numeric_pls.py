@@ -28,20 +28,24 @@ Stages (each writes into --out, default runs/numeric_pls/):
   are set to those of value(Y) ± 100.
 
 Results: results.json (every number printed) and report.html (figures).
+
+The PLS settings are PLSConfig's (the library's defaults: components by 5-fold CV, 10% held
+out, as in the paper) for every stage. The README's entity, shift/flip and comparison figures
+held out 20% (``--test-fraction 0.2``); its years-in-text figures use the default.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
-from steerlab import load_model
+from steerlab.config import check_nonnegative, check_positive, check_types, parse_configs, require
 from steerlab.datasets.numeric import (
     ATTRIBUTES,
     comparison_prompts,
@@ -49,6 +53,7 @@ from steerlab.datasets.numeric import (
     load_number_sentences,
     year_comparisons,
 )
+from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.probes.numeric import recall_check, recall_records, score_completions
 from steerlab.probes.numeric_causal import (
     flip_experiment,
@@ -60,12 +65,14 @@ from steerlab.probes.sweep import capture_layers, format_table, pls_sweep
 from steerlab.views import write_html
 from steerlab.views.probes import flip_rates, layer_curves, pls_components
 
+STAGES = ("years", "entities", "shifts", "flips", "compare")
+
 
 def _best(rows):
     return max(rows, key=lambda r: r["r2"])
 
 
-def stage_years(model, args, results, figs):
+def stage_years(model, args, cfg, results, figs):
     sents = load_number_sentences()
     for kind, n in (("year", args.n_years), ("quantity", args.n_quantities)):
         rows_in = [s for s in sents if s.kind == kind][:n]
@@ -75,7 +82,7 @@ def stage_years(model, args, results, figs):
         cap = capture_layers(model, [s.text for s in rows_in], [s.span for s in rows_in],
                              batch_size=args.batch_size)  # fmt: skip
         y = torch.tensor([s.value for s in rows_in], dtype=torch.float64)
-        rows = pls_sweep(cap.acts, y, PLSConfig(max_components=args.max_components))
+        rows = pls_sweep(cap.acts, y, cfg)
         best = _best(rows)
         print(f"\n[{kind}s in text] n={len(rows_in)}  ({time.time() - t0:.0f} s)")
         print(format_table(rows, ["layer", "r2", "mae", "cv_r2", "n_components"]))
@@ -84,7 +91,7 @@ def stage_years(model, args, results, figs):
         figs[f"{kind}s in text"] = rows
 
 
-def stage_entities(model, args, results, figs, out):
+def stage_entities(model, args, cfg, results, figs, out):
     ents = {}
     for attr in args.attributes:
         e = load_entities(attr)
@@ -110,7 +117,6 @@ def stage_entities(model, args, results, figs, out):
                              batch_size=args.batch_size)  # fmt: skip
         info = {"n_curated": len(e.names), "n_kept": int(keep.sum()),
                 "tolerance": spec.tolerance, "target": "log10" if spec.log_target else "value"}  # fmt: skip
-        cfg = PLSConfig(max_components=args.max_components, test_fraction=0.2)
         for which, mask in (("all", torch.ones_like(keep)), ("kept", keep)):
             if int(mask.sum()) < 30:
                 info[which] = None
@@ -136,7 +142,7 @@ def stage_entities(model, args, results, figs, out):
 _DIRECTION: dict = {}  # the fitted birth-year direction, shared by the shifts and flips stages
 
 
-def _year_direction(model, args, results, ents):
+def _year_direction(model, args, cfg, results, ents):
     """The first PLS direction of birth years at the flip layer, fitted on all curated people
     (more rows: a steadier direction); computed once for the later stages."""
     if "fit" in _DIRECTION:
@@ -148,19 +154,18 @@ def _year_direction(model, args, results, ents):
     early = [r for r in rows if r["layer"] < model.n_layers // 2]
     layer = args.flip_layer if args.flip_layer is not None else _best(early)["layer"]
     x = cap.acts[layer].double()
-    res = fit_pls(x, e.targets, PLSConfig(max_components=args.max_components, test_fraction=0.2),
-                  meta={"site": f"resid_post.{layer}", "target": "birth_year"})  # fmt: skip
+    res = fit_pls(x, e.targets, cfg, meta={"site": f"resid_post.{layer}", "target": "birth_year"})
     probe = res.probe
     u, unit = probe.steering_direction(x)  # α > 0 raises the predicted birth year
     _DIRECTION["fit"] = (layer, x, res, probe, u, unit)
     return _DIRECTION["fit"]
 
 
-def stage_shifts(model, args, results, ents, figures):
+def stage_shifts(model, args, cfg, results, ents, figures):
     """Causal test on a task the model does: move each recalled person along the PLS direction
     in "X was born in the year" and read the year it then states."""
     e, keep, _ = ents["birth_year"]
-    layer, _, res, _, u, unit = _year_direction(model, args, results, ents)
+    layer, _, res, _, u, unit = _year_direction(model, args, cfg, results, ents)
     sub_e = e.subset(keep)
     t0 = time.time()
     out = value_shift_experiment(model, sub_e, u, layer, args.alphas, unit=unit,
@@ -181,9 +186,9 @@ def stage_shifts(model, args, results, ents, figures):
     )
 
 
-def stage_flips(model, args, results, ents, figures):
+def stage_flips(model, args, cfg, results, ents, figures):
     e, keep, _ = ents["birth_year"]
-    layer, x, res, probe, u, unit = _year_direction(model, args, results, ents)
+    layer, x, res, probe, u, unit = _year_direction(model, args, cfg, results, ents)
     scores = probe.transform(x)
     if probe.n_components < 2:
         scores = torch.stack([scores[:, 0], torch.zeros(len(x), dtype=scores.dtype)], 1)
@@ -239,7 +244,7 @@ def stage_flips(model, args, results, ents, figures):
     )
 
 
-def stage_compare(model, args, results, figures):
+def stage_compare(model, args, cfg, results, figures):
     """The comparison the model does: "Which year is later, X or Y?" with both years in the
     prompt. A PLS probe of X's year at X's last digit (fitted on training prompts, one capture
     pass for all the layers), then, at each --compare-layers layer, X moved along its first PLS direction
@@ -254,8 +259,7 @@ def stage_compare(model, args, results, figures):
     out = {"n_train": len(train), "n_test": len(test), "layers": {}}
     for layer in args.compare_layers:
         x = cap.acts[layer].double()
-        res = fit_pls(x, train_years, PLSConfig(max_components=args.max_components,
-                                                test_fraction=0.2),
+        res = fit_pls(x, train_years, cfg,
                       meta={"site": f"resid_post.{layer}", "target": "year_in_context"})  # fmt: skip
         probe = res.probe
         u, unit = probe.steering_direction(x)  # α > 0 raises X's year
@@ -282,58 +286,86 @@ def stage_compare(model, args, results, figures):
     results["compare"] = out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--out", default="runs/numeric_pls")
-    ap.add_argument("--stages", nargs="+", default=["years", "entities", "shifts", "flips",
-                                                    "compare"],
-                    choices=["years", "entities", "shifts", "flips", "compare"])  # fmt: skip
-    ap.add_argument("--n-years", type=int, default=1000)
-    ap.add_argument("--n-quantities", type=int, default=300)
-    ap.add_argument("--attributes", nargs="+", default=list(ATTRIBUTES), choices=list(ATTRIBUTES))
-    ap.add_argument("--max-components", type=int, default=10)
-    ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--redo-recall", action="store_true")
-    ap.add_argument("--tag", default="", help="suffix of results<tag>.json / report<tag>.html")
-    ap.add_argument(
-        "--flip-layer",
-        type=int,
-        default=None,
-        help="default: the best R² layer in the first half of the network",
-    )
-    ap.add_argument("--alphas", type=float, nargs="+", default=[-8.0, -4.0, 4.0, 8.0])
-    ap.add_argument("--n-prompts", type=int, default=120)
-    ap.add_argument("--n-random", type=int, default=2)
-    ap.add_argument("--per-entity", type=int, default=4, help="prompts per person as Y")
-    ap.add_argument("--min-gap", type=float, default=20.0, help="years between X and Y")
-    ap.add_argument("--set-offset", type=float, default=100.0)
-    ap.add_argument("--compare-layers", type=int, nargs="+", default=[5, 8],
-                    help="layers of the years-in-context flip test")  # fmt: skip
-    ap.add_argument("--n-compare", type=int, default=200, help="test prompts (compare stage)")
-    ap.add_argument("--n-compare-train", type=int, default=400,
-                    help="prompts the compare stage's PLS probe is fitted on")  # fmt: skip
-    args = ap.parse_args()
+@dataclass
+class Recipe:
+    """The recipe's own settings; the PLS probes' come from PLSConfig."""
+
+    model: str = DEFAULT_MODEL
+    """Model: the embedded name, a local HF directory or a hub id."""
+    out: str = "runs/numeric_pls"
+    """Output folder."""
+    stages: tuple[str, ...] = STAGES
+    """Stages to run: years, entities, shifts, flips, compare."""
+    n_years: int = 1000
+    """Sentences with a year (years stage)."""
+    n_quantities: int = 300
+    """Sentences with a quantity (years stage)."""
+    attributes: tuple[str, ...] = tuple(ATTRIBUTES)
+    """Entity attributes (entities stage; shifts and flips add birth_year)."""
+    batch_size: int = 32
+    """Texts per forward pass."""
+    redo_recall: bool = False
+    """Redo the factual-recall check instead of reusing its cached completions."""
+    tag: str = ""
+    """Suffix of results<tag>.json and report<tag>.html."""
+    flip_layer: int | None = None
+    """Layer of the birth-year direction (default: the best R² layer in the first half of the
+    network)."""
+    alphas: tuple[float, ...] = (-8.0, -4.0, 4.0, 8.0)
+    """Steering strengths, in units of the spread of the PLS coordinate."""
+    n_prompts: int = 120
+    """Comparison prompts (flips stage)."""
+    n_random: int = 2
+    """Random directions of the same norm per α (the control)."""
+    per_entity: int = 4
+    """Prompts per person as Y."""
+    min_gap: float = 20.0
+    """Years between X and Y."""
+    set_offset: float = 100.0
+    """SetCoords target: the coordinates of value(Y) ± this."""
+    compare_layers: tuple[int, ...] = (5, 8)
+    """Layers of the years-in-context flip test (compare stage)."""
+    n_compare: int = 200
+    """Test prompts (compare stage)."""
+    n_compare_train: int = 400
+    """Prompts the compare stage's PLS probe is fitted on."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_positive(self, "n_years", "n_quantities", "batch_size", "n_prompts", "n_random")
+        check_positive(self, "per_entity", "n_compare", "n_compare_train")
+        check_nonnegative(self, "flip_layer", "min_gap", "set_offset")
+        require(self, "stages", set(self.stages) <= set(STAGES), f"stages among {STAGES}")
+        require(self, "attributes", set(self.attributes) <= set(ATTRIBUTES),
+                f"attributes among {tuple(ATTRIBUTES)}")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, PLSConfig]:
+    return parse_configs(Recipe, PLSConfig, argv=argv, description=__doc__)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, pls_cfg = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
-    results: dict = {"model": model.model_id, "args": vars(args)}
+    results: dict = {"model": model.model_id, "args": asdict(args), "pls": asdict(pls_cfg)}
     curves: dict = {}
     figures: dict = {}
     if "years" in args.stages:
-        stage_years(model, args, results, curves)
+        stage_years(model, args, pls_cfg, results, curves)
     ents = {}
     if {"entities", "flips", "shifts"} & set(args.stages):
         if {"flips", "shifts"} & set(args.stages) and "birth_year" not in args.attributes:
-            args.attributes.append("birth_year")
-        ents = stage_entities(model, args, results, curves, out)
+            args = replace(args, attributes=(*args.attributes, "birth_year"))
+        ents = stage_entities(model, args, pls_cfg, results, curves, out)
     if "shifts" in args.stages:
-        stage_shifts(model, args, results, ents, figures)
+        stage_shifts(model, args, pls_cfg, results, ents, figures)
     if "flips" in args.stages:
-        stage_flips(model, args, results, ents, figures)
+        stage_flips(model, args, pls_cfg, results, ents, figures)
     if "compare" in args.stages:
-        stage_compare(model, args, results, figures)
+        stage_compare(model, args, pls_cfg, results, figures)
     figs = {}
     if curves:
         figs["Held-out R² of the PLS probe per layer"] = layer_curves(

@@ -9,8 +9,10 @@ float64 over ``--rank-tokens`` prose tokens (captured in memory, no store).
 
 Part 2, dead latents per init: three TopK SAEs on ``--site`` (default ``attn_out.6``) of the
 store, with ``random``, ``tied`` and ``active_subspace`` inits, trained from one read of the
-store on the same batches (equal tokens). AuxK is off by default so that the init alone
-decides which latents die. Dead = never fired over the evaluated tokens.
+store on the same batches (equal tokens). Dead = never fired over the evaluated tokens. The SAE
+and training settings are SaeConfig's and TrainConfig's (the library's defaults); pass
+``--auxk-alpha 0`` so that the init alone decides which latents die (AuxK revives them). The
+README's figures used ``--tokens 524288 --auxk-alpha 0 --warmup-steps 50``.
 
 Writes ``OUT/report.json`` and ``OUT/report.html``.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -27,6 +30,7 @@ from tqdm.auto import tqdm
 
 from steerlab.capture import capture
 from steerlab.capture.store import ActivationStore
+from steerlab.config import PendingConfig, add_config, check_positive, check_types
 from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.models import load_model
 from steerlab.saes import SaeConfig, StatsFitter, TrainConfig, evaluate, train
@@ -44,8 +48,7 @@ def effective_ranks(args, handle) -> tuple[dict, dict]:
     dimensions thousands of times the typical size) can carry most of a site's variance and
     make the residual stream look rank 1. Both views are reported.
     """
-    layers = [int(x) for x in args.layers.split(",")]
-    sites = [f"{k}.{layer}" for layer in layers for k in KINDS]
+    sites = [f"{k}.{layer}" for layer in args.layers for k in KINDS]
     chunks = chunk_tokens(handle.tokenizer, load_texts(args.corpus), seq_len=128,
                           n_tokens=args.rank_tokens)  # fmt: skip
     fitters = {(s, v): StatsFitter(handle.d_model) for s in sites for v in ("all", "no_first")}
@@ -70,15 +73,11 @@ def effective_ranks(args, handle) -> tuple[dict, dict]:
     return stats, table
 
 
-def dead_by_init(args, store) -> tuple[dict, dict, dict]:
-    d_in = store.sites[args.site]
-    configs = [SaeConfig(d_in=d_in, d_sae=args.width, k=args.k, site=args.site, init=i,
-                         model_id=store.model_id) for i in INITS]  # fmt: skip
-    cfg = TrainConfig(batch_size=args.batch_size, max_tokens=args.tokens, warmup_steps=args.warmup_steps,
-                      auxk_alpha=args.auxk_alpha, dead_tokens=args.dead_tokens, seed=args.seed,
-                      log_every=5, checkpoint_dir=str(Path(args.out) / "ckpt"), checkpoint_every=50)  # fmt: skip
+def dead_by_init(args, sae_cfg: SaeConfig, cfg: TrainConfig, store) -> tuple[dict, dict, dict]:
+    configs = [replace(sae_cfg, init=i, name=None) for i in INITS]
     logs = {c.name: [] for c in configs}
-    with tqdm(total=args.tokens, desc="3 inits", unit="tok", unit_scale=True) as bar:
+    total = cfg.max_tokens or store.n_tokens // cfg.batch_size * cfg.batch_size
+    with tqdm(total=total, desc="3 inits", unit="tok", unit_scale=True) as bar:
 
         def on_progress(p) -> None:
             for name, m in p.metrics.items():
@@ -99,32 +98,61 @@ def dead_by_init(args, store) -> tuple[dict, dict, dict]:
     return rows, logs, {c.init: metrics[c.name].density for c in configs}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", default="runs/sae_store")
-    ap.add_argument("--site", default="attn_out.6")
-    ap.add_argument("--layers", default="2,6,10,14,18,22,26", help="layers for the ranks")
-    ap.add_argument("--rank-tokens", type=int, default=16384)
-    ap.add_argument("--corpus", default="prose")
-    ap.add_argument("--width", type=int, default=4608)
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE")
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--warmup-steps", type=int, default=50)
-    ap.add_argument("--auxk-alpha", type=float, default=0.0)
-    ap.add_argument("--dead-tokens", type=int, default=1_000_000)
-    ap.add_argument("--eval-tokens", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--skip-ranks", action="store_true")
-    ap.add_argument("--skip-inits", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="runs/attn_out_init")
-    args = ap.parse_args()
+@dataclass
+class Recipe:
+    """The recipe's own settings; the SAEs' and the training's come from the library."""
+
+    store: str = "runs/sae_store"
+    """Activation store (from steerlab capture) for the SAEs."""
+    site: str = "attn_out.6"
+    """Store site the three SAEs train on."""
+    layers: tuple[int, ...] = (2, 6, 10, 14, 18, 22, 26)
+    """Layers whose effective ranks are measured."""
+    rank_tokens: int = 16384
+    """Prose tokens for the effective ranks (captured in memory)."""
+    corpus: str = "prose"
+    """Corpus of the effective ranks."""
+    eval_tokens: int | None = None
+    """Tokens for the dead-latent count (default: the whole store)."""
+    skip_ranks: bool = False
+    """Leave out part 1 (effective ranks)."""
+    skip_inits: bool = False
+    """Leave out part 2 (dead latents per init)."""
+    threads: int | None = None
+    """Torch threads (default: torch's choice)."""
+    out: str = "runs/attn_out_init"
+    """Output folder: report.json, report.html and the checkpoints."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_positive(self, "rank_tokens", "eval_tokens", "threads")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig, PendingConfig]:
+    """The recipe's settings, the training config and the SAE options (built per init once
+    the store gives ``d_in``)."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    recipe = add_config(ap, Recipe, title="Recipe")
+    # one config per init is made from this one; 4608 latents = 8 x d_model
+    sae_opts = add_config(ap, SaeConfig, skip=("d_in", "site", "model_id", "init", "name"),
+                          rename={"d_sae": "width", "architecture": "arch"},
+                          defaults={"d_sae": 4608}, title="SaeConfig")  # fmt: skip
+    train_opts = add_config(ap, TrainConfig, skip=("checkpoint_dir",),
+                            rename={"max_tokens": "tokens"}, title="TrainConfig")  # fmt: skip
+    ns = ap.parse_args(argv)
+    args: Recipe = recipe.build(ns, parser=ap)
+    tcfg = train_opts.build(ns, parser=ap, checkpoint_dir=str(Path(args.out) / "ckpt"))
+    return args, tcfg, PendingConfig(sae_opts, ns, ap)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, tcfg, sae_opts = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"args": vars(args)}
+    report: dict = {"args": asdict(args), "train": asdict(tcfg)}
     figs = {}
 
     if not args.skip_ranks:
@@ -148,7 +176,12 @@ def main() -> None:
     if not args.skip_inits:
         t0 = time.perf_counter()
         store = ActivationStore(args.store)
-        rows, logs, densities = dead_by_init(args, store)
+        if args.site not in store.sites:
+            raise SystemExit(f"store {args.store} has no site {args.site!r}; it holds "
+                             f"{sorted(store.sites)}")  # fmt: skip
+        sae_cfg = sae_opts.build(d_in=store.sites[args.site], site=args.site,
+                                 model_id=store.model_id)  # fmt: skip
+        rows, logs, densities = dead_by_init(args, sae_cfg, tcfg, store)
         report["dead_by_init"] = rows
         report["store_tokens"] = store.n_tokens
         report["wall_s_inits"] = time.perf_counter() - t0

@@ -10,6 +10,10 @@ FVU, L0 and dead latents over the whole store, CE/KL loss recovered with the SAE
 the model (vs zero- and mean-ablation, on the store's own token windows), and writes
 ``OUT/report.json`` and ``OUT/report.html`` (training curves, latent density, a latent
 dashboard). Beyond the store's size, training makes further passes in new shuffled orders.
+
+The SAE and training options are SaeConfig's and TrainConfig's, with the library's defaults
+(tied init, 1,000 warm-up steps, a 10M-token dead window, one epoch); the README's SAE used
+``--init active_subspace --warmup-steps 50 --dead-tokens 1000000 --tokens 2000000``.
 """
 
 from __future__ import annotations
@@ -17,52 +21,99 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from steerlab.capture.store import ActivationStore
 from steerlab.cli import main as cli
+from steerlab.config import (
+    ConfigOptions,
+    PendingConfig,
+    add_config,
+    check_nonnegative,
+    check_positive,
+    check_types,
+)
 from steerlab.models import load_model
-from steerlab.saes import activation_stats, evaluate, load_sae, save_saelens
+from steerlab.saes import (
+    SaeConfig,
+    TrainConfig,
+    activation_stats,
+    evaluate,
+    load_sae,
+    save_saelens,
+)
 from steerlab.saes.splice import spliced_losses, store_windows
 from steerlab.views import write_html
 from steerlab.views.saes import density_figure, latent_dashboard, read_train_log, training_curves
 
+# TrainConfig on the command line as `steerlab sae train` has it
+TRAIN_OPTIONS = {"skip": ("checkpoint_dir",), "rename": {"max_tokens": "tokens"}}
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", default="runs/sae_store")
-    ap.add_argument("--site", default="resid_post.6")
-    ap.add_argument("--width", type=int, default=4608, help="latents (8 x d_model)")
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--init", default="active-subspace")
-    ap.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--warmup-steps", type=int, default=50)
-    ap.add_argument("--dead-tokens", type=int, default=1_000_000,
-                    help="AuxK window: a latent silent this long is dead")  # fmt: skip
-    ap.add_argument("--loss-windows", type=int, default=32, help="windows for CE/KL recovered")
-    ap.add_argument("--eval-tokens", type=int, default=None, help="default: the whole store")
-    ap.add_argument("--dashboard-latents", type=int, default=6)
-    ap.add_argument("--threads", type=int, default=None, help="torch threads")
-    ap.add_argument("--out", default="runs/sae_resid6")
-    args = ap.parse_args()
+
+@dataclass
+class Recipe:
+    """The recipe's own settings; the SAE's and the training's come from the library."""
+
+    store: str = "runs/sae_store"
+    """Activation store (from steerlab capture)."""
+    site: str = "resid_post.6"
+    """Store site to train on."""
+    loss_windows: int = 32
+    """Store windows for the CE/KL loss recovered."""
+    eval_tokens: int | None = None
+    """Tokens for the metrics and the dashboard (default: the whole store)."""
+    dashboard_latents: int = 6
+    """Latents shown in the dashboard, from frequent to rare."""
+    threads: int | None = None
+    """Torch threads (default: torch's choice)."""
+    out: str = "runs/sae_resid6"
+    """Output folder (``steerlab sae train`` output plus report.json and report.html)."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_positive(self, "loss_windows", "eval_tokens", "threads")
+        check_nonnegative(self, "dashboard_latents")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig, PendingConfig]:
+    """The recipe's settings, the training config, and the SAE options (the SaeConfig needs
+    the store's width and model, so :meth:`PendingConfig.build` makes it once the store is open)."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    recipe = add_config(ap, Recipe, title="Recipe")
+    # d_in, site and model come from the store; 4608 latents = 8 x d_model of SmolLM2-135M
+    sae_opts = add_config(ap, SaeConfig, skip=("d_in", "site", "model_id"),
+                          rename={"d_sae": "width", "architecture": "arch"},
+                          defaults={"d_sae": 4608}, title="SaeConfig")  # fmt: skip
+    train_opts = add_config(ap, TrainConfig, **TRAIN_OPTIONS, title="TrainConfig")
+    ns = ap.parse_args(argv)
+    sae = PendingConfig(sae_opts, ns, ap)
+    return recipe.build(ns, parser=ap), train_opts.build(ns, parser=ap), sae
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, tcfg, sae_opts = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    store = ActivationStore(args.store)
+    if args.site not in store.sites:
+        raise SystemExit(f"store {args.store} has no site {args.site!r}; it holds "
+                         f"{sorted(store.sites)}")  # fmt: skip
+    sae_cfg = sae_opts.build(d_in=store.sites[args.site], site=args.site, model_id=store.model_id)
 
     t0 = time.perf_counter()
-    rc = cli(["sae", "train", "--store", args.store, "--site", args.site,
-              "--width", str(args.width), "--k", str(args.k), "--init", args.init,
-              "--tokens", str(args.tokens), "--batch-size", str(args.batch_size),
-              "--warmup-steps", str(args.warmup_steps), "--dead-tokens", str(args.dead_tokens),
-              "--checkpoint-every", "50", "--out", str(out)])  # fmt: skip
+    # the command line trains (progress bar, checkpoints, resume); the same configs go through
+    rc = cli(["sae", "train", "--store", args.store, "--site", args.site, "--out", str(out),
+              *sae_opts.options.to_argv(sae_cfg),
+              *ConfigOptions(TrainConfig, **TRAIN_OPTIONS).to_argv(tcfg)])  # fmt: skip
     if rc:
         raise SystemExit(rc)
     train_s = time.perf_counter() - t0
 
-    store = ActivationStore(args.store)
     sae = load_sae(out / "sae")
     t1 = time.perf_counter()
     metrics = evaluate(sae, store, args.site, n_tokens=args.eval_tokens)

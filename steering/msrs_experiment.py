@@ -12,27 +12,38 @@ towards its target pole (0–1), fluency and relevance against the unsteered con
 per attribute the harmonic mean H(concept, fluency, relevance); "joint" = H over every
 attribute's concept, fluency and relevance. Interference Δ[i][j] = c_j(steer i) − c_j(unsteered).
 
-Writes ``<out>/results.json``, ``<out>/figures.html`` and logs to ``<out>/log.txt``.
+Writes ``<out>/results.json``, ``<out>/figures.html`` and logs to ``<out>/log.txt``. Training
+settings are the library's TrainConfig (``steerlab.steering.train``; each seed of ``--seeds``
+sets its ``seed``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import math
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
 
+from steerlab.capture import capture
+from steerlab.config import (
+    ConfigOptions,
+    check_nonnegative,
+    check_positive,
+    check_types,
+    parse_configs,
+    require,
+)
 from steerlab.datasets.pairs import load_pairs, load_prompts
 from steerlab.interventions import AddVector, Compose, LoReFT, scored
-from steerlab.models import load_model
+from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.positions import as_positions
 from steerlab.steering.evals import KeywordConcept, ProjectionConcept, Sentiment
 from steerlab.steering.generate import generate
-from steerlab.steering.msrs import MSRS, MSRSLoss, init_bases, read_differences
+from steerlab.steering.msrs import MSRS, GateTrace, MSRSLoss, init_bases, read_differences
 from steerlab.steering.scores import (
     continuation_scores,
     cosine,
@@ -42,6 +53,9 @@ from steerlab.steering.scores import (
 )
 from steerlab.steering.train import TrainConfig, TrainExample, evaluate_loss, train_intervention
 from steerlab.steering.vectors import fit_vector
+from steerlab.subspace import Subspace
+from steerlab.views import write_html
+from steerlab.views.msrs import attribute_scores_figure, gate_figure, interference_figure
 
 DATA = Path("data/steering")
 # attribute -> pair file, side steered towards, its pole, the prompting baseline's message
@@ -119,41 +133,69 @@ def _summarise(sc: dict, ref: dict, concepts: dict, attrs: list[str], ppl0: floa
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--attributes", default="sentiment,formality")
-    ap.add_argument("--layer", type=int, default=9)
-    ap.add_argument("--n-train", type=int, default=96)
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--batch-size", type=int, default=8)
-    ap.add_argument("--lr", type=float, default=4e-3)
-    ap.add_argument("--max-target-tokens", type=int, default=16)
-    ap.add_argument("--shared-rank", type=int, default=2)
-    ap.add_argument("--attr-rank", type=int, default=2)
-    ap.add_argument("--gate-weight", type=float, default=0.5)
-    ap.add_argument("--align-weight", type=float, default=0.8)
-    ap.add_argument("--caa-alphas", default="0.1,0.2", help="fractions of the mean ‖h‖")
-    ap.add_argument("--n-prompts", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=24)
-    ap.add_argument("--seeds", default="0")
-    ap.add_argument("--skip-loreft", action="store_true")
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default="runs/msrs")
-    args = ap.parse_args()
+@dataclass
+class Recipe:
+    """The recipe's own settings; the training's come from TrainConfig."""
+
+    model: str = DEFAULT_MODEL
+    """Model: the embedded name, a local HF directory or a hub id."""
+    attributes: str = "sentiment,formality"
+    """Comma-separated attributes to steer (sentiment, formality, topic_ocean)."""
+    layer: int = 9
+    """Layer of resid_post where every method steers."""
+    n_train: int = 96
+    """Training pairs per attribute (the first n)."""
+    shared_rank: int = 2
+    """Rows of MSRS's shared block (LoReFT's rank is shared + attribute rank)."""
+    attr_rank: int = 2
+    """Rows of each attribute's MSRS block."""
+    gate_weight: float = 0.5
+    """λ of MSRS's gate prior term (the paper: 0.5)."""
+    align_weight: float = 0.8
+    """λ of MSRS's alignment term (the paper: 0.8)."""
+    caa_alphas: tuple[float, ...] = (0.1, 0.2)
+    """Strengths of the summed CAA vectors, as fractions of the mean activation norm."""
+    n_prompts: int = 16
+    """Neutral evaluation prompts (the first n, never seen in training)."""
+    max_new_tokens: int = 24
+    """Greedy tokens generated per prompt."""
+    seeds: tuple[int, ...] = (0,)
+    """Training seeds (MSRS and LoReFT are averaged over them)."""
+    skip_loreft: bool = False
+    """Leave out the LoReFT baseline."""
+    threads: int = 1
+    """Torch threads."""
+    out: str = "runs/msrs"
+    """Output folder: results.json, figures.html, log.txt and the trained modules."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_nonnegative(self, "layer", "gate_weight", "align_weight")
+        check_positive(self, "n_train", "shared_rank", "attr_rank", "n_prompts")
+        check_positive(self, "max_new_tokens", "threads")
+        require(self, "seeds", len(self.seeds) > 0 and min(self.seeds) >= 0, "seeds >= 0")
+        unknown = [a for a in self.attributes.split(",") if a.strip() and a.strip() not in ATTRS]
+        require(self, "attributes", not unknown, f"attributes among {sorted(ATTRS)}")
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig]:
+    return parse_configs(
+        Recipe, ConfigOptions(TrainConfig, skip=("seed",)), argv=argv, description=__doc__
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, tcfg_base = parse_args(argv)
 
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     _setup_log(out)
     t0 = time.perf_counter()
     attrs = [a.strip() for a in args.attributes.split(",") if a.strip()]
-    unknown = [a for a in attrs if a not in ATTRS]
-    if unknown:
-        raise SystemExit(f"unknown attributes {unknown}; known: {sorted(ATTRS)}")
     site = f"resid_post.{args.layer}"
     handle = load_model(args.model, device="cpu")
     encoder = load_model("minilm-l6", device="cpu")
-    log.info("config %s", vars(args))
+    log.info("config %s %s", asdict(args), asdict(tcfg_base))
 
     pairs = {a: load_pairs(DATA / ATTRS[a][0]) for a in attrs}
     train_pairs = {a: list(pairs[a])[: args.n_train] for a in attrs}
@@ -161,8 +203,6 @@ def main() -> None:
                 for a in attrs for p in train_pairs[a]]  # fmt: skip
     prompts = load_prompts(DATA / "neutral_prompts.jsonl")[: args.n_prompts]
     concepts = _concepts(handle, attrs)
-    tcfg_base = dict(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                     max_target_tokens=args.max_target_tokens)  # fmt: skip
     log.info(
         "data: %s training pairs, %d eval prompts (%.0f s)",
         {a: len(v) for a, v in train_pairs.items()},
@@ -197,7 +237,7 @@ def main() -> None:
             time.perf_counter() - t)  # fmt: skip
         return summ
 
-    results: dict = {"config": vars(args), "site": site, "ppl_reference": ppl0,
+    results: dict = {"config": asdict(args), "train": asdict(tcfg_base), "site": site, "ppl_reference": ppl0,
                      "unsteered": _summarise(ref, ref, concepts, attrs, ppl0), "seeds": {}}  # fmt: skip
     results["unsteered"]["examples"] = plain.texts[:3]
     fixed: dict = {}
@@ -205,7 +245,7 @@ def main() -> None:
         fixed.setdefault("prompt", {})[cond] = run(
             f"prompt/{cond}", None, " ".join(ATTRS[a][3] for a in act)
         )
-        for alpha in [float(x) for x in args.caa_alphas.split(",")]:
+        for alpha in args.caa_alphas:
             fixed.setdefault(f"caa@{alpha:g}", {})[cond] = run(f"caa@{alpha:g}/{cond}",
                                                               caa(act, alpha))  # fmt: skip
     results["fixed"] = fixed
@@ -216,10 +256,10 @@ def main() -> None:
     results["init_energy"] = init.energy
     log.info("init energy %s", json.dumps(init.energy))
 
-    for seed in [int(s) for s in args.seeds.split(",")]:
+    for seed in args.seeds:
         torch.manual_seed(seed)
         res: dict = {}
-        tcfg = TrainConfig(seed=seed, **tcfg_base)
+        tcfg = replace(tcfg_base, seed=seed)
         m = MSRS.from_init(init, site, hidden=64)
         base_loss = evaluate_loss(handle, None, examples, tcfg)
         t = time.perf_counter()
@@ -305,14 +345,10 @@ def _block(init, name: str) -> slice:
 
 
 def _rows_sub(rows: torch.Tensor):
-    from steerlab.subspace import Subspace
-
     return Subspace.from_vectors(rows.double())
 
 
 def _gate_trace(handle, m: MSRS, prompt: str, gkw: dict) -> dict:
-    from steerlab.capture import capture
-
     g = generate(handle, [prompt], m, **gkw)
     ids = torch.cat([g.prompt_ids[0], g.token_ids[0]])
     every = torch.ones(1, len(ids), dtype=torch.bool)
@@ -379,10 +415,6 @@ def _table(results: dict, attrs: list[str]) -> str:
 
 
 def _figures(results: dict, attrs: list[str], out: Path) -> None:
-    from steerlab.steering.msrs import GateTrace
-    from steerlab.views import write_html
-    from steerlab.views.msrs import attribute_scores_figure, gate_figure, interference_figure
-
     methods = _methods(results)
     metrics = [f"concept:{a}" for a in attrs] + ["fluency", "relevance"]
     conds = list(next(iter(methods.values())))

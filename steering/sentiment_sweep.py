@@ -7,23 +7,33 @@ the best point with a prompting baseline (AxBench-style scores; see steerlab.ste
         --out runs/steering/sentiment
 
 Writes ``<out>/vector/`` (the fitted vector), ``<out>/sweep.json`` (table, best points, every
-continuation) and ``<out>/sweep.html`` (the sweep figure and a token-by-token view).
+continuation) and ``<out>/sweep.html`` (the sweep figure and a token-by-token view). The fit's
+settings are VectorConfig's and the sweep's SweepConfig's (the library's defaults); the pairs
+are chat exchanges, so the vector is always read from the assistant's tokens (``chat``).
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 
+from steerlab.config import (
+    ConfigOptions,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+    check_types,
+    parse_configs,
+)
 from steerlab.datasets.pairs import load_pairs, load_prompts
-from steerlab.models import load_model
+from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.steering.evals import Sentiment, SweepConfig, strength_sweep
 from steerlab.steering.scores import token_projections
-from steerlab.steering.vectors import fit_vector
+from steerlab.steering.vectors import VectorConfig, fit_vector
 from steerlab.views import write_html
 from steerlab.views.steering import sweep_figure, token_projection_figure
 
@@ -39,32 +49,57 @@ def _table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="smollm2-135m-instruct")
-    ap.add_argument("--pairs", default="data/steering/sentiment.jsonl")
-    ap.add_argument("--prompts", default="data/steering/neutral_prompts.jsonl")
-    ap.add_argument("--layer", type=int, default=12)
-    ap.add_argument("--method", default="mean_diff", choices=["mean_diff", "pca_diff"])
-    ap.add_argument(
-        "--alphas",
-        default="-0.6,-0.4,-0.2,0.2,0.4,0.6",
-        help="strengths, as fractions of the layer's mean activation norm",
+@dataclass
+class Recipe:
+    """The recipe's own settings; the fit's and the sweep's come from the library."""
+
+    model: str = DEFAULT_MODEL
+    """Model: the embedded name, a local HF directory or a hub id."""
+    pairs: str = "data/steering/sentiment.jsonl"
+    """Contrast pairs (JSONL of prompt, positive, negative)."""
+    prompts: str = "data/steering/neutral_prompts.jsonl"
+    """Neutral prompts the sweep continues."""
+    layer: int = 12
+    """Layer of resid_post where the vector is read and added."""
+    positions: str = "all"
+    """Where the vector is added."""
+    n_prompts: int = 16
+    """Prompts used (the first n)."""
+    min_fluency: float = 0.5
+    """Fluency that counts as holding, for the monotone range."""
+    threads: int | None = None
+    """Torch threads (default: torch's choice)."""
+    device: str | None = None
+    """cpu, cuda, ... (default: cuda when available, else cpu)."""
+    out: str = "runs/steering/sentiment"
+    """Output folder: vector/, sweep.json and sweep.html."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_nonnegative(self, "layer")
+        check_positive(self, "n_prompts", "threads")
+        check_fraction(self, "min_fluency", low=True, high=True)
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, VectorConfig, SweepConfig]:
+    args, vcfg, cfg = parse_configs(
+        Recipe,
+        # the pairs are chat exchanges: read the assistant's tokens (chat=True, always)
+        ConfigOptions(
+            VectorConfig,
+            skip=("chat",),
+            rename={"batch_size": "fit_batch_size", "positions": "read_positions"},
+        ),
+        # strengths as fractions of the layer's mean activation norm
+        ConfigOptions(SweepConfig, defaults={"alphas": (-0.6, -0.4, -0.2, 0.2, 0.4, 0.6)}),
+        argv=argv,
+        description=__doc__,
     )
-    ap.add_argument("--positions", default="all", help="where the vector is added")
-    ap.add_argument("--n-prompts", type=int, default=16)
-    ap.add_argument("--max-new-tokens", type=int, default=40)
-    ap.add_argument("--batch-size", type=int, default=16)
-    ap.add_argument(
-        "--min-fluency",
-        type=float,
-        default=0.5,
-        help="fluency that counts as holding, for the monotone range",
-    )
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--device", default=None)
-    ap.add_argument("--out", default="runs/steering/sentiment")
-    args = ap.parse_args()  # fmt: skip
+    return args, replace(vcfg, chat=True), cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, vcfg, cfg = parse_args(argv)
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -74,22 +109,20 @@ def main() -> None:
     pairs = load_pairs(args.pairs)
     site = f"resid_post.{args.layer}"
     # the pairs are (prompt, positive, negative) chat exchanges: read the assistant's tokens
-    sv = fit_vector(handle, pairs, site, method=args.method, chat=True)
+    sv = fit_vector(handle, pairs, site, method=vcfg.method, positions=vcfg.positions,
+                    chat=vcfg.chat, center=vcfg.center, batch_size=vcfg.batch_size)  # fmt: skip
     sv.save(out / "vector")
-    print(f"fitted {args.method} on {len(pairs)} pairs at {site}: mean norm "
+    print(f"fitted {vcfg.method} on {len(pairs)} pairs at {site}: mean norm "
           f"{float(sv.norms[0]):.2f} ({time.perf_counter() - t0:.0f} s)")  # fmt: skip
 
     prompts = load_prompts(args.prompts)[: args.n_prompts]
-    alphas = tuple(float(a) for a in args.alphas.split(","))
-    cfg = SweepConfig(alphas=alphas, max_new_tokens=args.max_new_tokens,
-                      batch_size=args.batch_size)  # fmt: skip
     sweep = strength_sweep(
         handle, prompts, lambda a: sv.intervention(args.layer, a, args.positions), Sentiment(),
         cfg, progress=lambda label: print(f"  generated {label} ({time.perf_counter() - t0:.0f} s)"),
     )  # fmt: skip
 
     print(f"\n{handle.model_id}, {site}, {len(prompts)} neutral prompts, "
-          f"{args.max_new_tokens} greedy tokens; alpha = fraction of mean norm "
+          f"{cfg.max_new_tokens} greedy tokens; alpha = fraction of mean norm "
           f"{float(sv.norms[0]):.2f}; PPL0 = {sweep.ppl_reference:.3f}")  # fmt: skip
     print(_table(sweep.table()))
     rng = sweep.monotone_range(args.min_fluency)

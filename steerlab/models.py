@@ -322,6 +322,26 @@ def from_hf(
     )
 
 
+def load_tokenizer(name: str = DEFAULT_MODEL) -> Any:
+    """The tokenizer of a model, set up as :func:`load_model` sets it, without the weights.
+
+    For work that only tokenises (packing a corpus, decoding the token ids of a store), so
+    that it does not wait for the weights to load.
+
+    Args:
+        name: as in :func:`load_model`.
+    """
+    from transformers import AutoTokenizer
+
+    _, source = resolve(name)
+    tok = AutoTokenizer.from_pretrained(source)
+    # the settings of from_hf, which every ModelHandle gets
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    return tok
+
+
 def load_model(
     name: str = DEFAULT_MODEL,
     *,

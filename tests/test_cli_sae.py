@@ -75,6 +75,8 @@ def test_train_eval_saelens_round_trip(tmp_path, model, capsys):
         "1024",
         "--checkpoint-every",
         "4",
+        "--init",
+        "active-subspace",  # the library's default is "tied"; the dash spelling is accepted
         "--out",
         str(out),
     ]
@@ -241,18 +243,21 @@ def test_bad_input_is_a_clear_error(tmp_path, capsys):
         "--out",
         str(tmp_path / "o"),
     ]
-    assert main([*base, "--site", "resid_post.6"]) == 2
+    assert main([*base, "--site", "resid_post.6"]) == 1
     assert "no site 'resid_post.6'" in capsys.readouterr().err
-    assert main([*base, "--site", "x.0", "--k", "64"]) == 2
-    assert "k must satisfy" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as e:  # a bad option value is a usage error naming the flag
+        main([*base, "--site", "x.0", "--k", "64"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "--k" in err and "k must satisfy" in err
+    assert not (tmp_path / "o").exists()
     assert main([*base, "--site", "x.0", "--k", "4", "--init-tokens", "256"]) == 0
     capsys.readouterr()
     # another config into the same directory: refused, the checkpoint untouched
     before = (tmp_path / "o" / CHECKPOINT_NAME / STATE_JSON).read_text()
-    assert main([*base, "--site", "x.0", "--k", "8", "--init-tokens", "256"]) == 2
+    assert main([*base, "--site", "x.0", "--k", "8", "--init-tokens", "256"]) == 1
     assert "another run" in capsys.readouterr().err
     assert (tmp_path / "o" / CHECKPOINT_NAME / STATE_JSON).read_text() == before
-    assert main(["sae", "eval", str(tmp_path / "nothing"), "--store", str(store)]) == 2
+    assert main(["sae", "eval", str(tmp_path / "nothing"), "--store", str(store)]) == 1
 
 
 @pytest.mark.parametrize(
@@ -262,6 +267,8 @@ def test_help(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
     assert e.value.code == 0
-    if argv[1] == "train":  # options generated from TrainConfig, with its docstrings
-        text = capsys.readouterr().out
+    if argv[1] == "train":  # options generated from SaeConfig and TrainConfig, with docstrings
+        text = " ".join(capsys.readouterr().out.split())
         assert "--auxk-alpha" in text and "--dead-tokens" in text and "--tokens" in text
+        assert "Weight of the AuxK loss of TopK SAEs" in text and "(default: 0.03125)" in text
+        assert "--width" in text and "Number of latents" in text and "(default: tied)" in text

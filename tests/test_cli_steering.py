@@ -67,16 +67,16 @@ def test_steer_errors_are_clear(tmp_path, capsys, pairs_file):
                                        norms=[1.0, 1.0])  # fmt: skip
     sv.save(tmp_path / "v")
     rc = main(["steer", "--vector", str(tmp_path / "v"), "--alpha", "1", "--prompt", "x"])
-    assert rc == 2 and "choose one" in capsys.readouterr().err
+    assert rc == 1 and "choose one" in capsys.readouterr().err
     rc = main(["steer", "--vector", str(tmp_path / "nothing"), "--alpha", "1", "--prompt", "x"])
-    assert rc == 2 and "cfg.json" in capsys.readouterr().err
+    assert rc == 1 and "cfg.json" in capsys.readouterr().err
     wide = SteeringVector.from_direction(torch.ones(64), "resid_post.3", norms=[1.0])
     wide.save(tmp_path / "w")
     rc = main(["steer", "--vector", str(tmp_path / "w"), "--alpha", "1", "--prompt", "x"])
-    assert rc == 2 and "width" in capsys.readouterr().err
+    assert rc == 1 and "width" in capsys.readouterr().err
     rc = main(["vector", "fit", "--pairs", str(tmp_path / "missing.jsonl"), "--sites",
                "resid_post.3", "--out", str(tmp_path / "o")])  # fmt: skip
-    assert rc == 2 and "no such file" in capsys.readouterr().err
+    assert rc == 1 and "no such file" in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

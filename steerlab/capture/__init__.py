@@ -222,6 +222,8 @@ def capture(
         progress: called with the number of tokens processed after each batch.
     """
     _check_backend(backend)
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
     enc = _encode(handle, inputs, attention_mask, max_length, padding_side)
     rule = _rule(positions, span_tokens, enc)
@@ -284,6 +286,8 @@ def capture_to_store(
     Returns:
         The finished :class:`steerlab.capture.store.ActivationStore`.
     """
+    if not (isinstance(batch_size, int) and batch_size >= 1):
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
     ids = chunks.input_ids if hasattr(chunks, "input_ids") else chunks
     enc = encode_tokens(handle, ids)

@@ -16,7 +16,6 @@ plus ``epsilon``. The eraser is ``r(x) = x − U Uᵀ (x − μ)`` with ``P = U 
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from steerlab.artifacts import register
 from steerlab.checks import check_features, check_labels
+from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types
 from steerlab.erasure.leace import AffineEraser, majority_rate, train_dev_split
 
 logger = logging.getLogger(__name__)
@@ -57,17 +57,10 @@ class InlpConfig:
     """Seed of the dev split and the classifiers; None: nondeterministic."""
 
     def __post_init__(self) -> None:
-        if self.n_iter < 1 or self.max_iter < 1:
-            raise ValueError(f"InlpConfig: n_iter and max_iter must be >= 1, got {self}")
-        if self.classifier not in ("logistic", "svm"):
-            raise ValueError(f"InlpConfig.classifier must be 'logistic' or 'svm', got "
-                             f"{self.classifier!r}")  # fmt: skip
-        if not (math.isfinite(self.C) and self.C > 0):
-            raise ValueError(f"InlpConfig.C must be positive, got {self.C}")
-        if not (math.isfinite(self.epsilon) and self.epsilon >= 0):
-            raise ValueError(f"InlpConfig.epsilon must be >= 0, got {self.epsilon}")
-        if not 0 < self.dev_fraction < 1:
-            raise ValueError(f"InlpConfig.dev_fraction must be in (0, 1), got {self.dev_fraction}")
+        check_types(self)
+        check_positive(self, "n_iter", "C", "max_iter")
+        check_nonnegative(self, "epsilon", "seed")
+        check_fraction(self, "dev_fraction")
 
 
 @register("inlp")

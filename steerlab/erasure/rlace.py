@@ -29,6 +29,7 @@ from torch import Tensor
 
 from steerlab.artifacts import register
 from steerlab.checks import check_features, check_labels
+from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types
 from steerlab.erasure.leace import AffineEraser, majority_rate, probe_scores, train_dev_split
 
 logger = logging.getLogger(__name__)
@@ -70,22 +71,12 @@ class RlaceConfig:
     """Seed of the initial ``P``, the batches and the dev split; None: nondeterministic."""
 
     def __post_init__(self) -> None:
-        positive = ("rank", "max_iter", "batch_size", "eval_every")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"RlaceConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("lr_P", "lr_predictor", "init_scale", "epsilon"):
-            v = getattr(self, name)
-            if not (math.isfinite(v) and v > 0):
-                raise ValueError(f"RlaceConfig.{name} must be positive and finite, got {v}")
-        if not (self.weight_decay >= 0 and 0 <= self.momentum < 1):
-            raise ValueError("RlaceConfig: need weight_decay >= 0 and 0 <= momentum < 1")
-        if not 0 < self.dev_fraction < 1:
-            raise ValueError(f"RlaceConfig.dev_fraction must be in (0, 1), got {self.dev_fraction}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(
-                f"RlaceConfig.dtype must be 'float32' or 'float64', got {self.dtype!r}"
-            )
+        check_types(self)
+        check_positive(self, "rank", "max_iter", "batch_size", "eval_every")
+        check_positive(self, "lr_P", "lr_predictor", "init_scale", "epsilon")
+        check_nonnegative(self, "weight_decay", "seed")
+        check_fraction(self, "momentum", low=True)
+        check_fraction(self, "dev_fraction")
 
 
 @register("rlace")

@@ -36,6 +36,7 @@ from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.checks import check_features, check_labels, check_targets, check_width
+from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types, require
 from steerlab.probes.pls import split_ids
 from steerlab.subspace import Subspace
 
@@ -79,15 +80,13 @@ class ProbeConfig:
     tighten it (and raise ``max_iter``) to reach sklearn's optimum to more digits."""
 
     def __post_init__(self) -> None:
-        if self.kind not in ("logistic", "ridge"):
-            raise ValueError(f"kind must be 'logistic' or 'ridge', got {self.kind!r}")
-        grid = self.C_grid if self.kind == "logistic" else self.alpha_grid
-        if not grid or any(not (g > 0) for g in grid):
-            raise ValueError(f"the regularisation grid must be non-empty and positive: {grid}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
-        if self.n_folds < 0 or self.max_iter < 1:
-            raise ValueError("n_folds must be >= 0 and max_iter >= 1")
+        check_types(self)
+        grid = "C_grid" if self.kind == "logistic" else "alpha_grid"
+        require(self, grid, len(getattr(self, grid)) > 0 and all(g > 0 for g in getattr(self, grid)),
+                "a non-empty list of numbers > 0")  # fmt: skip
+        check_fraction(self, "test_fraction")
+        check_nonnegative(self, "n_folds", "seed")
+        check_positive(self, "max_iter", "tol")
 
 
 @register("linear_probe")

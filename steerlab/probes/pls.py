@@ -43,6 +43,7 @@ from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.checks import check_features, check_finite, check_width
+from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types, require
 from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
@@ -77,16 +78,11 @@ class PLSConfig:
     the best (0 picks the best exactly)."""
 
     def __post_init__(self) -> None:
-        if self.cv_tol < 0:
-            raise ValueError(f"cv_tol must be >= 0, got {self.cv_tol}")
-        if self.n_components is not None and self.n_components < 1:
-            raise ValueError(f"n_components must be >= 1 or None, got {self.n_components}")
-        if self.max_components < 1:
-            raise ValueError(f"max_components must be >= 1, got {self.max_components}")
-        if self.n_folds < 2:
-            raise ValueError(f"n_folds must be >= 2, got {self.n_folds}")
-        if not 0.0 < self.test_fraction < 1.0:
-            raise ValueError(f"test_fraction must be in (0, 1), got {self.test_fraction}")
+        check_types(self)
+        check_positive(self, "n_components", "max_components")
+        require(self, "n_folds", self.n_folds >= 2, ">= 2")
+        check_fraction(self, "test_fraction")
+        check_nonnegative(self, "cv_tol", "seed")
 
 
 # --- splits -----------------------------------------------------------------------------------

@@ -30,6 +30,15 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor, nn
 
+from steerlab.config import (
+    ConfigError,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+    check_types,
+    require,
+)
+
 logger = logging.getLogger(__name__)
 
 Architecture = Literal["topk", "relu_l1", "jumprelu", "batchtopk", "gated"]
@@ -75,25 +84,19 @@ class SaeConfig:
     """Identifier (a directory name in checkpoints); derived from the fields when None."""
 
     def __post_init__(self) -> None:
-        if self.architecture not in SAE_CLASSES:
-            raise ValueError(
-                f"unknown architecture {self.architecture!r}; known: {sorted(SAE_CLASSES)}"
-            )
-        if self.d_in < 1 or self.d_sae < 1:
-            raise ValueError(f"d_in and d_sae must be >= 1, got {self.d_in}, {self.d_sae}")
+        check_types(self)
+        require(self, "architecture", self.architecture in SAE_CLASSES,
+                f"a registered architecture {sorted(SAE_CLASSES)}")  # fmt: skip
+        check_positive(self, "d_in", "d_sae", "k")
         uses_k = SAE_CLASSES[self.architecture].uses_k
         if uses_k and not 1 <= self.k < self.d_sae:
-            raise ValueError(f"k must satisfy 1 <= k < d_sae={self.d_sae}, got k={self.k}")
-        if self.l1_coefficient < 0:
-            raise ValueError(f"l1_coefficient must be >= 0, got {self.l1_coefficient}")
-        if self.init not in ("tied", "active_subspace", "random"):
-            raise ValueError(f"init must be tied, active_subspace or random, got {self.init!r}")
-        if not 0 < self.init_var <= 1:
-            raise ValueError(f"init_var must be in (0, 1], got {self.init_var}")
-        if self.init_dim is not None and not 1 <= self.init_dim <= self.d_in:
-            raise ValueError(f"init_dim must be in [1, d_in={self.d_in}], got {self.init_dim}")
-        if self.dtype not in DTYPES:
-            raise ValueError(f"dtype {self.dtype!r} not supported; choose from {sorted(DTYPES)}")
+            raise ConfigError("SaeConfig", "k", f"k must satisfy 1 <= k < d_sae={self.d_sae}, "
+                              f"got k={self.k}")  # fmt: skip
+        check_nonnegative(self, "l1_coefficient")
+        check_fraction(self, "init_var", high=True)
+        if self.init_dim is not None:
+            require(self, "init_dim", 1 <= self.init_dim <= self.d_in, f"in [1, d_in={self.d_in}]")
+        require(self, "dtype", self.dtype in DTYPES, f"one of {sorted(DTYPES)}")
         if self.name is None:
             k = f".k{self.k}" if uses_k else ""
             self.name = f"{self.site or 'x'}.{self.architecture}.w{self.d_sae}{k}.{self.init}"

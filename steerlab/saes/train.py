@@ -41,6 +41,7 @@ from torch import Tensor
 
 from steerlab import __version__
 from steerlab.capture.store import ActivationStore
+from steerlab.config import ConfigError, check_nonnegative, check_positive, check_types, require
 from steerlab.saes.formats import (
     PARAM_NAMES,
     STATE_JSON,
@@ -110,25 +111,16 @@ class TrainConfig:
     """Device of the SAEs and batches."""
 
     def __post_init__(self) -> None:
+        check_types(self)
         self.betas = (float(self.betas[0]), float(self.betas[1]))
-        positive = ("batch_size", "dead_tokens", "shards_in_memory", "log_every", "init_tokens")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        nonneg = ("warmup_steps", "k_anneal_steps", "checkpoint_every", "auxk_alpha", "base_lr")
-        for name in nonneg:
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        check_positive(self, "batch_size", "max_tokens", "lr", "base_lr", "eps", "dead_tokens")
+        check_positive(self, "k_anneal_start", "init_tokens", "shards_in_memory", "log_every")
+        check_nonnegative(self, "warmup_steps", "auxk_alpha", "k_anneal_steps", "seed")
+        check_nonnegative(self, "checkpoint_every")
         if self.max_tokens is not None and self.max_tokens < self.batch_size:
-            raise ValueError(f"max_tokens={self.max_tokens} < batch_size={self.batch_size}")
-        if self.lr is not None and self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"betas must be in [0, 1), got {self.betas}")
-        if self.nan_policy not in ("skip", "error"):
-            raise ValueError(f"nan_policy must be 'skip' or 'error', got {self.nan_policy!r}")
-        if self.k_anneal_start is not None and self.k_anneal_start < 1:
-            raise ValueError(f"k_anneal_start must be >= 1, got {self.k_anneal_start}")
+            raise ConfigError("TrainConfig", "max_tokens",
+                              f"max_tokens={self.max_tokens} < batch_size={self.batch_size}")  # fmt: skip
+        require(self, "betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
 
 
 class TrainProgress(NamedTuple):

@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+from steerlab.config import check_positive, check_types, require
 from steerlab.steering.generate import Generation, generate
 from steerlab.steering.scores import (
     continuation_scores,
@@ -267,10 +268,9 @@ class SweepConfig:
     """Also run the prompting baseline for both poles."""
 
     def __post_init__(self) -> None:
-        if not self.alphas or not all(math.isfinite(a) for a in self.alphas):
-            raise ValueError("alphas must be a non-empty list of finite numbers")
-        if self.max_new_tokens < 1 or self.batch_size < 1 or self.repetition_n < 1:
-            raise ValueError("max_new_tokens, batch_size and repetition_n must be >= 1")
+        check_types(self)
+        require(self, "alphas", len(self.alphas) > 0, "at least one strength")
+        check_positive(self, "max_new_tokens", "batch_size", "repetition_n")
 
 
 @dataclass

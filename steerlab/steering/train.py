@@ -28,6 +28,7 @@ from jaxtyping import Int
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from steerlab.config import check_nonnegative, check_positive, check_types
 from steerlab.interventions.algebra import Intervention
 from steerlab.interventions.hooks import Steering, steer
 from steerlab.models import ModelHandle
@@ -85,10 +86,9 @@ class TrainConfig:
     """Seeds the shuffling."""
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1 or self.max_target_tokens < 1:
-            raise ValueError("epochs, batch_size and max_target_tokens must be >= 1")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be positive, got {self.lr}")
+        check_types(self)
+        check_positive(self, "epochs", "batch_size", "lr", "max_target_tokens", "grad_clip")
+        check_nonnegative(self, "weight_decay", "seed")
         as_positions(self.positions)
 
 

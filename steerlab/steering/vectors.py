@@ -48,6 +48,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, check_json, register
+from steerlab.config import check_positive, check_types
 from steerlab.datasets.pairs import LabelledSet, as_pairs
 from steerlab.interventions.kinds import AddVector
 from steerlab.positions import Positions, as_positions
@@ -91,7 +92,7 @@ class VectorConfig:
 
     method: Method = "mean_diff"
     """``"mean_diff"`` (CAA / ActAdd) or ``"pca_diff"`` (repeng's PCA of paired differences)."""
-    positions: str | None = None
+    positions: str | Positions | None = None
     """Read rule (:mod:`steerlab.positions`); None: ``"generation"`` for pairs with a
     prompt, ``"last"`` for standalone texts."""
     chat: bool = False
@@ -102,10 +103,8 @@ class VectorConfig:
     """Pairs per forward pass (two sequences each)."""
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"unknown method {self.method!r}; choose one of {METHODS}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        check_types(self)
+        check_positive(self, "batch_size")
         if self.positions is not None:
             _read_rule(self.positions)
 

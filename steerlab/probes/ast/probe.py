@@ -39,6 +39,7 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, register
+from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types
 from steerlab.probes.ast.data import AstSnippet
 from steerlab.probes.ast.trees import (
     F1Score,
@@ -104,19 +105,10 @@ class AstProbeConfig:
     """Seed of the initialisation and the batch order."""
 
     def __post_init__(self) -> None:
-        if self.rank < 1:
-            raise ValueError(f"AstProbeConfig.rank must be >= 1, got {self.rank}")
-        if self.batch_size < 1 or self.max_epochs < 1 or self.patience < 1:
-            raise ValueError("AstProbeConfig: batch_size, max_epochs and patience must be >= 1")
-        if not (math.isfinite(self.orth_lambda) and self.orth_lambda >= 0):
-            raise ValueError(f"AstProbeConfig.orth_lambda must be >= 0, got {self.orth_lambda}")
-        if not (math.isfinite(self.lr) and self.lr > 0 and 0 < self.lr_factor <= 1):
-            raise ValueError("AstProbeConfig: lr must be > 0 and lr_factor in (0, 1]")
-        if self.normalize not in ("scale", "standardize", "center", "none"):
-            raise ValueError(
-                f"AstProbeConfig.normalize must be 'scale', 'standardize', "
-                f"'center' or 'none', got {self.normalize!r}"
-            )
+        check_types(self)
+        check_positive(self, "rank", "lr", "batch_size", "max_epochs", "patience", "init_range")
+        check_nonnegative(self, "orth_lambda", "lr_patience", "seed")
+        check_fraction(self, "lr_factor", high=True)
 
 
 # --------------------------------------------------------------------------- data

@@ -9,8 +9,7 @@ original object, and run as a script in a subprocess to load the saved copy ther
 The script writes ``<out dir>/state.safetensors`` (every tensor the object holds),
 ``<out dir>/outputs.safetensors`` (what it computes on the input) and ``<out dir>/info.json``
 (its class, its ``meta``, and whether its kind's module was imported before ``load``). Only
-torch, safetensors, ``steerlab.artifacts`` and ``steerlab.positions`` (which no kind's module
-is) are imported up front, so the kind's module is imported by the lazy kind table or not at
+torch, safetensors and ``steerlab.artifacts`` are imported up front, so the kind's module is imported by the lazy kind table or not at
 all.
 """
 
@@ -27,7 +26,6 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 import steerlab.artifacts as artifacts
-from steerlab.positions import TokenView
 
 
 def state(obj: Any) -> dict[str, Tensor]:
@@ -68,7 +66,11 @@ def outputs(kind: str, obj: Any, x: Tensor) -> dict[str, Tensor]:
         return {f"proj/{layer}": obj(flat, layer) for layer in obj.layers}
     if kind == "sae":
         return {"reconstruct": obj.reconstruct(flat)}
-    # interventions: the edit each site's hook makes, with padding on both sides
+    # interventions: the edit each site's hook makes, with padding on both sides. Imported
+    # here, after load: steerlab.positions imports steerlab.subspace, a kind's module, and the
+    # probe must not import any kind's module before the lazy table does
+    from steerlab.positions import TokenView
+
     view = TokenView.from_mask(torch.tensor([[1, 1, 1, 1, 0], [0, 1, 1, 1, 1]]), x.shape[1])
     with torch.no_grad():
         return {f"apply/{site}": obj.apply_at(site, x, view) for site in obj.sites()}

@@ -19,6 +19,7 @@ import steerlab.artifacts as artifacts
 import steerlab.io as sio
 from steerlab.io import atomic_dir, atomic_file, atomic_write_bytes, atomic_write_text
 from steerlab.saes import formats
+from steerlab.saes.io import saelens as saelens_io
 from steerlab.saes.sae import SaeConfig, build_sae
 from steerlab.subspace import Subspace
 from steerlab.views.report import write_html
@@ -175,11 +176,11 @@ def test_callers_keep_the_previous_file_on_failure(tmp_path, monkeypatch):
         write_html(go.Figure(), page, title="new")
     monkeypatch.undo()
     assert page.read_text() == before and _siblings(page) == []
-    # saes.formats: the SAELens directory
+    # saes.io.saelens (re-exported by saes.formats): the SAELens directory
     sae = build_sae(SaeConfig(d_in=8, d_sae=16, k=2))
     formats.save_saelens(sae, tmp_path / "lens")
     w = (tmp_path / "lens" / formats.SAELENS_WEIGHTS).read_bytes()
-    monkeypatch.setattr(formats, "save_file", _disk_full)
+    monkeypatch.setattr(saelens_io, "save_file", _disk_full)  # the writer lives in saes.io
     with pytest.raises(OSError, match="No space"):
         formats.save_saelens(build_sae(SaeConfig(d_in=8, d_sae=16, k=2)), tmp_path / "lens")
     monkeypatch.undo()

@@ -35,9 +35,11 @@ bench: install
 #   make notebooks NOTEBOOKS=notebooks/03_probes_pls.py   only these
 #   make notebooks VENV=/path/to/venv NB_DEPS=            use a ready venv, install nothing
 #   make lab                                              JupyterLab on notebooks/
+#   make lab LAB_ARGS="--no-browser --port 8890"          options for `jupyter lab`
 # The figures' static PNG copies need a local Chrome or Chromium (e.g. apt-get install chromium).
 NOTEBOOKS ?= $(sort $(wildcard notebooks/[0-9]*.py))
 NB_DEPS ?= notebooks-install
+LAB_ARGS ?=
 # This checkout's steerlab even when VENV's editable install points elsewhere; no progress bars
 # (the first load of the embedded model draws one while it caches the weights).
 NB_ENV = PYTHONPATH=$(CURDIR)$(if $(PYTHONPATH),:$(PYTHONPATH)) TQDM_DISABLE=1 \
@@ -57,4 +59,4 @@ notebooks: $(NB_DEPS)
 	done
 
 lab: $(NB_DEPS)
-	$(NB_ENV) $(PY) -m jupyterlab --ServerApp.root_dir=notebooks
+	$(NB_ENV) $(PY) -m jupyterlab --ServerApp.root_dir=notebooks $(LAB_ARGS)

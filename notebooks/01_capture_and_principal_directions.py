@@ -33,6 +33,7 @@ notebook_setup()
 
 # %%
 import tempfile
+from collections import Counter
 
 import torch
 
@@ -42,7 +43,7 @@ from steerlab.datasets.corpora import chunk_tokens, load_texts, token_contexts
 from steerlab.views import principal_directions
 
 model = load_model()  # smollm2-135m-instruct, cached as safetensors after the first load
-model
+print(f"{model.model_id}: {model.architecture}, {model.n_layers} layers, d_model {model.d_model}")
 
 # %% [markdown]
 # ## Sites
@@ -92,23 +93,48 @@ with tempfile.TemporaryDirectory() as tmp:
     store = capture_to_store(model, chunks, "resid_post.6", f"{tmp}/prose-l6", shard_tokens=1024)
     store.verify()  # raises CorruptShardError naming a shard whose checksum differs
     info = store.info()
-{k: v for k, v in info.items() if k != "path"}  # the path is a temporary folder
+# the summary without the paths (a temporary folder, the local model cache)
+{k: info[k] for k in ("model_id", "sites", "n_tokens", "n_shards", "complete", "fingerprints")}
+
+# %% [markdown]
+# ## Attention sinks
+#
+# A few tokens carry massive activations: the first token of every window, and often " the".
+# They are rare, but their norm is several times the others', so they would dominate a PCA. Here
+# a row is a sink when its norm exceeds three times the median.
+
+# %%
+cap = caps["hf"]
+norms = ref.norm(dim=1)
+sink = norms > 3 * norms.median()
+centred = ref - ref.mean(0)
+share = float((centred[sink] ** 2).sum() / (centred**2).sum())
+common = Counter(model.tokenizer.batch_decode(cap.token_ids[sink][:, None])).most_common(3)
+print(
+    f"{int(sink.sum())} of {len(ref)} rows ({sink.float().mean():.1%}) have a norm above "
+    f"{3 * norms.median():.0f} and carry {share:.0%} of the variance;\n"
+    f"{int((cap.positions[sink] == 0).sum())} are first tokens of a window; most common: {common}"
+)
 
 # %% [markdown]
 # ## Principal directions
 #
-# The PCA of layer-6 residuals: hover a point to see its token in context. The right panel shows how
-# many directions carry 90% and 99% of the variance; `Subspace.from_pca` returns that subspace for
-# later use (probes, erasure, SAE initialisation).
+# The PCA of the layer-6 residuals without the sinks: hover a point to see its token in context.
+# The right panel shows how many directions carry 90% and 99% of the variance; `Subspace.from_pca`
+# returns that subspace for later use (probes, erasure, SAE initialisation).
 
 # %%
-rows = torch.stack([caps["hf"].doc_ids, caps["hf"].positions], 1)
+keep = ~sink
+rows = torch.stack([cap.doc_ids, cap.positions], 1)[keep]
 ctx = token_contexts(model.tokenizer, chunks.input_ids, rows)
-fig = principal_directions(
-    ref, tokens=ctx.tokens, contexts=ctx.contexts, title="SmolLM2-135M resid_post.6"
+principal_directions(
+    ref[keep],
+    tokens=ctx.tokens,
+    contexts=ctx.contexts,
+    title="SmolLM2-135M resid_post.6 (attention sinks left out)",
 )
-fig
 
 # %%
-sub = Subspace.from_pca(ref, var=0.9)
-print(sub, "of", model.d_model, "dimensions carry 90% of the variance")
+for name, x in (("without the sinks", ref[keep]), ("with them", ref)):
+    sub = Subspace.from_pca(x, var=0.9)
+    print(f"{name:>17}: {sub.k} of {model.d_model} directions carry 90% of the variance")

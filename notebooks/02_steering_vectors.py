@@ -128,4 +128,6 @@ tp = token_projections(model, text, vec.direction(LAYER), f"resid_post.{LAYER}")
 HTML(token_projection_html(tp.tokens, tp.scores))
 
 # %%
-token_projection_figure(tp.tokens, tp.scores, per_row=10)
+# the figure's own height leaves the default margins little room; tighter margins show the grid
+fig = token_projection_figure(tp.tokens, tp.scores, per_row=10)
+fig.update_layout(height=240, margin={"t": 60, "b": 20, "l": 20})

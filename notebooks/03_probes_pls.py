@@ -48,6 +48,7 @@ from steerlab.probes.sweep import (
 from steerlab.views.probes import flip_rates, layer_curves, pls_components
 
 model = load_model()
+print(f"{model.model_id}: {model.n_layers} layers, d_model {model.d_model}")
 
 # %% [markdown]
 # ## 1. Years in text, every layer in one pass
@@ -80,7 +81,7 @@ print(
     f"layer {best}: R² {res.test.r2:.3f}, MAE {res.test.mae:.1f} years, "
     f"{res.n_components} components"
 )
-print("cosine(w/σ, w·σ) =", float(p.direction @ w_sigma / w_sigma.norm()))
+print(f"cosine(w/σ, w·σ) = {float(p.direction @ w_sigma / w_sigma.norm()):.3f}")
 p.subspace()
 
 # %% [markdown]

@@ -55,8 +55,9 @@ RENDERER = "steerlab_notebook"
 """The name under which :func:`notebook_setup` registers its renderer with ``plotly.io``."""
 LOADER_MARKER = "steerlab-plotlyjs-loader"
 """An id carried by the (single) output that embeds plotly.js; tests look for it."""
-DEFAULT_WIDTH, DEFAULT_HEIGHT = 700, 500
-"""Figure size when the layout sets none (kaleido's defaults, so PNG and live figure agree)."""
+DEFAULT_WIDTH, DEFAULT_HEIGHT = 900, 500
+"""Figure size when the layout sets none: the PNG's size, and the live figure's height (its width
+follows the page). 900 px is about the width of a notebook's output column on GitHub."""
 
 # Runs once per page: unpack plotly.js and evaluate it. `window.steerlabPlotly` is a promise of
 # the Plotly object that the figures' scripts wait on. A browser without DecompressionStream

@@ -186,10 +186,10 @@ def evaluate(
             raise KeyError(
                 f"store {source.path} has no site {site!r}; it holds {sorted(source.sites)}"
             )
-        names = [site, SINK] if exclude_sinks else [site]
+        names = [site, SINK] if exclude_sinks else site
         batches = source.iter_batches(names, batch_size, shuffle=False, drop_last=False)  # type: ignore[assignment]
     for x in batches:
-        if isinstance(x, dict):
+        if isinstance(x, dict):  # a store batch with its sink column
             n_sinks += int(x[SINK].sum())
             x = x[site][~x[SINK]]
         x = x[: (n_tokens - fitter.n) if n_tokens is not None else None].to(sae.device)  # type: ignore[union-attr]

@@ -1,15 +1,20 @@
-"""Recipe: a TopK SAE on the residual stream of the embedded model, measured end to end.
+"""Recipe: a TopK SAE on the residual stream of the embedded model, measured on held-out text.
 
-    steerlab capture --sites resid_post.6,attn_out.6 --corpus prose --tokens 2000000 \\
-        --out runs/sae_store
-    python saes/train_topk.py --store runs/sae_store --site resid_post.6 --tokens 2000000 \\
-        --out runs/sae_resid6
+    steerlab capture --sites resid_post.6,attn_out.6 --corpus prose+code --tokens 2100000 \\
+        --out runs/sae_store2m
+    python saes/train_topk.py --store runs/sae_store2m --site resid_post.6 --tokens 2000000 \\
+        --eval-store runs/sae_eval --out runs/sae_resid6_2m
 
-Trains with ``steerlab sae train`` (progress bar, checkpoints; rerun to resume), then measures
-FVU, L0 and dead latents over the whole store, CE/KL loss recovered with the SAE spliced into
-the model (vs zero- and mean-ablation, on the store's own token windows), and writes
-``OUT/report.json`` and ``OUT/report.html`` (training curves, latent density, a latent
-dashboard). Beyond the store's size, training makes further passes in new shuffled orders.
+Trains with ``steerlab sae train`` (its defaults unless given; progress bar, checkpoints; rerun
+to resume), then captures (once) a held-out evaluation store from *other documents*: those of
+the same corpus after the last document the training capture was asked for (its
+``n_sequences_total`` windows), so no evaluated token was read in training. Every reported
+metric comes from that store: FVU, L0, dead and dense latents with the attention-sink rows left
+out (and FVU with them, for comparison), and CE/KL loss recovered with the SAE spliced into the
+model (vs zero- and mean-ablation, on the held-out store's token windows, every position
+replaced). Writes ``OUT/report.json`` and ``OUT/report.html`` (training curves, latent
+density, a latent dashboard). Beyond the training store's size, training makes further passes
+in new shuffled orders.
 """
 
 from __future__ import annotations
@@ -21,13 +26,45 @@ from pathlib import Path
 
 import torch
 
+from steerlab.capture import capture_to_store
 from steerlab.capture.store import ActivationStore
 from steerlab.cli import main as cli
+from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.models import load_model
 from steerlab.saes import activation_stats, evaluate, load_sae, save_saelens
 from steerlab.saes.splice import spliced_losses, store_windows
 from steerlab.views import write_html
 from steerlab.views.saes import density_figure, latent_dashboard, read_train_log, training_curves
+
+
+def capture_held_out(
+    train_store: ActivationStore, path: Path, n_tokens: int, handle
+) -> ActivationStore:
+    """A store of ``n_tokens`` from the documents after the training capture's window.
+
+    The training capture packed ``n_sequences_total`` windows of ``seq_len`` tokens from the
+    start of its corpus (:func:`steerlab.datasets.corpora.chunk_tokens`); packing the same
+    corpus again gives the index of the last document it reached, and the held-out store
+    starts at the next one. Rerunning resumes an interrupted capture.
+    """
+    cfg = train_store.manifest["config"]
+    texts = load_texts(cfg["corpus"])
+    seq_len, n_seq = int(cfg["seq_len"]), int(cfg["n_sequences_total"])
+    add_bos = bool(cfg["tokenizer"]["add_bos"])
+    window = chunk_tokens(handle.tokenizer, texts, seq_len=seq_len, n_tokens=seq_len * n_seq,
+                          prepend_bos=add_bos)  # fmt: skip
+    first = int(window.doc_ids.max()) + 1
+    if first >= len(texts):
+        raise SystemExit(f"the training capture used all {len(texts)} documents of "
+                         f"{cfg['corpus']!r}; no held-out documents are left")  # fmt: skip
+    chunks = chunk_tokens(handle.tokenizer, texts[first:], seq_len=seq_len, n_tokens=n_tokens,
+                          prepend_bos=add_bos)  # fmt: skip
+    print(f"held-out store: documents {first:,}-{len(texts) - 1:,} of {cfg['corpus']!r} "
+          f"(training read documents 0-{first - 1:,}); {chunks.input_ids.numel():,} tokens")  # fmt: skip
+    return capture_to_store(
+        handle, chunks, list(train_store.sites), str(path),
+        config={"corpus": cfg["corpus"], "first_document": first, "held_out_from": str(train_store.path)},
+    )  # fmt: skip
 
 
 def main() -> None:
@@ -39,11 +76,14 @@ def main() -> None:
     ap.add_argument("--init", default="active-subspace")
     ap.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
     ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--warmup-steps", type=int, default=50)
     ap.add_argument("--dead-tokens", type=int, default=1_000_000,
                     help="AuxK window: a latent silent this long is dead")  # fmt: skip
+    ap.add_argument("--eval-store", default="runs/sae_eval", help="held-out store (captured once)")
+    ap.add_argument("--eval-capture-tokens", type=int, default=131072,
+                    help="tokens of the held-out store when it is captured")  # fmt: skip
     ap.add_argument("--loss-windows", type=int, default=32, help="windows for CE/KL recovered")
     ap.add_argument("--eval-tokens", type=int, default=None, help="default: the whole store")
+    ap.add_argument("--only-eval-store", action="store_true", help="capture it and stop")
     ap.add_argument("--dashboard-latents", type=int, default=6)
     ap.add_argument("--threads", type=int, default=None, help="torch threads")
     ap.add_argument("--out", default="runs/sae_resid6")
@@ -51,28 +91,41 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
+    train_store = ActivationStore(args.store)
+    handle = load_model(train_store.model_id, device="cpu")
+    if (Path(args.eval_store) / "manifest.json").is_file():
+        store = ActivationStore(args.eval_store)
+        if not store.manifest["complete"]:
+            store = capture_held_out(train_store, Path(args.eval_store), args.eval_capture_tokens,
+                                     handle)  # fmt: skip
+    else:
+        store = capture_held_out(train_store, Path(args.eval_store), args.eval_capture_tokens,
+                                 handle)  # fmt: skip
+    if args.only_eval_store:
+        return
 
     t0 = time.perf_counter()
     rc = cli(["sae", "train", "--store", args.store, "--site", args.site,
               "--width", str(args.width), "--k", str(args.k), "--init", args.init,
               "--tokens", str(args.tokens), "--batch-size", str(args.batch_size),
-              "--warmup-steps", str(args.warmup_steps), "--dead-tokens", str(args.dead_tokens),
+              "--dead-tokens", str(args.dead_tokens),
               "--checkpoint-every", "50", "--out", str(out)])  # fmt: skip
     if rc:
         raise SystemExit(rc)
     train_s = time.perf_counter() - t0
 
-    store = ActivationStore(args.store)
     sae = load_sae(out / "sae")
     t1 = time.perf_counter()
     metrics = evaluate(sae, store, args.site, n_tokens=args.eval_tokens)
-    print(f"FVU {metrics.fvu:.4f}  L0 {metrics.l0:.2f}  dead {100 * metrics.dead_frac:.2f}%  "
-          f"dense {100 * metrics.dense_frac:.2f}%  over {metrics.n_tokens:,} tokens")  # fmt: skip
+    with_sinks = evaluate(sae, store, args.site, n_tokens=args.eval_tokens, exclude_sinks=False)
+    print(f"held-out, {metrics.sink_rows:,} sink rows left out: FVU {metrics.fvu:.4f}  "
+          f"L0 {metrics.l0:.2f}  dead {100 * metrics.dead_frac:.2f}%  dense "
+          f"{100 * metrics.dense_frac:.2f}%  over {metrics.n_tokens:,} tokens; with the sink "
+          f"rows: FVU {with_sinks.fvu:.4f} over {with_sinks.n_tokens:,}")  # fmt: skip
     save_saelens(sae, out / "saelens", density=metrics.density)
 
-    handle = load_model(store.model_id, device="cpu")
     ids = store_windows(store, args.loss_windows)
-    mean = activation_stats(store, args.site, n_tokens=65536).mean.float()
+    mean = activation_stats(train_store, args.site, n_tokens=65536).mean.float()
     losses = spliced_losses(handle, sae, ids, mean=mean, batch_size=8)
     for name, r in (("CE", losses.ce), ("KL", losses.kl)):
         print(f"{name}: clean {r.clean:.4f} spliced {r.spliced:.4f} zero {r.zero_abl:.4f} "
@@ -81,16 +134,22 @@ def main() -> None:
 
     summary = json.loads((out / "train.json").read_text())
     report = {
-        "store": {"path": args.store, "n_tokens": store.n_tokens, "model_id": store.model_id},
+        "store": {"path": args.store, "n_tokens": train_store.n_tokens,
+                  "model_id": train_store.model_id},
+        "eval_store": {"path": args.eval_store, "n_tokens": store.n_tokens,
+                       "config": store.manifest["config"]},
         "sae": sae.cfg.to_dict(),
+        "train": summary["train"],
         "training_tokens": summary["tokens"],
-        "epochs": summary["tokens"] / store.n_tokens,
+        "epochs": summary["tokens"] / train_store.n_tokens,
         "init": summary["init"],
         "metrics": metrics.as_dict(),
+        "metrics_with_sinks": with_sinks.as_dict(),
         "loss": losses.as_dict(),
         "wall_s": {"train_this_run": train_s, "eval": eval_s},
-        "note": "metrics and losses are measured on the training store (in-sample)",
-    }
+        "note": "held-out store (other documents); metrics leave the attention-sink rows out "
+                "(metrics_with_sinks keeps them); CE/KL replace every position",
+    }  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
     dens = metrics.density
@@ -104,8 +163,9 @@ def main() -> None:
         **latent_dashboard(sae, store, handle, latents, n_tokens=args.eval_tokens),
     }
     ce = losses.ce
-    notes = (f"{sae.cfg.name} on {store.n_tokens:,} stored tokens of {args.site} "
-             f"({summary['tokens']:,} training tokens). FVU {metrics.fvu:.4f}, L0 "
+    notes = (f"{sae.cfg.name} trained on {summary['tokens']:,} tokens of {args.site}, measured "
+             f"on {metrics.n_tokens:,} held-out tokens (attention sinks left out; FVU with them "
+             f"{with_sinks.fvu:.4f}). FVU {metrics.fvu:.4f}, L0 "
              f"{metrics.l0:.1f}, dead {100 * metrics.dead_frac:.2f}%, CE loss recovered "
              f"{ce.vs_zero:.4f} vs zero-ablation and {ce.vs_mean:.4f} vs mean-ablation "
              f"(CE clean {ce.clean:.3f}, spliced {ce.spliced:.3f}).")  # fmt: skip

@@ -36,7 +36,8 @@ Trainers, each at its own recommended settings (``own``):
   like its ``SAETrainer``: Adam at ``3e-4``, constant, no warm-up, gradient norm clipped at 1.
 - ``saelens_mean``: the same with ``b_dec`` initialised to the mean of the first batch.
 - ``dense``: a plain TopK loop (dense ``[batch, width]`` code, autograd through dense matmuls,
-  Adam at the width-scaled lr, tied init, ``b_dec`` = first batch mean): the floor.
+  Adam at Gao et al.'s ``2e-4 / sqrt(width / 2**14)``, constant, tied init, ``b_dec`` = first
+  batch mean): the floor.
 
 ``sweep``: every trainer again at each lr of ``--sweep`` (its own optimiser and schedule, only
 the lr changed), one seed; the best lr by FVU on a validation slice of the held-out store
@@ -192,7 +193,7 @@ def run_dense(X: Tensor, args, lr: float | None, seed: int, probe: Probe) -> Run
     W_enc = W_dec.detach().T.clone().requires_grad_()
     b_enc = torch.zeros(n, requires_grad=True)
     b_dec = X[: args.batch].mean(0).clone().requires_grad_()
-    lr = lr or lr_for_width(n)
+    lr = lr or lr_for_width(n, 2e-4)  # Gao et al.'s Adam lr: the plain loop's own setting
     opt = torch.optim.Adam([W_enc, b_enc, W_dec, b_dec], lr=lr, eps=6.25e-10)
     init_s = time.perf_counter() - t0
 
@@ -427,12 +428,23 @@ def summarise(runs: list[dict], label: str) -> dict:
                        "fvu_with_sinks": [r["fvu_with_sinks"] for r in rs],
                        "l0": statistics.median(r["l0"] for r in rs),
                        "dead_frac": statistics.median(r["dead_frac"] for r in rs)}  # fmt: skip
+        table[name]["curve"] = _median_curve([r["curve"] for r in rs])
         ok = "" if speed["within_10pct"] else "  (repeats differ by >10%: no speed claim)"
         print(f"  {name:>13}  lr {rs[0]['lr'] or 'own':>7}  {speed['median']:>7,.0f} "
               f"[{speed['min']:,.0f}-{speed['max']:,.0f}] tok/s  FVU "
               f"{', '.join(f'{v:.4f}' for v in fvus)}  (with sinks "
               f"{statistics.median(table[name]['fvu_with_sinks']):.4f}){ok}")  # fmt: skip
+    print("  held-out FVU against training tokens (median over repeats):")
+    for name, row in table.items():
+        pts = "  ".join(f"{t / 1e3:,.0f}k {f:.3f}" for t, f in row["curve"])
+        print(f"  {name:>13}  {pts}")
     return table
+
+
+def _median_curve(curves: list[list[tuple[int, float]]]) -> list[tuple[int, float]]:
+    """Pointwise median of curves recorded at the same token counts."""
+    n = min(len(c) for c in curves)
+    return [(curves[0][i][0], statistics.median(c[i][1] for c in curves)) for i in range(n)]
 
 
 def main() -> None:

@@ -1,16 +1,23 @@
 """Recipe: attention outputs live in a low-dimensional subspace, and initialising SAE latents
 inside it keeps them alive (Wang et al. 2025, arXiv 2508.16929), on the embedded model.
 
-    python saes/attn_out_subspace_init.py --store runs/sae_store --out runs/attn_out_init
+    python saes/attn_out_subspace_init.py --store runs/sae_store2m --eval-store runs/sae_eval \\
+        --site attn_out.6 --width 18432 --tokens 10000000 --dead-window 10000000 \\
+        --seeds 0,1,2 --out runs/attn_out_init
 
 Part 1, effective ranks: the number of principal directions explaining 99% of the variance of
 ``attn_out``, ``mlp_out`` and ``resid_post`` at several layers, from mean/covariance streamed in
 float64 over ``--rank-tokens`` prose tokens (captured in memory, no store).
 
-Part 2, dead latents per init: three TopK SAEs on ``--site`` (default ``attn_out.6``) of the
-store, with ``random``, ``tied`` and ``active_subspace`` inits, trained from one read of the
-store on the same batches (equal tokens). AuxK is off by default so that the init alone
-decides which latents die. Dead = never fired over the evaluated tokens.
+Part 2, dead latents per init: per seed, three TopK SAEs on ``--site`` (default
+``attn_out.6``) of the store, with ``random`` (the paper's baseline), ``tied`` and
+``active_subspace`` inits, trained from one read of the store on the same batches (equal
+tokens; sink rows left out of statistics, batches and metrics). AuxK is off by default so that
+the init alone decides which latents die. Two dead counts: latents that did not fire during
+the last ``--dead-window`` training tokens (a fixed window, the paper's 10M by default), and
+latents that never fire on the held-out ``--eval-store``. The paper's effect (far fewer dead
+latents with active-subspace init) shows at large widths (32 x d_model) and long runs; a
+smaller or shorter run can show the direction at best, and its window must fit in the run.
 
 Writes ``OUT/report.json`` and ``OUT/report.html``.
 """
@@ -70,15 +77,20 @@ def effective_ranks(args, handle) -> tuple[dict, dict]:
     return stats, table
 
 
-def dead_by_init(args, store) -> tuple[dict, dict, dict]:
+def dead_by_init(args, store, eval_store, seed: int) -> tuple[dict, dict, dict]:
     d_in = store.sites[args.site]
     configs = [SaeConfig(d_in=d_in, d_sae=args.width, k=args.k, site=args.site, init=i,
-                         model_id=store.model_id) for i in INITS]  # fmt: skip
-    cfg = TrainConfig(batch_size=args.batch_size, max_tokens=args.tokens, warmup_steps=args.warmup_steps,
-                      auxk_alpha=args.auxk_alpha, dead_tokens=args.dead_tokens, seed=args.seed,
-                      log_every=5, checkpoint_dir=str(Path(args.out) / "ckpt"), checkpoint_every=50)  # fmt: skip
+                         model_id=store.model_id, name=f"{args.site}.{i}.seed{seed}")
+               for i in INITS]  # fmt: skip
+    if args.dead_window > args.tokens:
+        raise SystemExit(f"--dead-window {args.dead_window:,} is longer than the run "
+                         f"({args.tokens:,} tokens): no latent could count as dead")  # fmt: skip
+    cfg = TrainConfig(batch_size=args.batch_size, max_tokens=args.tokens,
+                      auxk_alpha=args.auxk_alpha, dead_tokens=args.dead_window, seed=seed,
+                      log_every=5, checkpoint_dir=str(Path(args.out) / f"ckpt-seed{seed}"),
+                      checkpoint_every=50)  # fmt: skip
     logs = {c.name: [] for c in configs}
-    with tqdm(total=args.tokens, desc="3 inits", unit="tok", unit_scale=True) as bar:
+    with tqdm(total=args.tokens, desc=f"3 inits, seed {seed}", unit="tok", unit_scale=True) as bar:
 
         def on_progress(p) -> None:
             for name, m in p.metrics.items():
@@ -88,11 +100,12 @@ def dead_by_init(args, store) -> tuple[dict, dict, dict]:
                              for n, m in p.metrics.items()}, refresh=False)  # fmt: skip
 
         result = train(store, configs, cfg, callback=on_progress)
-    metrics = {n: evaluate(sae, store, args.site, n_tokens=args.eval_tokens)
+    metrics = {n: evaluate(sae, eval_store, args.site, n_tokens=args.eval_tokens)
                for n, sae in result.saes.items()}  # fmt: skip
     rows = {
         c.init: {"name": c.name, **metrics[c.name].as_dict(),
-                 "train_dead_frac": (result.last_metrics.get(c.name) or {}).get("dead_frac"),
+                 "seed": seed,
+                 "window_dead_frac": (result.last_metrics.get(c.name) or {}).get("dead_frac"),
                  "init_report": result.init_reports[c.name]}
         for c in configs
     }  # fmt: skip
@@ -106,15 +119,17 @@ def main() -> None:
     ap.add_argument("--layers", default="2,6,10,14,18,22,26", help="layers for the ranks")
     ap.add_argument("--rank-tokens", type=int, default=16384)
     ap.add_argument("--corpus", default="prose")
-    ap.add_argument("--width", type=int, default=4608)
+    ap.add_argument("--eval-store", default="runs/sae_eval",
+                    help="held-out store (saes/train_topk.py --only-eval-store captures it)")  # fmt: skip
+    ap.add_argument("--width", type=int, default=18432, help="latents (32 x d_model)")
     ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=1_000_000, help="training tokens per SAE")
+    ap.add_argument("--tokens", type=int, default=10_000_000, help="training tokens per SAE")
     ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--warmup-steps", type=int, default=50)
     ap.add_argument("--auxk-alpha", type=float, default=0.0)
-    ap.add_argument("--dead-tokens", type=int, default=1_000_000)
+    ap.add_argument("--dead-window", type=int, default=10_000_000,
+                    help="dead = did not fire over this many final training tokens")  # fmt: skip
     ap.add_argument("--eval-tokens", type=int, default=None)
-    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--skip-ranks", action="store_true")
     ap.add_argument("--skip-inits", action="store_true")
     ap.add_argument("--threads", type=int, default=None)
@@ -148,17 +163,23 @@ def main() -> None:
     if not args.skip_inits:
         t0 = time.perf_counter()
         store = ActivationStore(args.store)
-        rows, logs, densities = dead_by_init(args, store)
-        report["dead_by_init"] = rows
+        eval_store = ActivationStore(args.eval_store)
+        report["dead_by_init"] = {}
+        for seed in (int(v) for v in args.seeds.split(",")):
+            rows, logs, densities = dead_by_init(args, store, eval_store, seed)
+            report["dead_by_init"][seed] = rows
+            for init, r in rows.items():
+                print(f"seed {seed} {init:>16}: dead over the last {args.dead_window:,} "
+                      f"training tokens {100 * r['window_dead_frac']:6.2f}%, never fired on "
+                      f"{r['n_tokens']:,} held-out tokens {100 * r['dead_frac']:6.2f}%  FVU "
+                      f"{r['fvu']:.4f}  L0 {r['l0']:.1f}  (d_active "
+                      f"{r['init_report']['d_active']})")  # fmt: skip
         report["store_tokens"] = store.n_tokens
         report["wall_s_inits"] = time.perf_counter() - t0
-        for init, r in rows.items():
-            print(f"{init:>16}: dead {100 * r['dead_frac']:6.2f}%  FVU {r['fvu']:.4f}  "
-                  f"L0 {r['l0']:.1f}  (d_active {r['init_report']['d_active']})")  # fmt: skip
-        figs["Training curves per init"] = training_curves(
-            {n.rsplit(".", 1)[-1]: rows_ for n, rows_ in logs.items()}
+        figs["Training curves per init (last seed)"] = training_curves(
+            {n.split(".")[-2]: rows_ for n, rows_ in logs.items()}
         )
-        figs["Latent density per init"] = density_figure(densities)
+        figs["Latent density per init (last seed)"] = density_figure(densities)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     write_html(figs, out / "report.html", title=f"Active-subspace init on {args.site}",
                notes=__doc__.split("\n\n", 1)[1])  # fmt: skip

@@ -56,7 +56,14 @@ from steerlab.saes.formats import (
     write_checkpoint,
 )
 from steerlab.saes.init import activation_stats, initialize_
-from steerlab.saes.sae import Sae, SaeConfig, SaeOutput, build_sae, lr_for_width
+from steerlab.saes.sae import (
+    DEFAULT_BASE_LR,
+    Sae,
+    SaeConfig,
+    SaeOutput,
+    build_sae,
+    lr_for_width,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -80,8 +87,9 @@ class TrainConfig:
     each in its own shuffled order."""
     lr: float | None = None
     """Adam learning rate for every SAE; None: ``base_lr / sqrt(d_sae / 2**14)`` per SAE."""
-    base_lr: float = 2e-4
-    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024)."""
+    base_lr: float = DEFAULT_BASE_LR
+    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024): 5e-3, sparsify's
+    default magnitude (9.4e-3 at width 4608); Gao et al.'s 2e-4 suits billion-token runs."""
     warmup_steps: int | None = None
     """Linear learning-rate warm-up from 0 over this many steps; None: ``warmup_frac`` of the
     run's steps."""

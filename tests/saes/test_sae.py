@@ -11,13 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from steerlab.saes.kernels import SparseDecode, TopKEncode
 from steerlab.saes.sae import (
     SAE_CLASSES,
     ReluSae,
     SaeConfig,
     TopKSae,
-    _SparseDecode,
-    _TopKEncode,
     build_sae,
     lr_for_width,
     sae_class,
@@ -135,7 +134,7 @@ def test_fused_encoder_gradcheck():
     b = torch.randn(9, dtype=torch.float64, generator=g, requires_grad=True)
     # gradcheck perturbs inputs by 1e-6; random data has no near-ties at that scale
     assert torch.autograd.gradcheck(
-        lambda xx, bd, w, bb: _TopKEncode.apply(xx, bd, w, bb, 3)[0], (x, b_dec, W, b)
+        lambda xx, bd, w, bb: TopKEncode.apply(xx, bd, w, bb, 3)[0], (x, b_dec, W, b)
     )
 
 
@@ -164,7 +163,7 @@ def test_sparse_decoder_gradcheck():
     acts = torch.randn(6, 3, dtype=torch.float64, generator=g, requires_grad=True)
     idx = torch.rand(6, 9, generator=g).topk(3, dim=1).indices
     W = torch.randn(9, 5, dtype=torch.float64, generator=g, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, w: _SparseDecode.apply(a, idx, w), (acts, W))
+    assert torch.autograd.gradcheck(lambda a, w: SparseDecode.apply(a, idx, w), (acts, W))
 
 
 def test_remove_parallel_gradient_closed_form():

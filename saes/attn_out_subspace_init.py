@@ -85,7 +85,7 @@ def dead_by_init(args, store, eval_store, seed: int) -> tuple[dict, dict, dict]:
     if args.dead_window > args.tokens:
         raise SystemExit(f"--dead-window {args.dead_window:,} is longer than the run "
                          f"({args.tokens:,} tokens): no latent could count as dead")  # fmt: skip
-    cfg = TrainConfig(batch_size=args.batch_size, max_tokens=args.tokens,
+    cfg = TrainConfig(batch_size=args.batch_size, max_tokens=args.tokens, lr=args.lr,
                       auxk_alpha=args.auxk_alpha, dead_tokens=args.dead_window, seed=seed,
                       log_every=5, checkpoint_dir=str(Path(args.out) / f"ckpt-seed{seed}"),
                       checkpoint_every=50)  # fmt: skip
@@ -96,7 +96,7 @@ def dead_by_init(args, store, eval_store, seed: int) -> tuple[dict, dict, dict]:
             for name, m in p.metrics.items():
                 logs[name].append({"tokens": p.tokens, **m})
             bar.update(p.tokens - bar.n)
-            bar.set_postfix({n.rsplit(".", 1)[-1]: f"{100 * m['dead_frac']:.0f}%"
+            bar.set_postfix({n.split(".")[-2]: f"{100 * m['dead_frac']:.0f}%"
                              for n, m in p.metrics.items()}, refresh=False)  # fmt: skip
 
         result = train(store, configs, cfg, callback=on_progress)
@@ -125,6 +125,7 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=32)
     ap.add_argument("--tokens", type=int, default=10_000_000, help="training tokens per SAE")
     ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--lr", type=float, default=None, help="default: the trainer's")
     ap.add_argument("--auxk-alpha", type=float, default=0.0)
     ap.add_argument("--dead-window", type=int, default=10_000_000,
                     help="dead = did not fire over this many final training tokens")  # fmt: skip

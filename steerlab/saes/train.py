@@ -88,8 +88,9 @@ class TrainConfig:
     lr: float | None = None
     """Adam learning rate for every SAE; None: ``base_lr / sqrt(d_sae / 2**14)`` per SAE."""
     base_lr: float = DEFAULT_BASE_LR
-    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024): 5e-3, sparsify's
-    default magnitude (9.4e-3 at width 4608); Gao et al.'s 2e-4 suits billion-token runs."""
+    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024): 1.6e-3, i.e. 3e-3
+    at width 4608 (see :data:`steerlab.saes.sae.DEFAULT_BASE_LR`); Gao et al.'s 2e-4 suits
+    billion-token runs."""
     warmup_steps: int | None = None
     """Linear learning-rate warm-up from 0 over this many steps; None: ``warmup_frac`` of the
     run's steps."""

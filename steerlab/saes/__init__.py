@@ -45,6 +45,7 @@ from steerlab.saes.sae import (
 )
 from steerlab.saes.train import (
     CheckpointMismatchError,
+    LrSchedule,
     TrainConfig,
     TrainProgress,
     TrainResult,
@@ -57,6 +58,7 @@ __all__ = [
     "CheckpointMismatchError",
     "InitReport",
     "LossRecovered",
+    "LrSchedule",
     "MetricsFitter",
     "ReluSae",
     "Sae",

@@ -1,18 +1,23 @@
 """Recipe: attention outputs live in a low-dimensional subspace, and initialising SAE latents
 inside it keeps them alive (Wang et al. 2025, arXiv 2508.16929), on the embedded model.
 
-    python saes/attn_out_subspace_init.py --store runs/sae_store --out runs/attn_out_init
+    python saes/attn_out_subspace_init.py --store runs/sae_store2m --eval-store runs/sae_eval \\
+        --site attn_out.6 --width 18432 --tokens 10000000 --dead-window 10000000 \\
+        --seeds 0,1,2 --out runs/attn_out_init
 
 Part 1, effective ranks: the number of principal directions explaining 99% of the variance of
 ``attn_out``, ``mlp_out`` and ``resid_post`` at several layers, from mean/covariance streamed in
 float64 over ``--rank-tokens`` prose tokens (captured in memory, no store).
 
-Part 2, dead latents per init: three TopK SAEs on ``--site`` (default ``attn_out.6``) of the
-store, with ``random``, ``tied`` and ``active_subspace`` inits, trained from one read of the
-store on the same batches (equal tokens). Dead = never fired over the evaluated tokens. The SAE
-and training settings are SaeConfig's and TrainConfig's (the library's defaults); pass
-``--auxk-alpha 0`` so that the init alone decides which latents die (AuxK revives them). The
-README's figures used ``--tokens 524288 --auxk-alpha 0 --warmup-steps 50``.
+Part 2, dead latents per init: per seed, three TopK SAEs on ``--site`` (default
+``attn_out.6``) of the store, with ``random`` (the paper's baseline), ``tied`` and
+``active_subspace`` inits, trained from one read of the store on the same batches (equal
+tokens; sink rows left out of statistics, batches and metrics). AuxK is off by default so that
+the init alone decides which latents die. Two dead counts: latents that did not fire during
+the last ``--dead-window`` training tokens (a fixed window, the paper's 10M by default), and
+latents that never fire on the held-out ``--eval-store``. The paper's effect (far fewer dead
+latents with active-subspace init) shows at large widths (32 x d_model) and long runs; a
+smaller or shorter run can show the direction at best, and its window must fit in the run.
 
 Writes ``OUT/report.json`` and ``OUT/report.html``.
 """
@@ -22,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -30,7 +34,6 @@ from tqdm.auto import tqdm
 
 from steerlab.capture import capture
 from steerlab.capture.store import ActivationStore
-from steerlab.config import PendingConfig, add_config, check_positive, check_types
 from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.models import load_model
 from steerlab.saes import SaeConfig, StatsFitter, TrainConfig, evaluate, train
@@ -48,7 +51,8 @@ def effective_ranks(args, handle) -> tuple[dict, dict]:
     dimensions thousands of times the typical size) can carry most of a site's variance and
     make the residual stream look rank 1. Both views are reported.
     """
-    sites = [f"{k}.{layer}" for layer in args.layers for k in KINDS]
+    layers = [int(x) for x in args.layers.split(",")]
+    sites = [f"{k}.{layer}" for layer in layers for k in KINDS]
     chunks = chunk_tokens(handle.tokenizer, load_texts(args.corpus), seq_len=128,
                           n_tokens=args.rank_tokens)  # fmt: skip
     fitters = {(s, v): StatsFitter(handle.d_model) for s in sites for v in ("all", "no_first")}
@@ -73,86 +77,70 @@ def effective_ranks(args, handle) -> tuple[dict, dict]:
     return stats, table
 
 
-def dead_by_init(args, sae_cfg: SaeConfig, cfg: TrainConfig, store) -> tuple[dict, dict, dict]:
-    configs = [replace(sae_cfg, init=i, name=None) for i in INITS]
+def dead_by_init(args, store, eval_store, seed: int) -> tuple[dict, dict, dict]:
+    d_in = store.sites[args.site]
+    configs = [SaeConfig(d_in=d_in, d_sae=args.width, k=args.k, site=args.site, init=i,
+                         model_id=store.model_id, name=f"{args.site}.{i}.seed{seed}")
+               for i in INITS]  # fmt: skip
+    if args.dead_window > args.tokens:
+        raise SystemExit(f"--dead-window {args.dead_window:,} is longer than the run "
+                         f"({args.tokens:,} tokens): no latent could count as dead")  # fmt: skip
+    cfg = TrainConfig(batch_size=args.batch_size, max_tokens=args.tokens, lr=args.lr,
+                      auxk_alpha=args.auxk_alpha, dead_tokens=args.dead_window, seed=seed,
+                      log_every=5, checkpoint_dir=str(Path(args.out) / f"ckpt-seed{seed}"),
+                      checkpoint_every=50)  # fmt: skip
     logs = {c.name: [] for c in configs}
-    total = cfg.max_tokens or store.n_tokens // cfg.batch_size * cfg.batch_size
-    with tqdm(total=total, desc="3 inits", unit="tok", unit_scale=True) as bar:
+    with tqdm(total=args.tokens, desc=f"3 inits, seed {seed}", unit="tok", unit_scale=True) as bar:
 
         def on_progress(p) -> None:
             for name, m in p.metrics.items():
                 logs[name].append({"tokens": p.tokens, **m})
             bar.update(p.tokens - bar.n)
-            bar.set_postfix({n.rsplit(".", 1)[-1]: f"{100 * m['dead_frac']:.0f}%"
+            bar.set_postfix({n.split(".")[-2]: f"{100 * m['dead_frac']:.0f}%"
                              for n, m in p.metrics.items()}, refresh=False)  # fmt: skip
 
         result = train(store, configs, cfg, callback=on_progress)
-    metrics = {n: evaluate(sae, store, args.site, n_tokens=args.eval_tokens)
+    metrics = {n: evaluate(sae, eval_store, args.site, n_tokens=args.eval_tokens)
                for n, sae in result.saes.items()}  # fmt: skip
     rows = {
         c.init: {"name": c.name, **metrics[c.name].as_dict(),
-                 "train_dead_frac": (result.last_metrics.get(c.name) or {}).get("dead_frac"),
+                 "seed": seed,
+                 "window_dead_frac": (result.last_metrics.get(c.name) or {}).get("dead_frac"),
                  "init_report": result.init_reports[c.name]}
         for c in configs
     }  # fmt: skip
     return rows, logs, {c.init: metrics[c.name].density for c in configs}
 
 
-@dataclass
-class Recipe:
-    """The recipe's own settings; the SAEs' and the training's come from the library."""
-
-    store: str = "runs/sae_store"
-    """Activation store (from steerlab capture) for the SAEs."""
-    site: str = "attn_out.6"
-    """Store site the three SAEs train on."""
-    layers: tuple[int, ...] = (2, 6, 10, 14, 18, 22, 26)
-    """Layers whose effective ranks are measured."""
-    rank_tokens: int = 16384
-    """Prose tokens for the effective ranks (captured in memory)."""
-    corpus: str = "prose"
-    """Corpus of the effective ranks."""
-    eval_tokens: int | None = None
-    """Tokens for the dead-latent count (default: the whole store)."""
-    skip_ranks: bool = False
-    """Leave out part 1 (effective ranks)."""
-    skip_inits: bool = False
-    """Leave out part 2 (dead latents per init)."""
-    threads: int | None = None
-    """Torch threads (default: torch's choice)."""
-    out: str = "runs/attn_out_init"
-    """Output folder: report.json, report.html and the checkpoints."""
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        check_positive(self, "rank_tokens", "eval_tokens", "threads")
-
-
-def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig, PendingConfig]:
-    """The recipe's settings, the training config and the SAE options (built per init once
-    the store gives ``d_in``)."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    recipe = add_config(ap, Recipe, title="Recipe")
-    # one config per init is made from this one; 4608 latents = 8 x d_model
-    sae_opts = add_config(ap, SaeConfig, skip=("d_in", "site", "model_id", "init", "name"),
-                          rename={"d_sae": "width", "architecture": "arch"},
-                          defaults={"d_sae": 4608}, title="SaeConfig")  # fmt: skip
-    train_opts = add_config(ap, TrainConfig, skip=("checkpoint_dir",),
-                            rename={"max_tokens": "tokens"}, title="TrainConfig")  # fmt: skip
-    ns = ap.parse_args(argv)
-    args: Recipe = recipe.build(ns, parser=ap)
-    tcfg = train_opts.build(ns, parser=ap, checkpoint_dir=str(Path(args.out) / "ckpt"))
-    return args, tcfg, PendingConfig(sae_opts, ns, ap)
-
-
-def main(argv: list[str] | None = None) -> None:
-    args, tcfg, sae_opts = parse_args(argv)
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", default="runs/sae_store")
+    ap.add_argument("--site", default="attn_out.6")
+    ap.add_argument("--layers", default="2,6,10,14,18,22,26", help="layers for the ranks")
+    ap.add_argument("--rank-tokens", type=int, default=16384)
+    ap.add_argument("--corpus", default="prose")
+    ap.add_argument("--eval-store", default="runs/sae_eval",
+                    help="held-out store (saes/train_topk.py --only-eval-store captures it)")  # fmt: skip
+    ap.add_argument("--width", type=int, default=18432, help="latents (32 x d_model)")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--tokens", type=int, default=10_000_000, help="training tokens per SAE")
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--lr", type=float, default=None, help="default: the trainer's")
+    ap.add_argument("--auxk-alpha", type=float, default=0.0)
+    ap.add_argument("--dead-window", type=int, default=10_000_000,
+                    help="dead = did not fire over this many final training tokens")  # fmt: skip
+    ap.add_argument("--eval-tokens", type=int, default=None)
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("--skip-ranks", action="store_true")
+    ap.add_argument("--skip-inits", action="store_true")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--out", default="runs/attn_out_init")
+    args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"args": asdict(args), "train": asdict(tcfg)}
+    report: dict = {"args": vars(args)}
     figs = {}
 
     if not args.skip_ranks:
@@ -176,22 +164,23 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_inits:
         t0 = time.perf_counter()
         store = ActivationStore(args.store)
-        if args.site not in store.sites:
-            raise SystemExit(f"store {args.store} has no site {args.site!r}; it holds "
-                             f"{sorted(store.sites)}")  # fmt: skip
-        sae_cfg = sae_opts.build(d_in=store.sites[args.site], site=args.site,
-                                 model_id=store.model_id)  # fmt: skip
-        rows, logs, densities = dead_by_init(args, sae_cfg, tcfg, store)
-        report["dead_by_init"] = rows
+        eval_store = ActivationStore(args.eval_store)
+        report["dead_by_init"] = {}
+        for seed in (int(v) for v in args.seeds.split(",")):
+            rows, logs, densities = dead_by_init(args, store, eval_store, seed)
+            report["dead_by_init"][seed] = rows
+            for init, r in rows.items():
+                print(f"seed {seed} {init:>16}: dead over the last {args.dead_window:,} "
+                      f"training tokens {100 * r['window_dead_frac']:6.2f}%, never fired on "
+                      f"{r['n_tokens']:,} held-out tokens {100 * r['dead_frac']:6.2f}%  FVU "
+                      f"{r['fvu']:.4f}  L0 {r['l0']:.1f}  (d_active "
+                      f"{r['init_report']['d_active']})")  # fmt: skip
         report["store_tokens"] = store.n_tokens
         report["wall_s_inits"] = time.perf_counter() - t0
-        for init, r in rows.items():
-            print(f"{init:>16}: dead {100 * r['dead_frac']:6.2f}%  FVU {r['fvu']:.4f}  "
-                  f"L0 {r['l0']:.1f}  (d_active {r['init_report']['d_active']})")  # fmt: skip
-        figs["Training curves per init"] = training_curves(
-            {n.rsplit(".", 1)[-1]: rows_ for n, rows_ in logs.items()}
+        figs["Training curves per init (last seed)"] = training_curves(
+            {n.split(".")[-2]: rows_ for n, rows_ in logs.items()}
         )
-        figs["Latent density per init"] = density_figure(densities)
+        figs["Latent density per init (last seed)"] = density_figure(densities)
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
     write_html(figs, out / "report.html", title=f"Active-subspace init on {args.site}",
                notes=__doc__.split("\n\n", 1)[1])  # fmt: skip

@@ -1,19 +1,20 @@
-"""Recipe: a TopK SAE on the residual stream of the embedded model, measured end to end.
+"""Recipe: a TopK SAE on the residual stream of the embedded model, measured on held-out text.
 
-    steerlab capture --sites resid_post.6,attn_out.6 --corpus prose --tokens 2000000 \\
-        --out runs/sae_store
-    python saes/train_topk.py --store runs/sae_store --site resid_post.6 --tokens 2000000 \\
-        --out runs/sae_resid6
+    steerlab capture --sites resid_post.6,attn_out.6 --corpus prose+code --tokens 2100000 \\
+        --out runs/sae_store2m
+    python saes/train_topk.py --store runs/sae_store2m --site resid_post.6 --tokens 2000000 \\
+        --eval-store runs/sae_eval --out runs/sae_resid6_2m
 
-Trains with ``steerlab sae train`` (progress bar, checkpoints; rerun to resume), then measures
-FVU, L0 and dead latents over the whole store, CE/KL loss recovered with the SAE spliced into
-the model (vs zero- and mean-ablation, on the store's own token windows), and writes
-``OUT/report.json`` and ``OUT/report.html`` (training curves, latent density, a latent
-dashboard). Beyond the store's size, training makes further passes in new shuffled orders.
-
-The SAE and training options are SaeConfig's and TrainConfig's, with the library's defaults
-(tied init, 1,000 warm-up steps, a 10M-token dead window, one epoch); the README's SAE used
-``--init active_subspace --warmup-steps 50 --dead-tokens 1000000 --tokens 2000000``.
+Trains with ``steerlab sae train`` (its defaults unless given; progress bar, checkpoints; rerun
+to resume), then captures (once) a held-out evaluation store from *other documents*: those of
+the same corpus after the last document the training capture was asked for (its
+``n_sequences_total`` windows), so no evaluated token was read in training. Every reported
+metric comes from that store: FVU, L0, dead and dense latents with the attention-sink rows left
+out (and FVU with them, for comparison), and CE/KL loss recovered with the SAE spliced into the
+model (vs zero- and mean-ablation, on the held-out store's token windows; the non-sink tokens
+replaced, and every token for comparison). Writes ``OUT/report.json`` and ``OUT/report.html`` (training curves, latent
+density, a latent dashboard). Beyond the training store's size, training makes further passes
+in new shuffled orders.
 """
 
 from __future__ import annotations
@@ -21,95 +22,110 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from steerlab.capture import capture_to_store
 from steerlab.capture.store import ActivationStore
 from steerlab.cli import main as cli
-from steerlab.config import (
-    ConfigOptions,
-    PendingConfig,
-    add_config,
-    check_nonnegative,
-    check_positive,
-    check_types,
-)
+from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.models import load_model
-from steerlab.saes import (
-    SaeConfig,
-    TrainConfig,
-    activation_stats,
-    evaluate,
-    load_sae,
-    save_saelens,
-)
+from steerlab.positions import Positions
+from steerlab.saes import activation_stats, evaluate, load_sae, save_saelens
 from steerlab.saes.splice import spliced_losses, store_windows
 from steerlab.views import write_html
 from steerlab.views.saes import density_figure, latent_dashboard, read_train_log, training_curves
 
-# TrainConfig on the command line as `steerlab sae train` has it
-TRAIN_OPTIONS = {"skip": ("checkpoint_dir",), "rename": {"max_tokens": "tokens"}}
+
+def capture_held_out(
+    train_store: ActivationStore, path: Path, n_tokens: int, handle
+) -> ActivationStore:
+    """A store of ``n_tokens`` from the documents after the training capture's window.
+
+    The training capture packed ``n_sequences_total`` windows of ``seq_len`` tokens from the
+    start of its corpus (:func:`steerlab.datasets.corpora.chunk_tokens`); packing the same
+    corpus again gives the index of the last document it reached, and the held-out store
+    starts at the next one. Rerunning resumes an interrupted capture.
+    """
+    cfg = train_store.manifest["config"]
+    texts = load_texts(cfg["corpus"])
+    seq_len, n_seq = int(cfg["seq_len"]), int(cfg["n_sequences_total"])
+    add_bos = bool(cfg["tokenizer"]["add_bos"])
+    window = chunk_tokens(handle.tokenizer, texts, seq_len=seq_len, n_tokens=seq_len * n_seq,
+                          prepend_bos=add_bos)  # fmt: skip
+    first = int(window.doc_ids.max()) + 1
+    if first >= len(texts):
+        raise SystemExit(f"the training capture used all {len(texts)} documents of "
+                         f"{cfg['corpus']!r}; no held-out documents are left")  # fmt: skip
+    chunks = chunk_tokens(handle.tokenizer, texts[first:], seq_len=seq_len, n_tokens=n_tokens,
+                          prepend_bos=add_bos)  # fmt: skip
+    print(f"held-out store: documents {first:,}-{len(texts) - 1:,} of {cfg['corpus']!r} "
+          f"(training read documents 0-{first - 1:,}); {chunks.input_ids.numel():,} tokens")  # fmt: skip
+    return capture_to_store(
+        handle, chunks, list(train_store.sites), str(path),
+        config={"corpus": cfg["corpus"], "first_document": first, "held_out_from": str(train_store.path)},
+    )  # fmt: skip
 
 
-@dataclass
-class Recipe:
-    """The recipe's own settings; the SAE's and the training's come from the library."""
+def non_sink_positions(store: ActivationStore, n_windows: int) -> Positions:
+    """The non-sink tokens of the windows :func:`store_windows` picks, as a position rule.
 
-    store: str = "runs/sae_store"
-    """Activation store (from steerlab capture)."""
-    site: str = "resid_post.6"
-    """Store site to train on."""
-    loss_windows: int = 32
-    """Store windows for the CE/KL loss recovered."""
-    eval_tokens: int | None = None
-    """Tokens for the metrics and the dashboard (default: the whole store)."""
-    dashboard_latents: int = 6
-    """Latents shown in the dashboard, from frequent to rare."""
-    threads: int | None = None
-    """Torch threads (default: torch's choice)."""
-    out: str = "runs/sae_resid6"
-    """Output folder (``steerlab sae train`` output plus report.json and report.html)."""
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        check_positive(self, "loss_windows", "eval_tokens", "threads")
-        check_nonnegative(self, "dashboard_latents")
+    The SAE was trained and is scored without the attention-sink rows, so the headline loss
+    recovered replaces only the other tokens (as SAELens and Gemma Scope leave BOS alone).
+    """
+    T = int(store.manifest["config"]["seq_len"])
+    total = store.n_tokens // T
+    picks = torch.linspace(0, total - 1, min(n_windows, total)).round().long().unique()
+    rows = (picks[:, None] * T + torch.arange(T)).reshape(-1)
+    sink = store.site("sink")[rows].reshape(len(picks), T)
+    keep = tuple(tuple(i for i in range(T) if not bool(sink[w, i])) for w in range(len(picks)))
+    return Positions(part="prompt", tokens="indices", indices=keep)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig, PendingConfig]:
-    """The recipe's settings, the training config, and the SAE options (the SaeConfig needs
-    the store's width and model, so :meth:`PendingConfig.build` makes it once the store is open)."""
-    ap = argparse.ArgumentParser(description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
-    recipe = add_config(ap, Recipe, title="Recipe")
-    # d_in, site and model come from the store; 4608 latents = 8 x d_model of SmolLM2-135M
-    sae_opts = add_config(ap, SaeConfig, skip=("d_in", "site", "model_id"),
-                          rename={"d_sae": "width", "architecture": "arch"},
-                          defaults={"d_sae": 4608}, title="SaeConfig")  # fmt: skip
-    train_opts = add_config(ap, TrainConfig, **TRAIN_OPTIONS, title="TrainConfig")
-    ns = ap.parse_args(argv)
-    sae = PendingConfig(sae_opts, ns, ap)
-    return recipe.build(ns, parser=ap), train_opts.build(ns, parser=ap), sae
-
-
-def main(argv: list[str] | None = None) -> None:
-    args, tcfg, sae_opts = parse_args(argv)
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--store", default="runs/sae_store")
+    ap.add_argument("--site", default="resid_post.6")
+    ap.add_argument("--width", type=int, default=4608, help="latents (8 x d_model)")
+    ap.add_argument("--k", type=int, default=32)
+    ap.add_argument("--init", default="active-subspace")
+    ap.add_argument("--tokens", type=int, default=2_000_000, help="training tokens")
+    ap.add_argument("--batch-size", type=int, default=4096)
+    ap.add_argument("--dead-tokens", type=int, default=1_000_000,
+                    help="AuxK window: a latent silent this long is dead")  # fmt: skip
+    ap.add_argument("--eval-store", default="runs/sae_eval", help="held-out store (captured once)")
+    ap.add_argument("--eval-capture-tokens", type=int, default=131072,
+                    help="tokens of the held-out store when it is captured")  # fmt: skip
+    ap.add_argument("--loss-windows", type=int, default=32, help="windows for CE/KL recovered")
+    ap.add_argument("--eval-tokens", type=int, default=None, help="default: the whole store")
+    ap.add_argument("--only-eval-store", action="store_true", help="capture it and stop")
+    ap.add_argument("--dashboard-latents", type=int, default=6)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads")
+    ap.add_argument("--out", default="runs/sae_resid6")
+    args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    store = ActivationStore(args.store)
-    if args.site not in store.sites:
-        raise SystemExit(f"store {args.store} has no site {args.site!r}; it holds "
-                         f"{sorted(store.sites)}")  # fmt: skip
-    sae_cfg = sae_opts.build(d_in=store.sites[args.site], site=args.site, model_id=store.model_id)
+    train_store = ActivationStore(args.store)
+    handle = load_model(train_store.model_id, device="cpu")
+    if (Path(args.eval_store) / "manifest.json").is_file():
+        store = ActivationStore(args.eval_store)
+        if not store.manifest["complete"]:
+            store = capture_held_out(train_store, Path(args.eval_store), args.eval_capture_tokens,
+                                     handle)  # fmt: skip
+    else:
+        store = capture_held_out(train_store, Path(args.eval_store), args.eval_capture_tokens,
+                                 handle)  # fmt: skip
+    if args.only_eval_store:
+        return
 
     t0 = time.perf_counter()
-    # the command line trains (progress bar, checkpoints, resume); the same configs go through
-    rc = cli(["sae", "train", "--store", args.store, "--site", args.site, "--out", str(out),
-              *sae_opts.options.to_argv(sae_cfg),
-              *ConfigOptions(TrainConfig, **TRAIN_OPTIONS).to_argv(tcfg)])  # fmt: skip
+    rc = cli(["sae", "train", "--store", args.store, "--site", args.site,
+              "--width", str(args.width), "--k", str(args.k), "--init", args.init,
+              "--tokens", str(args.tokens), "--batch-size", str(args.batch_size),
+              "--dead-tokens", str(args.dead_tokens),
+              "--checkpoint-every", "50", "--out", str(out)])  # fmt: skip
     if rc:
         raise SystemExit(rc)
     train_s = time.perf_counter() - t0
@@ -117,31 +133,46 @@ def main(argv: list[str] | None = None) -> None:
     sae = load_sae(out / "sae")
     t1 = time.perf_counter()
     metrics = evaluate(sae, store, args.site, n_tokens=args.eval_tokens)
-    print(f"FVU {metrics.fvu:.4f}  L0 {metrics.l0:.2f}  dead {100 * metrics.dead_frac:.2f}%  "
-          f"dense {100 * metrics.dense_frac:.2f}%  over {metrics.n_tokens:,} tokens")  # fmt: skip
+    with_sinks = evaluate(sae, store, args.site, n_tokens=args.eval_tokens, exclude_sinks=False)
+    print(f"held-out, {metrics.sink_rows:,} sink rows left out: FVU {metrics.fvu:.4f}  "
+          f"L0 {metrics.l0:.2f}  dead {100 * metrics.dead_frac:.2f}%  dense "
+          f"{100 * metrics.dense_frac:.2f}%  over {metrics.n_tokens:,} tokens; with the sink "
+          f"rows: FVU {with_sinks.fvu:.4f} over {with_sinks.n_tokens:,}")  # fmt: skip
     save_saelens(sae, out / "saelens", density=metrics.density)
 
-    handle = load_model(store.model_id, device="cpu")
     ids = store_windows(store, args.loss_windows)
-    mean = activation_stats(store, args.site, n_tokens=65536).mean.float()
-    losses = spliced_losses(handle, sae, ids, mean=mean, batch_size=8)
-    for name, r in (("CE", losses.ce), ("KL", losses.kl)):
-        print(f"{name}: clean {r.clean:.4f} spliced {r.spliced:.4f} zero {r.zero_abl:.4f} "
-              f"mean {r.mean_abl:.4f} recovered vs zero {r.vs_zero:.4f} vs mean {r.vs_mean:.4f}")  # fmt: skip
+    mean = activation_stats(train_store, args.site, n_tokens=65536).mean.float()
+    # one forward holds every window: the indices rule lists the tokens per example
+    rule = non_sink_positions(store, args.loss_windows)
+    losses = spliced_losses(handle, sae, ids, mean=mean, batch_size=len(ids), positions=rule)
+    losses_all = spliced_losses(handle, sae, ids, mean=mean, batch_size=8)
+    for what, ls in (("non-sink tokens replaced", losses), ("every token replaced", losses_all)):
+        for name, r in (("CE", ls.ce), ("KL", ls.kl)):
+            print(f"{what:>24} {name}: clean {r.clean:.4f} spliced {r.spliced:.4f} zero "
+                  f"{r.zero_abl:.4f} mean {r.mean_abl:.4f} recovered vs zero {r.vs_zero:.4f} "
+                  f"vs mean {r.vs_mean:.4f}")  # fmt: skip
     eval_s = time.perf_counter() - t1
 
     summary = json.loads((out / "train.json").read_text())
     report = {
-        "store": {"path": args.store, "n_tokens": store.n_tokens, "model_id": store.model_id},
+        "store": {"path": args.store, "n_tokens": train_store.n_tokens,
+                  "model_id": train_store.model_id},
+        "eval_store": {"path": args.eval_store, "n_tokens": store.n_tokens,
+                       "config": store.manifest["config"]},
         "sae": sae.cfg.to_dict(),
+        "train": summary["train"],
         "training_tokens": summary["tokens"],
-        "epochs": summary["tokens"] / store.n_tokens,
+        "epochs": summary["tokens"] / train_store.n_tokens,
         "init": summary["init"],
         "metrics": metrics.as_dict(),
+        "metrics_with_sinks": with_sinks.as_dict(),
         "loss": losses.as_dict(),
+        "loss_every_token": losses_all.as_dict(),
         "wall_s": {"train_this_run": train_s, "eval": eval_s},
-        "note": "metrics and losses are measured on the training store (in-sample)",
-    }
+        "note": "held-out store (other documents); metrics leave the attention-sink rows out "
+                "(metrics_with_sinks keeps them); loss replaces the non-sink tokens "
+                "(loss_every_token: all)",
+    }  # fmt: skip
     (out / "report.json").write_text(json.dumps(report, indent=2, default=str))
 
     dens = metrics.density
@@ -155,8 +186,9 @@ def main(argv: list[str] | None = None) -> None:
         **latent_dashboard(sae, store, handle, latents, n_tokens=args.eval_tokens),
     }
     ce = losses.ce
-    notes = (f"{sae.cfg.name} on {store.n_tokens:,} stored tokens of {args.site} "
-             f"({summary['tokens']:,} training tokens). FVU {metrics.fvu:.4f}, L0 "
+    notes = (f"{sae.cfg.name} trained on {summary['tokens']:,} tokens of {args.site}, measured "
+             f"on {metrics.n_tokens:,} held-out tokens (attention sinks left out; FVU with them "
+             f"{with_sinks.fvu:.4f}). FVU {metrics.fvu:.4f}, L0 "
              f"{metrics.l0:.1f}, dead {100 * metrics.dead_frac:.2f}%, CE loss recovered "
              f"{ce.vs_zero:.4f} vs zero-ablation and {ce.vs_mean:.4f} vs mean-ablation "
              f"(CE clean {ce.clean:.3f}, spliced {ce.spliced:.3f}).")  # fmt: skip

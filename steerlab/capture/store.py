@@ -2,8 +2,9 @@
 
 Each shard holds, for ``N`` token rows, one float tensor per site (``[N, d_site]``, keyed by the
 site name, e.g. ``"resid_post.6"``) plus ``token_ids`` (int32 ``[N]``), ``doc_ids`` (int64
-``[N]``, the sequence each row came from) and ``positions`` (int32 ``[N]``). The manifest lists
-the shards with their sha256; a shard exists for readers only once the manifest lists it.
+``[N]``, the sequence each row came from), ``positions`` (int32 ``[N]``) and ``sink`` (bool
+``[N]``, attention-sink rows, see :func:`sink_rows`). The manifest lists the shards with their
+sha256; a shard exists for readers only once the manifest lists it.
 
 :class:`StoreWriter` appends batches that end at sequence boundaries and flushes a shard
 atomically (temp file, fsync, ``os.replace``, then an atomic manifest rewrite) once its buffer
@@ -40,6 +41,10 @@ MANIFEST_NAME = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-\d{5,}\.safetensors$")
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 META_DTYPES = {"token_ids": torch.int32, "doc_ids": torch.int64, "positions": torch.int32}
+SINK = "sink"
+"""Bool column marking attention-sink rows (:func:`sink_rows`), computed when a batch is added."""
+SINK_NORM_RATIO = 4.0
+"""Default of :func:`sink_rows`: a later row is a sink above this multiple of the median norm."""
 Index = int | slice | Tensor | Sequence[int]
 
 
@@ -54,6 +59,30 @@ class CorruptShardError(ValueError):
 def shard_name(i: int) -> str:
     """File name of shard ``i``: ``shard-00000.safetensors``."""
     return f"shard-{i:05d}.safetensors"
+
+
+def sink_rows(
+    acts: dict[str, Tensor], positions: Tensor, norm_ratio: float = SINK_NORM_RATIO
+) -> Tensor:
+    """Attention-sink rows of one batch: ``[n]`` bool.
+
+    A row is a sink if it is the first token of its window (``positions == 0``), or if at any
+    site its norm exceeds ``norm_ratio`` times the median norm of the batch's later rows. The
+    first token of every window, and a few later tokens (often " the" or a newline), carry the
+    "massive activations" of an attention sink (Sun et al. 2024, Xiao et al. 2024): on the
+    embedded model at ``resid_post.6`` their norm is 6-9x the median, and the 0.8% of rows at
+    position 0 hold ~26% of the variance, enough to dominate PCA, SAE statistics and FVU. The
+    median is robust to the sinks themselves, so the rule does not depend on how many there
+    are; 4x separates the two populations there (98% of later rows stay below 2x).
+    """
+    pos = torch.as_tensor(positions).reshape(-1)
+    sink = pos == 0
+    later = ~sink
+    if norm_ratio > 0 and bool(later.any()):
+        for x in acts.values():
+            norm = x.float().norm(dim=1)
+            sink |= norm > norm_ratio * norm[later].median()
+    return sink
 
 
 def _json_norm(obj: Any) -> Any:
@@ -101,6 +130,8 @@ class StoreWriter:
         fingerprints: hashes identifying the tokenizer, corpus, ... (must match to resume).
         config: JSON-serialisable capture settings (must match to resume).
         overwrite: remove an existing store's manifest, shards and temp files first.
+        sink_norm_ratio: the norm multiple of :func:`sink_rows` that marks a later row as an
+            attention sink (recorded in the manifest's ``sinks``; 0: only position 0).
 
     Raises:
         StoreMismatchError: ``path`` holds a store written with other settings.
@@ -118,13 +149,16 @@ class StoreWriter:
         fingerprints: dict[str, str] | None = None,
         config: dict[str, Any] | None = None,
         overwrite: bool = False,
+        sink_norm_ratio: float = SINK_NORM_RATIO,
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
         if shard_tokens < 1:
             raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
+        if sink_norm_ratio < 0:
+            raise ValueError(f"sink_norm_ratio must be >= 0, got {sink_norm_ratio}")
         for name, d in sites.items():
-            if name in META_DTYPES or not name:
+            if name in META_DTYPES or name == SINK or not name:
                 raise ValueError(f"invalid site name {name!r}")
             if int(d) < 1:
                 raise ValueError(f"site {name!r}: width must be >= 1, got {d}")
@@ -184,6 +218,7 @@ class StoreWriter:
                 "n_sequences": 0,
                 "complete": False,
                 "shards": [],
+                "sinks": {"norm_ratio": float(sink_norm_ratio)},
                 "created": datetime.now(timezone.utc).isoformat(),
                 "steerlab_version": __version__,
             }
@@ -275,6 +310,8 @@ class StoreWriter:
             # the memory bound) and would see the caller's later in-place edits.
             same = y.untyped_storage().data_ptr() == x.untyped_storage().data_ptr()
             rows[name] = y.clone() if same else y
+        ratio = self.manifest.get("sinks", {}).get("norm_ratio", SINK_NORM_RATIO)
+        rows[SINK] = sink_rows({k: rows[k] for k in self.sites}, rows["positions"], ratio)
         self._buffer.append(rows)
         self.buffered_tokens += n
         self._buffered_seqs += int(n_sequences)
@@ -288,7 +325,7 @@ class StoreWriter:
         m = self.manifest
         seq_start = m["n_sequences"]
         if self.buffered_tokens:
-            keys = [*self.sites, *META_DTYPES]
+            keys = [*self.sites, *META_DTYPES, SINK]
             tensors = {k: torch.cat([b[k] for b in self._buffer]).contiguous() for k in keys}
             self._buffer.clear()  # drop the pieces before serialising: peak = 2 x one shard
             data = st_save(tensors, metadata={"format": "pt"})
@@ -430,15 +467,31 @@ class ActivationStore:
 
     def _check_names(self, names: Sequence[str]) -> None:
         for name in names:
-            if name not in self.sites and name not in META_DTYPES:
+            if name not in self.sites and name not in META_DTYPES and name != SINK:
                 raise KeyError(
                     f"unknown site {name!r}; this store holds {sorted(self.sites)} "
-                    f"(and {sorted(META_DTYPES)})"
+                    f"(and {sorted([*META_DTYPES, SINK])})"
                 )
 
     def _read_shard(self, i: int, names: Sequence[str]) -> dict[str, Tensor]:
         with safe_open(str(self.path / self.manifest["shards"][i]["file"]), framework="pt") as f:
-            return {name: f.get_tensor(name) for name in names}
+            keys = set(f.keys())
+            out = {name: f.get_tensor(name) for name in names if name in keys}
+            if SINK in names and SINK not in keys:
+                # Written before sink marking: the same rule, with the shard's median.
+                ratio = self.manifest.get("sinks", {}).get("norm_ratio", SINK_NORM_RATIO)
+                acts = {s: f.get_tensor(s) for s in self.sites}
+                out[SINK] = sink_rows(acts, f.get_tensor("positions"), ratio)
+        return out
+
+    def sink_mask(self) -> Tensor:
+        """``[n_tokens]`` bool: the attention-sink rows (:func:`sink_rows`) of the whole store.
+
+        SAE statistics, initialisations, training batches and metrics leave these rows out by
+        default; stores written before sink marking get the rule applied per shard on read.
+        """
+        parts = [self._read_shard(i, [SINK])[SINK] for i in range(self.n_shards)]
+        return torch.cat(parts) if parts else torch.zeros(0, dtype=torch.bool)
 
     def _cached_shard(self, i: int, names: Sequence[str]) -> dict[str, Tensor]:
         entry = self._cache.pop(i, {})
@@ -478,6 +531,8 @@ class ActivationStore:
     def _empty(self, name: str, n: int) -> Tensor:
         if name in META_DTYPES:
             return torch.empty(n, dtype=META_DTYPES[name])
+        if name == SINK:
+            return torch.empty(n, dtype=torch.bool)
         return torch.empty(n, self.sites[name], dtype=DTYPES[self.dtype])
 
     def _gather(self, names: Sequence[str], ids: Tensor) -> dict[str, Tensor]:
@@ -495,7 +550,7 @@ class ActivationStore:
     def __getitem__(self, idx: Index) -> dict[str, Tensor]:
         """Rows ``idx`` (int, slice, index tensor/list or bool mask) of every site and metadata."""
         ids, scalar = self._indices(idx)
-        out = self._gather([*self.sites, *META_DTYPES], ids)
+        out = self._gather([*self.sites, *META_DTYPES, SINK], ids)
         return {k: v[0] for k, v in out.items()} if scalar else out
 
     def site(self, name: str) -> SiteView:
@@ -526,7 +581,7 @@ class ActivationStore:
 
         Args:
             site: a site name (yields tensors ``[batch, d]``) or a list of names, which may
-                include ``token_ids``/``doc_ids``/``positions`` (yields dicts).
+                include ``token_ids``/``doc_ids``/``positions``/``sink`` (yields dicts).
             batch_size: rows per batch.
             shuffle: if False, rows come in store order.
             seed: base seed of the permutations.
@@ -593,7 +648,7 @@ class SiteView:
 
     Args:
         store: the store.
-        name: a site name or ``token_ids``/``doc_ids``/``positions``.
+        name: a site name or ``token_ids``/``doc_ids``/``positions``/``sink``.
     """
 
     def __init__(self, store: ActivationStore, name: str) -> None:

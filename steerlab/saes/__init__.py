@@ -71,6 +71,7 @@ from steerlab.saes.sae import (
 )
 from steerlab.saes.train import (
     CheckpointMismatchError,
+    LrSchedule,
     TrainConfig,
     TrainProgress,
     TrainResult,
@@ -88,6 +89,7 @@ __all__ = [
     "CheckpointMismatchError",
     "InitReport",
     "LossRecovered",
+    "LrSchedule",
     "MetricsFitter",
     "ReluSae",
     "Sae",

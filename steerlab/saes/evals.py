@@ -13,6 +13,12 @@ evaluated tokens, ``N`` tokens, ``d = d_in``):
 - per-token MSE = ``Σ_t ‖x_t − x̂_t‖² / N`` (summed over the ``d`` dimensions, averaged over
   tokens); ``mse_per_element`` = that ``/ d``.
 - L0 = mean number of non-zero latents per token.
+- attention sinks: :func:`evaluate` leaves a store's sink rows (its ``sink`` column, the first
+  token of every window and the few massive-norm rows, see
+  :func:`steerlab.capture.store.sink_rows`) out of every metric by default and records how many
+  it left out (:attr:`SaeMetrics.sink_rows`): they are ~2% of the rows at ``resid_post.6`` but
+  over a quarter of its variance, so including them flatters FVU (their huge, nearly constant
+  norm direction is easy to reconstruct) and swings it with the share of window starts.
 - density of latent ``i`` = fraction of tokens on which it is non-zero; dead = density 0 over
   the evaluated tokens; dense = density above ``dense_threshold`` (default 0.1).
 - loss recovered (SAELens's ``ce_loss_score``; Gao et al. 2024 report the delta):
@@ -22,14 +28,17 @@ evaluated tokens, ``N`` tokens, ``d = d_in``):
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from jaxtyping import Float
 from torch import Tensor
+
+from steerlab.capture.store import SINK
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore
@@ -50,13 +59,15 @@ class SaeMetrics:
     dense_frac: float
     density: Float[Tensor, " d_sae"]
     """Firing frequency of each latent."""
+    sink_rows: int = 0
+    """Attention-sink rows left out (0 when they were included or the source had no marks)."""
 
     def as_dict(self) -> dict[str, float | int]:
         """Scalar metrics (no density) for logs and JSON."""
         return {
             k: getattr(self, k)
             for k in ("n_tokens", "fvu", "explained_variance", "mse_per_token",
-                      "mse_per_element", "l0", "dead_frac", "dense_frac")
+                      "mse_per_element", "l0", "dead_frac", "dense_frac", "sink_rows")
         }  # fmt: skip
 
 
@@ -148,6 +159,7 @@ def evaluate(
     n_tokens: int | None = None,
     batch_size: int = 4096,
     dense_threshold: float = 0.1,
+    exclude_sinks: bool = True,
 ) -> SaeMetrics:
     """Stream a tensor or a store site through ``sae`` and compute :class:`SaeMetrics`.
 
@@ -158,19 +170,28 @@ def evaluate(
         n_tokens: evaluate at most this many tokens (None: all).
         batch_size: tokens per forward.
         dense_threshold: density above which a latent is dense.
+        exclude_sinks: leave a store's attention-sink rows out (the default; ``n_tokens``
+            counts the rows kept). A tensor has no marks: pass only the rows to score.
     """
     fitter = MetricsFitter(sae.d_in, sae.d_sae, dense_threshold)
+    n_sinks = 0
     if isinstance(source, Tensor):
         X = source.reshape(-1, sae.d_in)
-        batches = (X[i : i + batch_size] for i in range(0, X.shape[0], batch_size))
+        batches: Iterator[Tensor] = (
+            X[i : i + batch_size] for i in range(0, X.shape[0], batch_size)
+        )
     else:
         site = site or sae.cfg.site
         if site is None or site not in source.sites:
             raise KeyError(
                 f"store {source.path} has no site {site!r}; it holds {sorted(source.sites)}"
             )
-        batches = source.iter_batches(site, batch_size, shuffle=False, drop_last=False)
+        names = [site, SINK] if exclude_sinks else site
+        batches = source.iter_batches(names, batch_size, shuffle=False, drop_last=False)  # type: ignore[assignment]
     for x in batches:
+        if isinstance(x, dict):  # a store batch with its sink column
+            n_sinks += int(x[SINK].sum())
+            x = x[site][~x[SINK]]
         x = x[: (n_tokens - fitter.n) if n_tokens is not None else None].to(sae.device)  # type: ignore[union-attr]
         if x.shape[0] == 0:
             break
@@ -178,7 +199,7 @@ def evaluate(
         fitter.update(x, out.sae_out, sae.latent_counts(out))
         if n_tokens is not None and fitter.n >= n_tokens:
             break
-    return fitter.finalize()
+    return dataclasses.replace(fitter.finalize(), sink_rows=n_sinks)
 
 
 class DensityHistogram(NamedTuple):

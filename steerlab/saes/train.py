@@ -7,7 +7,11 @@ takes one Adam step per SAE on the batch's rows of its site:
 - loss: FVU (+ ``auxk_alpha`` · AuxK for TopK, + ``λ`` · L1 for ReLU-L1), see
   :mod:`steerlab.saes.sae`;
 - learning rate ``base_lr / sqrt(d_sae / 2**14)`` (Gao et al. 2024, sparsify) unless ``lr`` is
-  given, with linear warm-up over ``warmup_steps``;
+  given; linear warm-up over the first ``warmup_frac`` of the run (or ``warmup_steps``), then
+  constant, then a linear decay to 0 over the last ``decay_frac`` of the run, so the same
+  defaults suit a 40-step run and a 4,000-step one;
+- attention-sink rows (the store's ``sink`` column, :func:`steerlab.capture.store.sink_rows`)
+  are dropped from the batches (``sinks="drop"``) and from the initialisation statistics;
 - TopK decoders: gradient parallel to each row removed before the step, rows renormalised after;
 - dead latents: a latent is dead once it has not fired for ``dead_tokens`` tokens; dead latents
   feed the AuxK loss;
@@ -40,8 +44,15 @@ import torch
 from torch import Tensor
 
 from steerlab import __version__
-from steerlab.capture.store import ActivationStore
-from steerlab.config import ConfigError, check_nonnegative, check_positive, check_types, require
+from steerlab.capture.store import SINK, ActivationStore
+from steerlab.config import (
+    ConfigError,
+    check_fraction,
+    check_nonnegative,
+    check_positive,
+    check_types,
+    require,
+)
 from steerlab.saes.formats import (
     PARAM_NAMES,
     STATE_JSON,
@@ -53,7 +64,14 @@ from steerlab.saes.formats import (
     write_checkpoint,
 )
 from steerlab.saes.init import activation_stats, initialize_
-from steerlab.saes.sae import Sae, SaeConfig, SaeOutput, build_sae, lr_for_width
+from steerlab.saes.sae import (
+    DEFAULT_BASE_LR,
+    Sae,
+    SaeConfig,
+    SaeOutput,
+    build_sae,
+    lr_for_width,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -77,10 +95,22 @@ class TrainConfig:
     each in its own shuffled order."""
     lr: float | None = None
     """Adam learning rate for every SAE; None: ``base_lr / sqrt(d_sae / 2**14)`` per SAE."""
-    base_lr: float = 2e-4
-    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024)."""
-    warmup_steps: int = 1000
-    """Linear learning-rate warm-up from 0 over this many steps."""
+    base_lr: float = DEFAULT_BASE_LR
+    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024): 1.6e-3, i.e. 3e-3
+    at width 4608 (see :data:`steerlab.saes.sae.DEFAULT_BASE_LR`); Gao et al.'s 2e-4 suits
+    billion-token runs."""
+    warmup_steps: int | None = None
+    """Linear learning-rate warm-up from 0 over this many steps; None: ``warmup_frac`` of the
+    run's steps."""
+    warmup_frac: float = 0.05
+    """Warm-up as a fraction of the run's steps (used when ``warmup_steps`` is None)."""
+    decay_frac: float = 0.2
+    """The learning rate falls linearly to 0 over this final fraction of the run's steps
+    (0: constant after the warm-up)."""
+    sinks: Literal["drop", "keep"] = "drop"
+    """Attention-sink rows of a store (its ``sink`` column): ``drop`` leaves them out of the
+    training batches (the initialisation statistics always leave them out); a tensor source has
+    no marks and is used as given."""
     betas: tuple[float, float] = (0.9, 0.999)
     """Adam betas."""
     eps: float = 6.25e-10
@@ -117,6 +147,8 @@ class TrainConfig:
         check_positive(self, "k_anneal_start", "init_tokens", "shards_in_memory", "log_every")
         check_nonnegative(self, "warmup_steps", "auxk_alpha", "k_anneal_steps", "seed")
         check_nonnegative(self, "checkpoint_every")
+        check_fraction(self, "warmup_frac", low=True, high=True)
+        check_fraction(self, "decay_frac", low=True, high=True)
         if self.max_tokens is not None and self.max_tokens < self.batch_size:
             raise ConfigError("TrainConfig", "max_tokens",
                               f"max_tokens={self.max_tokens} < batch_size={self.batch_size}")  # fmt: skip
@@ -134,6 +166,7 @@ class TrainProgress(NamedTuple):
         metrics: SAE name -> ``fvu``, ``l0``, ``auxk_loss``, ``l1_loss`` (averaged since the
             last callback), ``dead_frac`` (now), ``lr``, ``k``.
         skipped_rows: site -> NaN/inf rows skipped so far.
+        saes: SAE name -> the SAE being trained (live: evaluate it, do not modify it).
     """
 
     step: int
@@ -142,6 +175,7 @@ class TrainProgress(NamedTuple):
     tokens_per_s: float
     metrics: dict[str, dict[str, float]]
     skipped_rows: dict[str, int]
+    saes: dict[str, Sae] = {}
 
 
 @dataclass
@@ -157,6 +191,10 @@ class TrainResult:
     init_reports: dict[str, dict[str, Any]] = field(default_factory=dict)
     """SAE name -> :class:`InitReport` fields (effective rank, subspace dimension, ...)."""
     last_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
+    init_s: float = 0.0
+    """Seconds this call spent on statistics and initialisation (or loading a checkpoint)."""
+    sink_rows: dict[str, int] = field(default_factory=dict)
+    """Site -> attention-sink rows left out of the training batches (``sinks="drop"``)."""
 
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Save every SAE to ``out_dir/<name>`` (steerlab layout)."""
@@ -306,18 +344,21 @@ def train(
     }
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt = find_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
+    t_init = time.perf_counter()
     if ckpt is not None:
         members, state = _load_checkpoint(ckpt, header, cfg, gen)
     else:
         state = _new_state(configs)
         members = _fresh(src, configs, cfg, gen, state["init_reports"])
+    init_s = time.perf_counter() - t_init
     site_list = sorted({c.site for c in configs})  # type: ignore[type-var]
+    schedule = LrSchedule.of(cfg, total_steps)
     t0, tok0 = time.perf_counter(), state["tokens"]
     while state["step"] < total_steps:
         epoch, skip = divmod(state["step"], per_epoch)
         it = _batches(src, site_list, cfg, epoch, skip)
         for batch in it:
-            _train_step(members, batch, state, cfg)
+            _train_step(members, batch, state, cfg, schedule(state["step"]))
             step = state["step"]
             last = step >= total_steps
             if cfg.checkpoint_dir and (
@@ -337,7 +378,40 @@ def train(
         skipped_rows=dict(state["skipped_rows"]),
         init_reports=state["init_reports"],
         last_metrics=state.get("last_metrics", {}),
+        init_s=init_s,
+        sink_rows=dict(state["sink_rows"]),
     )
+
+
+class LrSchedule(NamedTuple):
+    """Learning-rate multiplier: linear warm-up, constant, linear decay to 0 ("WSD").
+
+    ``m(s) = min(1, (s + 1) / warmup) · min(1, (total − s) / decay)`` for step ``s`` in
+    ``[0, total)``. Tied to the run's length, so a short run gets a short warm-up (the old
+    fixed 1,000-step warm-up left a 44-step run at 4% of its lr) and every run ends annealed.
+
+    Attributes:
+        warmup: warm-up steps (0: none).
+        decay: final steps of the linear decay (0: none).
+        total: steps of the run.
+    """
+
+    warmup: int
+    decay: int
+    total: int
+
+    @classmethod
+    def of(cls, cfg: TrainConfig, total_steps: int) -> LrSchedule:
+        """The schedule of ``cfg`` for a run of ``total_steps``."""
+        warm = cfg.warmup_steps
+        if warm is None:
+            warm = math.ceil(cfg.warmup_frac * total_steps)
+        return cls(warm, math.ceil(cfg.decay_frac * total_steps), total_steps)
+
+    def __call__(self, step: int) -> float:
+        warm = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
+        decay = min(1.0, max(self.total - step, 0) / self.decay) if self.decay else 1.0
+        return warm * decay
 
 
 def _semantic(cfg: TrainConfig) -> dict[str, Any]:
@@ -351,6 +425,7 @@ def _new_state(configs: Sequence[SaeConfig]) -> dict[str, Any]:
         "tokens": 0,
         "skipped_rows": {c.site: 0 for c in configs},
         "init_reports": {},
+        "sink_rows": {c.site: 0 for c in configs},
         "complete": False,
     }
 
@@ -360,8 +435,10 @@ def _batches(src: Any, sites: list[str], cfg: TrainConfig, epoch: int, skip: int
         return src.iter_batches(
             sites, cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip
         )
+    # The sink column rides along (the batch order does not depend on which names are read).
+    names = [*sites, SINK] if cfg.sinks == "drop" else list(sites)
     return src.iter_batches(
-        sites, cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip,
+        names, cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip,
         shards_in_memory=cfg.shards_in_memory, dtype=torch.float32,
     )  # fmt: skip
 
@@ -377,7 +454,7 @@ def _fresh(
             data = src.data[c.site] if isinstance(src, _TensorSource) else src
             stats[c.site] = activation_stats(
                 data, c.site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size,
-                seed=cfg.seed, skip_nonfinite=cfg.nan_policy == "skip",
+                seed=cfg.seed, skip_nonfinite=cfg.nan_policy == "skip", exclude_sinks=True,
             )  # fmt: skip
         reports[c.name] = initialize_(sae, stats.get(c.site), generator=gen)._asdict()
         members.append(_Member(sae, cfg))
@@ -385,11 +462,17 @@ def _fresh(
 
 
 def _train_step(
-    members: list[_Member], batch: Any, state: dict[str, Any], cfg: TrainConfig
+    members: list[_Member], batch: Any, state: dict[str, Any], cfg: TrainConfig, mult: float
 ) -> None:
     step = state["step"]
     xs: dict[str, Tensor] = {}
-    for site, x in batch.items() if isinstance(batch, dict) else [(members[0].sae.cfg.site, batch)]:
+    if not isinstance(batch, dict):
+        batch = {members[0].sae.cfg.site: batch}
+    sink = batch.pop(SINK, None)
+    for site, x in batch.items():
+        if sink is not None:
+            state["sink_rows"][site] += int(sink.sum())
+            x = x[~sink]
         bad = ~torch.isfinite(x).all(dim=1)
         n_bad = int(bad.sum())
         if n_bad:
@@ -399,14 +482,13 @@ def _train_step(
             logger.warning("batch %d: skipped %d NaN/inf rows of %r", step, n_bad, site)
             x = x[~bad]
         xs[site] = x.to(cfg.device)
-    warm = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
     for m in members:
         x = xs[m.sae.cfg.site]  # type: ignore[index]
         if x.shape[0] < 2:
             logger.warning("batch %d: fewer than 2 finite rows for %s; no step", step, m.name)
             continue
         for group in m.opt.param_groups:
-            group["lr"] = m.lr * warm
+            group["lr"] = m.lr * mult
         k = m.k_at(step, cfg)
         use_aux = cfg.auxk_alpha > 0 and m.sae.unit_norm_decoder
         dead = m.since_fired >= cfg.dead_tokens
@@ -434,7 +516,13 @@ def _progress(
     metrics = {m.name: m.pop_metrics() for m in members}
     state["last_metrics"] = metrics
     return TrainProgress(
-        state["step"], total, state["tokens"], rate, metrics, dict(state["skipped_rows"])
+        state["step"],
+        total,
+        state["tokens"],
+        rate,
+        metrics,
+        dict(state["skipped_rows"]),
+        {m.name: m.sae for m in members},
     )
 
 
@@ -488,5 +576,6 @@ def _load_checkpoint(
         m.load_state_tensors(per_sae[n])
         members.append(m)
     state = {k: body[k] for k in ("step", "tokens", "skipped_rows", "init_reports", "complete")}
+    state["sink_rows"] = body.get("sink_rows", {site: 0 for site in state["skipped_rows"]})
     logger.info("resuming from %s at step %d (%d tokens)", path, state["step"], state["tokens"])
     return members, state

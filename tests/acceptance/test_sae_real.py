@@ -13,6 +13,7 @@ import torch
 
 from steerlab.capture import capture_to_store
 from steerlab.datasets.corpora import chunk_tokens, load_texts
+from steerlab.positions import Positions
 from steerlab.saes import (
     SaeConfig,
     TrainConfig,
@@ -44,8 +45,17 @@ def test_topk_sae_on_resid_post(model, store, tmp_path):
     m = evaluate(sae, store)
     # measured 2026-11 on this corpus: FVU ≈ 0.1; the bounds leave room for BLAS and seeds
     assert m.fvu < 0.25 and m.l0 == pytest.approx(32, abs=0.5) and m.dead_frac < 0.05
-    mean = activation_stats(store, "resid_post.6").mean.float()
-    losses = spliced_losses(model, sae, store_windows(store, 8), mean=mean, batch_size=4)
+    mean = activation_stats(store, "resid_post.6").mean.float()  # of the non-sink rows
+    # The SAE, its mean and its metrics leave the attention-sink rows out, so only the other
+    # tokens are replaced (replacing a sink by the sink-free mean breaks the model more than
+    # zeroing it). store_windows picks evenly spaced windows; rebuild their sink marks.
+    ids = store_windows(store, 8)
+    T = ids.shape[1]
+    picks = torch.linspace(0, store.n_tokens // T - 1, 8).round().long()
+    sink = store.site("sink")[(picks[:, None] * T + torch.arange(T)).reshape(-1)].reshape(8, T)
+    keep = tuple(tuple(i for i in range(T) if not sink[w, i]) for w in range(8))
+    rule = Positions(part="prompt", tokens="indices", indices=keep)
+    losses = spliced_losses(model, sae, ids, mean=mean, batch_size=8, positions=rule)
     ce = losses.ce
     assert ce.clean < ce.spliced < ce.mean_abl < ce.zero_abl
     assert ce.vs_zero > 0.8 and ce.vs_mean > 0.5 and losses.kl.vs_zero > 0.8

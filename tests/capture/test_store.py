@@ -16,11 +16,14 @@ from hypothesis import strategies as st
 
 from steerlab.capture.store import (
     MANIFEST_NAME,
+    SINK,
+    SINK_NORM_RATIO,
     ActivationStore,
     CorruptShardError,
     StoreMismatchError,
     StoreWriter,
     shard_name,
+    sink_rows,
 )
 
 SITES = {"resid_post.1": 6, "mlp_out.1": 4}
@@ -408,3 +411,87 @@ def test_property_round_trip_and_epoch(
     )
     assert all(len(b) == batch_size for b in got[:-1])
     assert torch.equal(torch.cat(got).sort().values, torch.arange(n))
+
+
+# --- attention-sink rows ------------------------------------------------------------------------
+
+
+def sinks_by_loop(batch, ratio: float = SINK_NORM_RATIO) -> torch.Tensor:
+    """The rule of ``sink_rows`` restated row by row in float64 (the independent reference)."""
+    pos = batch["positions"].tolist()
+    out = []
+    for i, p in enumerate(pos):
+        flag = p == 0
+        for x in batch["acts"].values():
+            norms = x.double().norm(dim=1)
+            later = [float(norms[j]) for j, q in enumerate(pos) if q != 0]
+            if later and float(norms[i]) > ratio * float(torch.tensor(later).median()):
+                flag = True
+        out.append(flag)
+    return torch.tensor(out)
+
+
+def with_massive_rows(batches, seed: int = 3):
+    """Scale a few later rows of each batch by 20, like the massive activations of sink tokens."""
+    g = torch.Generator().manual_seed(seed)
+    for b in batches:
+        later = (b["positions"] > 0).nonzero().squeeze(1)
+        if len(later) > 1:
+            pick = later[torch.randperm(len(later), generator=g)[:1]]
+            b["acts"]["mlp_out.1"][pick] *= 20.0
+    return batches
+
+
+def test_sink_rows_rule():
+    g = torch.Generator().manual_seed(0)
+    acts = {"a": torch.randn(40, 6, generator=g), "b": torch.randn(40, 3, generator=g)}
+    pos = torch.arange(40) % 10
+    acts["a"][[13, 27]] *= 10.0  # massive at one site only
+    acts["b"][5] *= 10.0
+    batch = {"acts": acts, "positions": pos}
+    got = sink_rows(acts, pos)
+    assert torch.equal(got, sinks_by_loop(batch))
+    assert set(got.nonzero().squeeze(1).tolist()) == {0, 10, 20, 30, 13, 27, 5}
+    assert torch.equal(sink_rows(acts, pos, norm_ratio=0.0), pos == 0)  # ratio 0: position 0 only
+
+
+def test_store_marks_sinks_and_reads_them_back(tmp_path):
+    batches = with_massive_rows(make_batches(n_batches=12, max_len=8))
+    write_store(tmp_path / "s", batches)
+    store = ActivationStore(tmp_path / "s")
+    want = torch.cat([sinks_by_loop(b) for b in batches])  # marked batch by batch at write time
+    assert want.sum() > (reference(batches)["positions"] == 0).sum()  # the massive rows count
+    assert torch.equal(store.sink_mask(), want)
+    assert torch.equal(store[:][SINK], want)
+    assert torch.equal(store.site(SINK)[3:9], want[3:9])
+    assert store.manifest["sinks"] == {"norm_ratio": SINK_NORM_RATIO}
+    # shuffled batches carry each row's own mark (column 0 of ID_SITE is the row index)
+    seen = torch.zeros(len(want), dtype=torch.bool)
+    for b in store.iter_batches([ID_SITE, SINK], 7, seed=1, drop_last=False):
+        rows = b[ID_SITE][:, 0].long()
+        assert torch.equal(b[SINK], want[rows])
+        seen[rows] = True
+    assert seen.all()
+
+
+def test_sinks_of_a_store_written_before_marking(tmp_path):
+    """Shards without the column get the same rule on read, with the shard's median."""
+    from safetensors.torch import load_file, save_file
+
+    batches = with_massive_rows(make_batches(n_batches=12, max_len=8))
+    write_store(tmp_path / "s", batches, shard_tokens=1000)  # one shard
+    path = tmp_path / "s" / shard_name(0)
+    tensors = load_file(path)
+    del tensors[SINK]
+    save_file(tensors, path, metadata={"format": "pt"})
+    store = ActivationStore(tmp_path / "s")
+    ref = reference(batches)
+    want = sinks_by_loop({"acts": {s: ref[s] for s in SITES}, "positions": ref["positions"]})
+    assert torch.equal(store.sink_mask(), want)
+
+
+def test_sink_ratio_validation(tmp_path):
+    with pytest.raises(ValueError, match="sink_norm_ratio"):
+        StoreWriter(tmp_path / "s", model_id="tiny", sites=SITES, sink_norm_ratio=-1.0)
+    with pytest.raises(ValueError, match="invalid site name 'sink'"):
+        StoreWriter(tmp_path / "s", model_id="tiny", sites={SINK: 3})

@@ -145,13 +145,13 @@ def test_evaluate_store_equals_tensor_and_closed_form(tmp_path, arch):
     with StoreWriter(tmp_path / "s", model_id="tiny", sites={"a.0": d}, shard_tokens=16) as w:
         for i in range(0, n, 10):
             rows = torch.arange(i, i + 10)
-            w.add({"a.0": x[i : i + 10]}, rows, rows, rows * 0, n_sequences=10)
+            w.add({"a.0": x[i : i + 10]}, rows, rows // 5, rows % 5, n_sequences=2)
         w.finish()
     store = ActivationStore(tmp_path / "s")
     sae = build_sae(SaeConfig(d_in=d, d_sae=12, k=3, architecture=arch, site="a.0"))
     with torch.no_grad():
         sae.b_enc.fill_(-0.5)  # so some latents may stay dead over 50 tokens
-    m_store = evaluate(sae, store, batch_size=7)
+    m_store = evaluate(sae, store, batch_size=7, exclude_sinks=False)
     m_tensor = evaluate(sae, x, batch_size=13)
     with torch.no_grad():
         z = sae.encode_dense(x).double()
@@ -166,5 +166,12 @@ def test_evaluate_store_equals_tensor_and_closed_form(tmp_path, arch):
         assert torch.equal(m.density, ((z > 0).sum(0).double() / n).float())
         assert m.dead_frac == pytest.approx(float(((z > 0).sum(0) == 0).double().mean()))
     assert evaluate(sae, x, n_tokens=20).n_tokens == 20
+    # by default the store's sink rows (the first of each 5-row sequence) are left out
+    keep = ~store.sink_mask()
+    m = evaluate(sae, store, batch_size=7)
+    assert m.sink_rows == int((~keep).sum()) >= 10 and m.n_tokens == int(keep.sum())
+    # the same rows in other batch shapes: float32 SAE outputs differ by BLAS round-off only
+    assert m.fvu == pytest.approx(evaluate(sae, x[keep]).fvu, rel=1e-5)
+    assert torch.equal(m.density, evaluate(sae, x[keep]).density)
     with pytest.raises(KeyError, match="no site"):
         evaluate(sae, store, site="b.1")

@@ -11,12 +11,12 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from steerlab.saes.kernels import SparseDecode, TopKEncode
 from steerlab.saes.sae import (
     SAE_CLASSES,
     ReluSae,
     SaeConfig,
     TopKSae,
-    _TopKEncode,
     build_sae,
     lr_for_width,
     sae_class,
@@ -71,8 +71,9 @@ def test_registry():
 
 
 def test_lr_for_width():
-    assert lr_for_width(2**14) == pytest.approx(2e-4)
-    assert lr_for_width(2**16) == pytest.approx(1e-4)  # 4x wider -> lr / 2
+    assert lr_for_width(2**14, 2e-4) == pytest.approx(2e-4)  # Gao et al.'s Adam lr
+    assert lr_for_width(2**16, 2e-4) == pytest.approx(1e-4)  # 4x wider -> lr / 2
+    assert lr_for_width(4608) == pytest.approx(3.0e-3, rel=0.01)  # the default: 3e-3 at 8 x 576
 
 
 def test_topk_keeps_exactly_k():
@@ -128,13 +129,42 @@ def test_fused_encoder_matches_dense_autograd():
 
 def test_fused_encoder_gradcheck():
     g = torch.Generator().manual_seed(0)
-    sae_in = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    x = torch.randn(6, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    b_dec = torch.randn(5, dtype=torch.float64, generator=g, requires_grad=True)
     W = torch.randn(5, 9, dtype=torch.float64, generator=g, requires_grad=True)
     b = torch.randn(9, dtype=torch.float64, generator=g, requires_grad=True)
     # gradcheck perturbs inputs by 1e-6; random data has no near-ties at that scale
     assert torch.autograd.gradcheck(
-        lambda s, w, bb: _TopKEncode.apply(s, w, bb, 3)[0], (sae_in, W, b)
+        lambda xx, bd, w, bb: TopKEncode.apply(xx, bd, w, bb, 3)[0], (x, b_dec, W, b)
     )
+
+
+def test_sparse_decoder_backward_matches_dense_autograd():
+    sae = make_sae(k=5)
+    x = torch.randn(40, 16, dtype=torch.float64)
+    acts, idx = sae.encode(x)
+    w = torch.randn(40, 16, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    grads = []
+    for sparse in (True, False):
+        sae.zero_grad()
+        a = acts.detach().clone().requires_grad_()
+        if sparse:
+            out = sae.decode(a, idx)
+        else:  # reference: scatter into the dense code and decode with a dense matmul
+            out = torch.zeros(40, sae.d_sae, dtype=a.dtype).scatter(1, idx, a) @ sae.W_dec
+            out = out + sae.b_dec
+        (out * w).sum().backward()
+        grads.append([a.grad.clone(), sae.W_dec.grad.clone(), sae.b_dec.grad.clone()])
+    for g_sparse, g_dense in zip(*grads):
+        torch.testing.assert_close(g_sparse, g_dense, atol=TOL64, rtol=0)
+
+
+def test_sparse_decoder_gradcheck():
+    g = torch.Generator().manual_seed(0)
+    acts = torch.randn(6, 3, dtype=torch.float64, generator=g, requires_grad=True)
+    idx = torch.rand(6, 9, generator=g).topk(3, dim=1).indices
+    W = torch.randn(9, 5, dtype=torch.float64, generator=g, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda a, w: SparseDecode.apply(a, idx, w), (acts, W))
 
 
 def test_remove_parallel_gradient_closed_form():

@@ -11,7 +11,7 @@ from steerlab.capture.store import ActivationStore, StoreWriter
 from steerlab.saes.evals import evaluate
 from steerlab.saes.formats import CHECKPOINT_NAME
 from steerlab.saes.sae import SaeConfig
-from steerlab.saes.train import CheckpointMismatchError, TrainConfig, train
+from steerlab.saes.train import CheckpointMismatchError, LrSchedule, TrainConfig, train
 
 
 @pytest.fixture(autouse=True)
@@ -106,8 +106,9 @@ def test_several_saes_from_one_read(tmp_path, monkeypatch):
     ]
     res = train(store, configs, TrainConfig(batch_size=64, warmup_steps=2))
     assert res.steps == 512 // 64 and res.tokens == 512
-    train_reads = [c for c in calls if isinstance(c, list)]
-    assert train_reads == [["a.0", "b.1"]]  # one shuffled stream feeds all three SAEs
+    # one statistics read per site (the sink column rides along), then one shuffled stream
+    # feeds all three SAEs
+    assert calls == [["a.0", "sink"], ["b.1", "sink"], ["a.0", "b.1", "sink"]]
     assert set(res.saes) == {c.name for c in configs}
     assert res.init_reports[configs[2].name]["method"] == "active_subspace"
 
@@ -246,3 +247,41 @@ def test_k_annealing_and_dead_latents():
     aux = [p.metrics[cfg.name]["auxk_loss"] for p in seen]
     assert dead[0] == 0.0  # nothing is dead before the 128-token window has passed
     assert max(dead) > 0 and max(aux) > 0  # random init leaves dead latents; AuxK engages
+
+
+def test_lr_schedule_closed_form():
+    # 100 steps, 5% warm-up, 20% decay: (s+1)/5 for s < 5, then 1, then (100 - s)/20
+    sched = LrSchedule.of(TrainConfig(), 100)
+    assert sched == LrSchedule(5, 20, 100)
+    want = [min(1.0, (s + 1) / 5) * min(1.0, (100 - s) / 20) for s in range(100)]
+    got = [sched(s) for s in range(100)]
+    assert got == pytest.approx(want, rel=0, abs=1e-15)  # the same float ops in another order
+    assert got[4] == 1.0 and got[79] == 1.0 and got[80] == pytest.approx(1.0) and got[99] > 0
+    # a 44-step run warms up over 3 steps (the old default, 1,000 steps, never got past 4.4%)
+    assert LrSchedule.of(TrainConfig(), 44).warmup == 3
+    assert LrSchedule.of(TrainConfig(warmup_steps=7, decay_frac=0.0), 44) == LrSchedule(7, 0, 44)
+    assert LrSchedule(0, 0, 10)(3) == 1.0
+    with pytest.raises(ValueError, match="warmup_frac"):
+        TrainConfig(warmup_frac=1.5)
+    with pytest.raises(ValueError, match="sinks"):
+        TrainConfig(sinks="skip")  # type: ignore[arg-type]
+
+
+def test_sink_rows_are_left_out_of_training(tmp_path):
+    x, _ = sparse_data(1024, 8, 16, 2, seed=7)
+    x[::32] *= 50.0  # the first row of every 32-token sequence: a massive sink
+    store = write_store(tmp_path / "s", {"a.0": x})
+    sinks = store.sink_mask()
+    assert int(sinks.sum()) == 1024 // 32
+    cfg = SaeConfig(d_in=8, d_sae=16, k=2, site="a.0")
+    seen = []
+    res = train(store, [cfg], TrainConfig(batch_size=64, log_every=1), callback=seen.append)
+    assert res.sink_rows == {"a.0": 32} and res.tokens == 1024  # one epoch, every row read
+    # the init mean (b_dec) is the mean of the first init_tokens non-sink rows: all of them here
+    b_dec0 = train(store, [cfg], TrainConfig(batch_size=64, max_tokens=64, lr=1e-12)).saes
+    torch.testing.assert_close(
+        b_dec0[cfg.name].b_dec.double(), x[~sinks].double().mean(0), atol=1e-5, rtol=0
+    )  # a 1e-12 lr moves b_dec by ~1e-12; the rest is float32 round-off of the copy
+    assert seen[-1].saes[cfg.name] is res.saes[cfg.name]
+    kept = train(store, [cfg], TrainConfig(batch_size=64, sinks="keep"))
+    assert kept.sink_rows == {"a.0": 0}

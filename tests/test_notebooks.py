@@ -27,6 +27,7 @@ from transformers.utils import logging as hf_logging
 
 from steerlab.views import notebook
 from steerlab.views.notebook import (
+    EXPORT_LOGGERS,
     LOADER_MARKER,
     PLOTLY_MIMETYPE,
     RENDERER,
@@ -152,10 +153,17 @@ def restore_display_state():
     level, handlers = steerlab_logger.level, list(steerlab_logger.handlers)
     hf_bars = hf_logging.is_progress_bar_enabled()
     hub_bars = not huggingface_hub.utils.are_progress_bars_disabled()
+    export = {
+        n: (logging.getLogger(n).propagate, list(logging.getLogger(n).handlers))
+        for n in EXPORT_LOGGERS
+    }
     yield
     pio.renderers.default = default
     steerlab_logger.setLevel(level)
     steerlab_logger.handlers[:] = handlers
+    for name, (propagate, export_handlers) in export.items():
+        logging.getLogger(name).propagate = propagate
+        logging.getLogger(name).handlers[:] = export_handlers
     if hf_bars:
         hf_logging.enable_progress_bar()
     if hub_bars:
@@ -220,6 +228,8 @@ def test_setup_selects_the_renderer_and_logs_to_stdout(restore_display_state, ca
     steerlab_logger = logging.getLogger("steerlab")
     assert sum(isinstance(h, StdoutHandler) for h in steerlab_logger.handlers) == 1
     logging.getLogger("steerlab.probes.sweep").warning("386 spans gave %d rows", 348)
+    # kaleido's pipe diagnostics: with no handler, Python would print these on stderr
+    logging.getLogger("choreographer.channels.pipe").error("JSONError decoding message. Ignoring")
     out = capsys.readouterr()
     assert out.out == "steerlab.probes.sweep: 386 spans gave 348 rows\n"
     assert out.err == ""

@@ -51,6 +51,12 @@ logger = logging.getLogger(__name__)
 
 PLOTLY_MIMETYPE = "application/vnd.plotly.v1+json"
 """The mimetype JupyterLab's plotly extension (and VS Code, nteract) renders."""
+EXPORT_LOGGERS = ("choreographer", "kaleido")
+"""Loggers of kaleido's browser pipe that :func:`notebook_setup` silences.
+
+They report recoverable hiccups with tracebacks (under load Chrome's reply can arrive split:
+"JSONError decoding message. Ignoring"); with no handler configured Python prints them on
+stderr. A PNG that cannot be made still raises, in ``plotly.io.to_image``."""
 RENDERER = "steerlab_notebook"
 """The name under which :func:`notebook_setup` registers its renderer with ``plotly.io``."""
 LOADER_MARKER = "steerlab-plotlyjs-loader"
@@ -161,6 +167,11 @@ class NotebookRenderer(MimetypeRenderer):
 def notebook_setup(*, png: bool | None = None, log_level: int = logging.WARNING) -> PlotlyLoader:
     """Prepare a notebook: figures in every output form, no progress bars, logs on stdout.
 
+    Side effects, for the whole process: plotly's default renderer becomes :data:`RENDERER`;
+    the progress bars of ``transformers`` and ``huggingface_hub`` are turned off; records of the
+    ``steerlab`` loggers at ``log_level`` and above go to stdout; the :data:`EXPORT_LOGGERS` are
+    silenced.
+
     Call it in the first cell, before anything imports ``transformers``, and end the cell
     with it so that its return value (the embedded plotly.js) is displayed::
 
@@ -183,6 +194,11 @@ def notebook_setup(*, png: bool | None = None, log_level: int = logging.WARNING)
     hf_logging.disable_progress_bar()
     huggingface_hub.utils.disable_progress_bars()
     _log_to_stdout(log_level)
+    for name in EXPORT_LOGGERS:
+        export_logger = logging.getLogger(name)
+        if not any(isinstance(h, logging.NullHandler) for h in export_logger.handlers):
+            export_logger.addHandler(logging.NullHandler())
+        export_logger.propagate = False
     if png is None:
         error = static_image_error()
         if error:

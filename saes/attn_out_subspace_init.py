@@ -3,7 +3,7 @@ inside it keeps them alive (Wang et al. 2025, arXiv 2508.16929), on the embedded
 
     python saes/attn_out_subspace_init.py --store runs/sae_store2m --eval-store runs/sae_eval \\
         --site attn_out.6 --width 18432 --tokens 10000000 --dead-window 10000000 \\
-        --seeds 0,1,2 --out runs/attn_out_init
+        --auxk-alpha 0 --log-every 5 --checkpoint-every 50 --seeds 0,1,2 --out runs/attn_out_init
 
 Part 1, effective ranks: the number of principal directions explaining 99% of the variance of
 ``attn_out``, ``mlp_out`` and ``resid_post`` at several layers, from mean/covariance streamed in
@@ -12,21 +12,30 @@ float64 over ``--rank-tokens`` prose tokens (captured in memory, no store).
 Part 2, dead latents per init: per seed, three TopK SAEs on ``--site`` (default
 ``attn_out.6``) of the store, with ``random`` (the paper's baseline), ``tied`` and
 ``active_subspace`` inits, trained from one read of the store on the same batches (equal
-tokens; sink rows left out of statistics, batches and metrics). AuxK is off by default so that
-the init alone decides which latents die. Two dead counts: latents that did not fire during
-the last ``--dead-window`` training tokens (a fixed window, the paper's 10M by default), and
-latents that never fire on the held-out ``--eval-store``. The paper's effect (far fewer dead
+tokens; sink rows left out of statistics, batches and metrics). Two dead counts: latents that
+did not fire during the last ``--dead-window`` training tokens (TrainConfig's ``dead_tokens``,
+the paper's 10M by default), and latents that never fire on the held-out ``--eval-store``
+(``saes/train_topk.py --only-eval-store`` captures it). The paper's effect (far fewer dead
 latents with active-subspace init) shows at large widths (32 x d_model) and long runs; a
 smaller or shorter run can show the direction at best, and its window must fit in the run.
 
-Writes ``OUT/report.json`` and ``OUT/report.html``.
+The SAE and training options are SaeConfig's and TrainConfig's with the library's defaults
+(AuxK on, one epoch); only the width, which SaeConfig leaves open, is the recipe's (4608 = 8 x
+d_model). The paper's setting above passes ``--auxk-alpha 0`` so that the init alone decides
+which latents die (AuxK revives them), its width (32 x d_model) and its 10M tokens; the
+progress every 5 steps and a checkpoint every 50 are what docs/sae_results.md's runs used.
+
+Writes ``OUT/report.json`` and ``OUT/report.html``; checkpoints go to ``OUT/ckpt-seed<seed>``
+(rerun the same command to resume).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import time
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -34,6 +43,7 @@ from tqdm.auto import tqdm
 
 from steerlab.capture import capture
 from steerlab.capture.store import ActivationStore
+from steerlab.config import PendingConfig, add_config, check_positive, check_types, require
 from steerlab.datasets.corpora import chunk_tokens, load_texts
 from steerlab.models import load_model
 from steerlab.saes import SaeConfig, StatsFitter, TrainConfig, evaluate, train
@@ -44,15 +54,77 @@ KINDS = ("attn_out", "mlp_out", "resid_post")
 INITS = ("random", "tied", "active_subspace")
 
 
-def effective_ranks(args, handle) -> tuple[dict, dict]:
+@dataclass
+class Recipe:
+    """The recipe's own settings; the SAEs' and the training's come from the library."""
+
+    store: str = "runs/sae_store"
+    """Activation store (from steerlab capture) for the SAEs."""
+    site: str = "attn_out.6"
+    """Store site the three SAEs train on."""
+    eval_store: str = "runs/sae_eval"
+    """Held-out store for the never-firing count and the FVU (saes/train_topk.py
+    --only-eval-store captures it)."""
+    seeds: tuple[int, ...] = (0, 1, 2)
+    """Seeds (TrainConfig's seed: batch order and initialisations), one run of the three
+    inits each."""
+    layers: tuple[int, ...] = (2, 6, 10, 14, 18, 22, 26)
+    """Layers whose effective ranks are measured."""
+    rank_tokens: int = 16384
+    """Prose tokens for the effective ranks (captured in memory)."""
+    corpus: str = "prose"
+    """Corpus of the effective ranks."""
+    eval_tokens: int | None = None
+    """Held-out tokens for the dead-latent count and the FVU (default: the whole store)."""
+    skip_ranks: bool = False
+    """Leave out part 1 (effective ranks)."""
+    skip_inits: bool = False
+    """Leave out part 2 (dead latents per init)."""
+    threads: int | None = None
+    """Torch threads (default: torch's choice)."""
+    out: str = "runs/attn_out_init"
+    """Output folder: report.json, report.html and the checkpoints."""
+
+    def __post_init__(self) -> None:
+        check_types(self)
+        check_positive(self, "rank_tokens", "eval_tokens", "threads")
+        require(self, "seeds", len(self.seeds) > 0 and min(self.seeds) >= 0
+                and len(set(self.seeds)) == len(self.seeds), "distinct seeds >= 0")  # fmt: skip
+        require(self, "layers", len(self.layers) > 0 and min(self.layers) >= 0,
+                "one or more layers >= 0")  # fmt: skip
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[Recipe, TrainConfig, PendingConfig]:
+    """The recipe's settings, the training config (its seed and checkpoint folder are set per
+    seed from the recipe's) and the SAE options (built per init once the store gives
+    ``d_in``)."""
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
+    recipe = add_config(ap, Recipe, title="Recipe")
+    # one config per init is made from this one; 4608 latents = 8 x d_model
+    sae_opts = add_config(ap, SaeConfig, skip=("d_in", "site", "model_id", "init", "name"),
+                          rename={"d_sae": "width", "architecture": "arch"},
+                          defaults={"d_sae": 4608}, title="SaeConfig")  # fmt: skip
+    # the AuxK dead window is also the window of the dead count: --dead-window, as before
+    train_opts = add_config(ap, TrainConfig, skip=("checkpoint_dir", "seed"),
+                            rename={"max_tokens": "tokens", "dead_tokens": "dead_window"},
+                            title="TrainConfig")  # fmt: skip
+    ns = ap.parse_args(argv)
+    return (
+        recipe.build(ns, parser=ap),
+        train_opts.build(ns, parser=ap),
+        PendingConfig(sae_opts, ns, ap),
+    )
+
+
+def effective_ranks(args: Recipe, handle) -> tuple[dict, dict]:
     """Stats per site over all tokens and over tokens after the first of each window.
 
     The first token of a window is the attention sink: its "massive activations" (a few
     dimensions thousands of times the typical size) can carry most of a site's variance and
     make the residual stream look rank 1. Both views are reported.
     """
-    layers = [int(x) for x in args.layers.split(",")]
-    sites = [f"{k}.{layer}" for layer in layers for k in KINDS]
+    sites = [f"{k}.{layer}" for layer in args.layers for k in KINDS]
     chunks = chunk_tokens(handle.tokenizer, load_texts(args.corpus), seq_len=128,
                           n_tokens=args.rank_tokens)  # fmt: skip
     fitters = {(s, v): StatsFitter(handle.d_model) for s in sites for v in ("all", "no_first")}
@@ -77,20 +149,24 @@ def effective_ranks(args, handle) -> tuple[dict, dict]:
     return stats, table
 
 
-def dead_by_init(args, store, eval_store, seed: int) -> tuple[dict, dict, dict]:
-    d_in = store.sites[args.site]
-    configs = [SaeConfig(d_in=d_in, d_sae=args.width, k=args.k, site=args.site, init=i,
-                         model_id=store.model_id, name=f"{args.site}.{i}.seed{seed}")
-               for i in INITS]  # fmt: skip
-    if args.dead_window > args.tokens:
-        raise SystemExit(f"--dead-window {args.dead_window:,} is longer than the run "
-                         f"({args.tokens:,} tokens): no latent could count as dead")  # fmt: skip
-    cfg = TrainConfig(batch_size=args.batch_size, max_tokens=args.tokens, lr=args.lr,
-                      auxk_alpha=args.auxk_alpha, dead_tokens=args.dead_window, seed=seed,
-                      log_every=5, checkpoint_dir=str(Path(args.out) / f"ckpt-seed{seed}"),
-                      checkpoint_every=50)  # fmt: skip
+def run_tokens(cfg: TrainConfig, store: ActivationStore) -> int:
+    """Tokens the trainer consumes: whole batches up to ``max_tokens``, or one epoch."""
+    if cfg.max_tokens is None:
+        return store.n_tokens // cfg.batch_size * cfg.batch_size
+    return math.ceil(cfg.max_tokens / cfg.batch_size) * cfg.batch_size
+
+
+def dead_by_init(
+    args: Recipe, sae_cfg: SaeConfig, tcfg: TrainConfig, store, eval_store, seed: int
+) -> tuple[dict, dict, dict]:
+    """Train the three inits of ``sae_cfg`` on the same batches with ``seed``; their dead
+    counts (in the final training window and on the held-out store) and held-out metrics."""
+    # names as before, so that an earlier run's checkpoints resume
+    configs = [replace(sae_cfg, init=i, name=f"{args.site}.{i}.seed{seed}") for i in INITS]
+    cfg = replace(tcfg, seed=seed, checkpoint_dir=str(Path(args.out) / f"ckpt-seed{seed}"))
     logs = {c.name: [] for c in configs}
-    with tqdm(total=args.tokens, desc=f"3 inits, seed {seed}", unit="tok", unit_scale=True) as bar:
+    total = run_tokens(cfg, store)
+    with tqdm(total=total, desc=f"3 inits, seed {seed}", unit="tok", unit_scale=True) as bar:
 
         def on_progress(p) -> None:
             for name, m in p.metrics.items():
@@ -112,36 +188,44 @@ def dead_by_init(args, store, eval_store, seed: int) -> tuple[dict, dict, dict]:
     return rows, logs, {c.init: metrics[c.name].density for c in configs}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--store", default="runs/sae_store")
-    ap.add_argument("--site", default="attn_out.6")
-    ap.add_argument("--layers", default="2,6,10,14,18,22,26", help="layers for the ranks")
-    ap.add_argument("--rank-tokens", type=int, default=16384)
-    ap.add_argument("--corpus", default="prose")
-    ap.add_argument("--eval-store", default="runs/sae_eval",
-                    help="held-out store (saes/train_topk.py --only-eval-store captures it)")  # fmt: skip
-    ap.add_argument("--width", type=int, default=18432, help="latents (32 x d_model)")
-    ap.add_argument("--k", type=int, default=32)
-    ap.add_argument("--tokens", type=int, default=10_000_000, help="training tokens per SAE")
-    ap.add_argument("--batch-size", type=int, default=4096)
-    ap.add_argument("--lr", type=float, default=None, help="default: the trainer's")
-    ap.add_argument("--auxk-alpha", type=float, default=0.0)
-    ap.add_argument("--dead-window", type=int, default=10_000_000,
-                    help="dead = did not fire over this many final training tokens")  # fmt: skip
-    ap.add_argument("--eval-tokens", type=int, default=None)
-    ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--skip-ranks", action="store_true")
-    ap.add_argument("--skip-inits", action="store_true")
-    ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--out", default="runs/attn_out_init")
-    args = ap.parse_args()
+def open_stores(
+    args: Recipe, tcfg: TrainConfig, sae_opts: PendingConfig
+) -> tuple[ActivationStore, ActivationStore, SaeConfig]:
+    """The training and held-out stores and the SAE config, checked before any work starts."""
+    store = ActivationStore(args.store)
+    if args.site not in store.sites:
+        raise SystemExit(f"--store {args.store} has no site {args.site!r}; it holds "
+                         f"{sorted(store.sites)}")  # fmt: skip
+    sae_cfg = sae_opts.build(d_in=store.sites[args.site], site=args.site, model_id=store.model_id)
+    total = run_tokens(tcfg, store)
+    if tcfg.dead_tokens > total:
+        raise SystemExit(f"--dead-window {tcfg.dead_tokens:,} is longer than the run "
+                         f"({total:,} tokens): no latent could count as dead; give a shorter "
+                         "--dead-window or more --tokens")  # fmt: skip
+    path = Path(args.eval_store)
+    if not (path / "manifest.json").is_file() or not ActivationStore(path).manifest["complete"]:
+        raise SystemExit(f"--eval-store {path} is not a complete store; capture it with: python "
+                         f"saes/train_topk.py --store {args.store} --eval-store {path} "
+                         "--only-eval-store")  # fmt: skip
+    eval_store = ActivationStore(path)
+    if args.site not in eval_store.sites:
+        raise SystemExit(f"--eval-store {path} has no site {args.site!r}; it holds "
+                         f"{sorted(eval_store.sites)}")  # fmt: skip
+    return store, eval_store, sae_cfg
+
+
+def main(argv: list[str] | None = None) -> None:
+    args, tcfg, sae_opts = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    report: dict = {"args": vars(args)}
+    report: dict = {"args": asdict(args), "train": asdict(tcfg)}
     figs = {}
+    # the stores and the SAE config are checked before part 1, which takes a while
+    if not args.skip_inits:
+        store, eval_store, sae_cfg = open_stores(args, tcfg, sae_opts)
+        report["sae"] = sae_cfg.to_dict()
+    out.mkdir(parents=True, exist_ok=True)
 
     if not args.skip_ranks:
         t0 = time.perf_counter()
@@ -163,14 +247,12 @@ def main() -> None:
 
     if not args.skip_inits:
         t0 = time.perf_counter()
-        store = ActivationStore(args.store)
-        eval_store = ActivationStore(args.eval_store)
         report["dead_by_init"] = {}
-        for seed in (int(v) for v in args.seeds.split(",")):
-            rows, logs, densities = dead_by_init(args, store, eval_store, seed)
+        for seed in args.seeds:
+            rows, logs, densities = dead_by_init(args, sae_cfg, tcfg, store, eval_store, seed)
             report["dead_by_init"][seed] = rows
             for init, r in rows.items():
-                print(f"seed {seed} {init:>16}: dead over the last {args.dead_window:,} "
+                print(f"seed {seed} {init:>16}: dead over the last {tcfg.dead_tokens:,} "
                       f"training tokens {100 * r['window_dead_frac']:6.2f}%, never fired on "
                       f"{r['n_tokens']:,} held-out tokens {100 * r['dead_frac']:6.2f}%  FVU "
                       f"{r['fvu']:.4f}  L0 {r['l0']:.1f}  (d_active "

@@ -9,6 +9,7 @@ import dataclasses
 import importlib.util
 import math
 import re
+import shlex
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -363,6 +364,115 @@ def test_sae_recipe_defaults_are_the_library_configs(path, tmp_path):
     # SaeConfig has no default width
     built = sae.build(d_in=576, site="resid_post.6", model_id="m")
     assert built == SaeConfig(d_in=576, d_sae=4608, site="resid_post.6", model_id="m")
+
+
+def _commands(text: str, script: str) -> list[list[str]]:
+    """The command lines running ``script`` in ``text`` (continuation lines joined)."""
+    lines = text.replace("\\\n", " ").splitlines()
+    return [shlex.split(ln.split(script, 1)[1]) for ln in lines
+            if ln.strip().startswith(f"python {script}")]  # fmt: skip
+
+
+# The SAE engineer's runs (issue #15, docs/sae_results.md and the recipes' docstrings), as that
+# version of each recipe built them from its own flags and defaults: every command written down
+# must still give these configs. Keys: the command's --out (or its --only-eval-store run).
+SAE_RUNS = {
+    "saes/train_topk.py": {
+        "only-eval-store": (  # captures the held-out store; trains nothing
+            {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "only_eval_store": True},
+            {},
+            {},
+        ),
+        "runs/sae_resid6_default": (
+            {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "site": "resid_post.6",
+             "threads": 1, "out": "runs/sae_resid6_default"},
+            {"max_tokens": 458752, "dead_tokens": 1_000_000, "checkpoint_every": 50},
+            {"init": "active_subspace"},
+        ),
+        "runs/sae_resid6_2m": (
+            {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "site": "resid_post.6",
+             "out": "runs/sae_resid6_2m"},
+            {"max_tokens": 2_000_000, "dead_tokens": 1_000_000, "checkpoint_every": 50},
+            {"init": "active_subspace"},
+        ),
+    },
+    "saes/attn_out_subspace_init.py": {
+        "runs/attn_out_init_lr3e-3": (
+            {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "site": "attn_out.6",
+             "skip_ranks": True, "seeds": (0,), "threads": 1, "out": "runs/attn_out_init_lr3e-3"},
+            {"max_tokens": 409600, "dead_tokens": 204800, "lr": 3e-3, "auxk_alpha": 0.0,
+             "log_every": 5, "checkpoint_every": 50},
+            {},
+        ),
+        "runs/attn_out_init": (
+            {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "site": "attn_out.6",
+             "seeds": (0, 1, 2), "out": "runs/attn_out_init"},
+            {"max_tokens": 10_000_000, "dead_tokens": 10_000_000, "auxk_alpha": 0.0,
+             "log_every": 5, "checkpoint_every": 50},
+            {"d_sae": 18432},
+        ),
+    },
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("path", sorted(SAE_RUNS))
+def test_sae_recipe_commands_keep_their_meaning(path):
+    module = _recipe(path)
+    commands = _commands((ROOT / "docs/sae_results.md").read_text(), path)
+    commands += _commands(module.__doc__, path)
+    runs = SAE_RUNS[path]
+    seen = set()
+    for argv in commands:
+        recipe, tcfg, sae = module.parse_args(argv)
+        key = "only-eval-store" if "--only-eval-store" in argv else recipe.out
+        assert key in runs, f"{path} {' '.join(argv)}: a run this test does not know"
+        fields, train, sae_fields = runs[key]
+        seen.add(key)
+        assert recipe == module.Recipe(**fields), argv
+        # floats here are parsed from the same decimal text, so they compare exactly
+        assert dataclasses.replace(tcfg, checkpoint_dir=None) == SaeTrainConfig(**train), argv
+        site = recipe.site
+        built = sae.build(d_in=576, site=site, model_id="m")
+        assert built == SaeConfig(**{"d_in": 576, "d_sae": 4608, "k": 32, "site": site,
+                                     "model_id": "m", **sae_fields}), argv  # fmt: skip
+    assert seen == set(runs), f"{path}: runs written down nowhere: {set(runs) - seen}"
+
+
+def test_sae_recipes_keep_every_flag_of_issue_15(capsys):
+    flags = {
+        "saes/train_topk.py": "--store --site --width --k --init --tokens --batch-size "
+        "--dead-tokens --eval-store --eval-capture-tokens --loss-windows --eval-tokens "
+        "--only-eval-store --dashboard-latents --threads --out",
+        "saes/attn_out_subspace_init.py": "--store --site --layers --rank-tokens --corpus "
+        "--eval-store --width --k --tokens --batch-size --lr --auxk-alpha --dead-window "
+        "--eval-tokens --seeds --skip-ranks --skip-inits --threads --out",
+    }
+    for path, names in flags.items():
+        with pytest.raises(SystemExit):
+            _recipe(path).parse_args(["--help"])
+        shown = set(re.findall(r"--[a-z0-9-]+", capsys.readouterr().out))
+        assert set(names.split()) <= shown, (path, set(names.split()) - shown)
+    # the comma-separated lists of that version still parse
+    args, _, _ = _recipe("saes/attn_out_subspace_init.py").parse_args(
+        ["--seeds", "1,2", "--layers", "2,6,10"]
+    )
+    assert (args.seeds, args.layers) == ((1, 2), (2, 6, 10))
+
+
+@pytest.mark.parametrize(
+    "path,argv,flag",
+    [
+        ("saes/attn_out_subspace_init.py", ["--dead-window", "0"], "--dead-window"),
+        ("saes/attn_out_subspace_init.py", ["--seeds", "0,0"], "--seeds"),
+        ("saes/attn_out_subspace_init.py", ["--auxk-alpha", "-1"], "--auxk-alpha"),
+        ("saes/train_topk.py", ["--tokens", "100"], "--tokens"),
+        ("saes/train_topk.py", ["--eval-capture-tokens", "0"], "--eval-capture-tokens"),
+    ],
+)
+def test_sae_recipe_refuses_a_bad_value_naming_the_flag(path, argv, flag, capsys):
+    with pytest.raises(SystemExit) as e:
+        _recipe(path).parse_args(argv)
+    assert e.value.code == 2 and flag in capsys.readouterr().err
 
 
 def test_recipe_refuses_a_bad_value_naming_the_flag(capsys):

@@ -27,6 +27,8 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from steerlab.saes.evals import density_histogram
+from steerlab.saes.init import _rank_for
+from steerlab.views.common import NEWLINE, display_token, ref_line
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore
@@ -127,8 +129,6 @@ def explained_variance_by_rank(
             (the smallest ``r`` reaching it) as a count and as a fraction of ``d``.
         title: figure title.
     """
-    from steerlab.saes.init import _rank_for
-
     fig = go.Figure()
     for i, (name, s) in enumerate(spectra.items()):
         ratio = s if isinstance(s, Tensor) else s.explained_variance_ratio()
@@ -141,8 +141,8 @@ def explained_variance_by_rank(
             name=f"{name}: {r}/{d} ({100 * r / d:.0f}%)",
             hovertemplate="rank %{x}: %{y:.4f}<extra>" + html.escape(name) + "</extra>",
         ))  # fmt: skip
-    fig.add_hline(y=var, line_dash="dot", line_color="grey",
-                  annotation_text=f"{100 * var:g}% of variance")  # fmt: skip
+    ref_line(fig, var, label=f"{100 * var:g}% of variance", line={"dash": "dot"},
+             position="bottom right")  # fmt: skip
     fig.update_layout(title=title, xaxis_title="principal directions",
                       yaxis_title="cumulative explained variance", template="plotly_white",
                       height=420, legend_title_text=f"effective rank at {100 * var:g}%")  # fmt: skip
@@ -258,8 +258,8 @@ def _context_html(tokenizer: Any, ids: list[int], pos: int, window: int) -> str:
     left = tokenizer.decode(ids[max(0, pos - window) : pos])
     tok = tokenizer.decode(ids[pos : pos + 1])
     right = tokenizer.decode(ids[pos + 1 : pos + 1 + window])
-    esc = lambda s: html.escape(s, quote=False).replace("\n", "↵")  # noqa: E731
-    return (f"{esc(left)}<b><span style='color:#d62728'>[{esc(tok)}]</span></b>"
+    esc = lambda s: html.escape(s, quote=False).replace("\n", NEWLINE)  # noqa: E731
+    return (f"{esc(left)}<b><span style='color:#d62728'>[{esc(display_token(tok))}]</span></b>"
             f"{esc(right)}")  # fmt: skip
 
 
@@ -315,8 +315,10 @@ def latent_dashboard(
             header={"values": ["act", "top-activating contexts"], "align": "left"},
             cells={"values": [values, contexts], "align": "left", "height": 26},
         ), row=1, col=1)  # fmt: skip
-        up = [html.escape(tok.decode([t]), quote=False) for t in eff.top_ids[li].tolist()]
-        down = [html.escape(tok.decode([t]), quote=False) for t in eff.bottom_ids[li].tolist()]
+        up = [html.escape(display_token(tok.decode([t])), quote=False)
+              for t in eff.top_ids[li].tolist()]  # fmt: skip
+        down = [html.escape(display_token(tok.decode([t])), quote=False)
+                for t in eff.bottom_ids[li].tolist()]  # fmt: skip
         fig.add_trace(go.Table(
             header={"values": ["promoted", "", "suppressed", ""], "align": "left"},
             cells={"values": [up, [f"{v:+.2f}" for v in eff.top_values[li].tolist()],

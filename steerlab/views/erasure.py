@@ -135,11 +135,14 @@ def probe_by_site_figure(
     )  # fmt: skip
     if majority is not None:
         ref_line(fig, majority, label=f"majority {majority:.3f}", position="bottom right")
+    shown = acc + ([majority] if majority is not None else [])
+    lo, hi = min(shown), max(shown)
+    pad = max(0.02, 0.08 * (hi - lo))  # the majority line and its label inside the axes
     fig.update_layout(
         title=title or "Held-out probe accuracy by site",
         xaxis_title="site",
         yaxis_title="held-out accuracy",
-        yaxis={"tickformat": ".0%"},
+        yaxis={"tickformat": ".0%", "range": [lo - pad, min(hi + pad, 1.0 + pad)]},
         template="plotly_white",
         height=400,
     )

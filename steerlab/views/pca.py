@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from steerlab.datasets.corpora import CONTEXT_CLOSE, CONTEXT_OPEN
+from steerlab.views.common import display_token
 
 THRESHOLDS = (0.90, 0.99)
 """Cumulative explained-variance levels marked on the figure."""
@@ -164,7 +165,7 @@ def principal_directions(
         pick = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
     rows = keep_idx[pick]  # indices into acts
     xy = summary.coords[pick, :2].numpy()
-    hover = [_hover(int(i), tokens, contexts, labels, label_name) for i in rows]
+    hover = [hover_label(int(i), tokens, contexts, labels, label_name) for i in rows]
 
     cumulative = full_ratio.cumsum(0)
     needed = {t: int((cumulative < t - 1e-12).sum()) + 1 for t in THRESHOLDS}
@@ -370,7 +371,7 @@ def _add_excluded(
             name=label,
             marker={"symbol": "x", "size": 7, "color": "crimson"},
             customdata=out,
-            text=[_hover(int(i), tokens, contexts, labels, label_name) for i in idx],
+            text=[hover_label(int(i), tokens, contexts, labels, label_name) for i in idx],
             hovertemplate="%{text}<br>PC1 %{customdata[0]:.2f} · PC2 %{customdata[1]:.2f}"
             "<br>(drawn at the edge when beyond the axes)<extra></extra>",
         ),
@@ -387,17 +388,18 @@ def _as_array(labels: Sequence[Any] | np.ndarray | Tensor) -> np.ndarray:
     return np.asarray(labels)
 
 
-def _hover(
+def hover_label(
     i: int,
     tokens: Sequence[str] | None,
     contexts: Sequence[str] | None,
     labels: Any,
     label_name: str,
 ) -> str:
-    """HTML hover label of row ``i``; every user string is escaped."""
+    """HTML hover label of row ``i``: its index, token, context (the token in bold) and label;
+    every user string is escaped. ``tokens``, ``contexts`` and ``labels`` may each be None."""
     lines = [f"#{i}"]
     if tokens is not None:
-        lines.append(f"token: <b>{_escape(repr(tokens[i]))}</b>")
+        lines.append(f"token: <b>{_escape(repr(display_token(tokens[i])))}</b>")
     if contexts is not None:
         context = _escape(contexts[i])
         if tokens is not None:

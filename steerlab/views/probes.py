@@ -58,6 +58,9 @@ def layer_curves(
             ))  # fmt: skip
     for name, value in (reference or {}).items():
         ref_line(fig, value, label=f"{name} {value:.3f}", position="bottom right")
+    layers = sorted({r["layer"] for rows in groups.values() for r in rows})
+    if len(layers) <= 16:  # a tick at every layer, none between them
+        fig.update_xaxes(tickvals=layers)
     fig.update_layout(title=title, xaxis_title="layer",
                       yaxis_title=y_title or ", ".join(pretty_label(m) for m in metrics),
                       template="plotly_white", hovermode="x unified")  # fmt: skip

@@ -154,7 +154,7 @@ def token_projection_figure(
     fig = go.Figure(go.Heatmap(
         z=z, text=text, texttemplate="%{text}", customdata=hover, colorscale="RdBu",
         zmid=0, zmin=-m, zmax=m, hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1,
-        colorbar={"title": {"text": f"projection − {c:.2f}" if c else "projection",
+        colorbar={"title": {"text": f"projection (centred at {c:.2f})" if c else "projection",
                             "side": "right"},
                   "orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "ypad": 6,
                   "len": 0.6, "thickness": 12, "nticks": 7},

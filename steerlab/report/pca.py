@@ -51,10 +51,6 @@ class PCAConfig:
 
 
 def run(ctx: Context, cfg: PCAConfig) -> StageResult:
-    missing = [L for L in cfg.scatter_layers if L not in ctx.config.layers]
-    if missing:
-        raise ValueError(f"--pca-scatter-layers {missing} are not report layers "
-                         f"{list(ctx.config.layers)}")  # fmt: skip
     cap = ctx.result("capture")
     store = ctx.store()
     sink = cap.tensors["sink"].bool()
@@ -167,7 +163,10 @@ def _rank_figure(res: StageResult, cap: StageResult) -> go.Figure:
                 name=f"{s} (90%, 99%)", marker={"symbol": "star", "size": 11, "color": "#8172b3"},
                 hovertemplate=f"{s}: %{{y}} PCs<extra></extra>",
             ), row=1, col=1)  # fmt: skip
-    for key, name, style in (("pc1", "sinks left out", "solid"), ("pc1_with_sinks", "all rows", "dot")):
+    for key, name, style in (
+        ("pc1", "sinks left out", "solid"),
+        ("pc1_with_sinks", "all rows", "dot"),
+    ):
         fig.add_trace(go.Scatter(
             x=layers, y=[per[s][key] for s in resid], mode="lines+markers", name=f"PC1, {name}",
             line={"dash": style, "color": "#55a868"}, showlegend=False,

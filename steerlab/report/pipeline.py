@@ -31,7 +31,15 @@ from steerlab.report.context import Context, ReportConfig
 from steerlab.report.page import Section, write_page
 from steerlab.report.stages import StageCache, StageRecord, config_dict, stage_key
 
-__all__ = ["STAGES", "Report", "Reporter", "Stage", "default_configs", "run_report"]
+__all__ = [
+    "STAGES",
+    "Report",
+    "Reporter",
+    "Stage",
+    "check_configs",
+    "default_configs",
+    "run_report",
+]
 
 INDEX = "index.html"
 TIMINGS = "timings.json"
@@ -65,6 +73,20 @@ STAGES: tuple[Stage, ...] = (
           atlas.run, atlas.section),
 )  # fmt: skip
 """The stages, in the order they run."""
+
+
+def check_configs(config: ReportConfig, stages: Mapping[str, Any]) -> None:
+    """Checks across configs, before anything runs (each config checks itself on creation).
+
+    Raises:
+        ValueError: naming the option to change.
+    """
+    pca_cfg = stages.get("pca")
+    if pca_cfg is not None:
+        missing = [L for L in pca_cfg.scatter_layers if L not in config.layers]
+        if missing:
+            raise ValueError(f"--pca-scatter-layers {missing}: not among --layers "
+                             f"{list(config.sorted_layers)}")  # fmt: skip
 
 
 def default_configs() -> dict[str, Any]:
@@ -138,6 +160,7 @@ def run_report(
     if unknown:
         raise KeyError(f"unknown report stages {sorted(unknown)}; the stages are "
                        f"{[s.name for s in STAGES]}")  # fmt: skip
+    check_configs(ctx.config, cfgs)
     rep = reporter or _Silent()
     cache = StageCache(ctx.out / "stages")
     keys: dict[str, str] = {}

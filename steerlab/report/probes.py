@@ -52,7 +52,9 @@ class ProbesConfig:
 
     def __post_init__(self) -> None:
         check_types(self)
-        check_positive(self, "n_snippets", "max_files", "C", "n_years", "pls_max_components", "batch_size")
+        check_positive(
+            self, "n_snippets", "max_files", "C", "n_years", "pls_max_components", "batch_size"
+        )
         check_fraction(self, "test_fraction")
 
 
@@ -66,7 +68,9 @@ def _tokens(ctx: Context, cfg: ProbesConfig, layers: list[int]) -> tuple[list[di
     doc, span = cap.doc_ids.tolist(), cap.span_ids.tolist()
     labels = torch.tensor([task.labels[d][s] for d, s in zip(doc, span)])
     vocab: dict[str, int] = {}
-    types = torch.tensor([vocab.setdefault(task.words[d][s], len(vocab)) for d, s in zip(doc, span)])
+    types = torch.tensor(
+        [vocab.setdefault(task.words[d][s], len(vocab)) for d, s in zip(doc, span)]
+    )
     pcfg = ProbeConfig(kind="logistic", C_grid=(cfg.C,), n_folds=0, test_fraction=cfg.test_fraction,
                        seed=ctx.config.seed)  # fmt: skip
     rows, weight = [], None
@@ -75,7 +79,7 @@ def _tokens(ctx: Context, cfg: ProbesConfig, layers: list[int]) -> tuple[list[di
         s = selectivity(cap.acts[L], labels, types, pcfg, groups=cap.doc_ids, seed=ctx.config.seed)
         rows.append({"layer": L, "task_acc": s.task.test_score, "control_acc": s.control.test_score,
                      "selectivity": s.selectivity, "majority": s.majority})  # fmt: skip
-        if L == ctx.config.atlas_layer:
+        if ctx.config.atlas_layer == L:
             weight = s.task.probe.weight.float()
     counts = torch.bincount(labels, minlength=len(TOKEN_CLASSES)).tolist()
     info = {"n_snippets": len(task.texts), "n_tokens": len(labels), "n_types": len(vocab),
@@ -98,7 +102,7 @@ def _years(ctx: Context, cfg: ProbesConfig, layers: list[int]) -> tuple[list[dic
         res = fit_pls(cap.acts[L].double(), y, pls, groups=cap.doc_ids)
         rows.append({"layer": L, "r2": res.test.r2, "mae": res.test.mae,
                      "n_components": res.n_components})  # fmt: skip
-        if L == ctx.config.atlas_layer:
+        if ctx.config.atlas_layer == L:
             grads = res.probe.gradients.float()
     return rows, {"n": len(sents), "gradients": grads}
 
@@ -114,7 +118,7 @@ def run(ctx: Context, cfg: ProbesConfig) -> StageResult:
 
 
 def section(res: StageResult, ctx: Context, cfg: ProbesConfig) -> Section:
-    del ctx
+    del ctx, cfg
     tok, yrs = res.data["tokens"], res.data["years"]
     rows, yrows = tok["rows"], yrs["rows"]
     best = max(rows, key=lambda r: r["selectivity"])
@@ -147,6 +151,6 @@ def section(res: StageResult, ctx: Context, cfg: ProbesConfig) -> Section:
         ("Token roles: task vs control-task accuracy and selectivity, by layer", f1),
         ("Years in text: PLS held-out R², by layer", f2),
     ]
-    return Section("probes", "Probes: what each layer makes linearly readable", text, figs,
-                   blocks=[table])
-
+    return Section(
+        "probes", "Probes: what each layer makes linearly readable", text, figs, blocks=[table]
+    )

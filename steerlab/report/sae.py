@@ -52,6 +52,8 @@ class SaeStageConfig:
     """Adam learning rate (high, for a run of a few hundred steps)."""
     held_out: float = 0.125
     """Share of the windows (the last ones) held out for the metrics."""
+    loss_windows: int = 8
+    """Held-out windows run through the model for the loss recovered (4 passes each)."""
     n_latents: int = 6
     """Latents shown in the dashboard (spread over the range of densities)."""
     n_contexts: int = 6
@@ -64,7 +66,7 @@ class SaeStageConfig:
     def __post_init__(self) -> None:
         check_types(self)
         check_positive(self, "width", "k", "epochs", "batch_size", "lr", "n_latents",
-                       "n_contexts", "atlas_dims")  # fmt: skip
+                       "n_contexts", "atlas_dims", "loss_windows")  # fmt: skip
         check_fraction(self, "held_out")
         check_fraction(self, "active_density")
 
@@ -125,14 +127,17 @@ def run(ctx: Context, cfg: SaeStageConfig) -> StageResult:
     ctx.progress("metrics on held-out windows", 0, 1)
     metrics = evaluate(sae, x[held & ~sink])
     with_sinks = evaluate(sae, x[held])
-    ids = store.site("token_ids")[held.nonzero().squeeze(1)].long().reshape(n_eval, seq)
-    keep = ~sink[held].reshape(n_eval, seq)
+    n_loss = min(cfg.loss_windows, n_eval)
+    loss_rows = held.nonzero().squeeze(1)[: n_loss * seq]
+    ids = store.site("token_ids")[loss_rows].long().reshape(n_loss, seq)
+    keep = ~sink[loss_rows].reshape(n_loss, seq)
+    # the sinks keep their own activations (the SAE never saw them), as SAELens evaluates
     rule = Positions(part="prompt", tokens="indices",
                      indices=tuple(tuple(keep[w].nonzero().squeeze(1).tolist())
-                                   for w in range(n_eval)))  # fmt: skip
+                                   for w in range(n_loss)))  # fmt: skip
     losses = spliced_losses(ctx.handle, sae, ids, mean=x_train.double().mean(0).float(),
                             positions=rule, batch_size=8,
-                            progress=lambda k: ctx.progress("loss recovered", k, n_eval))  # fmt: skip
+                            progress=lambda k: ctx.progress("loss recovered", k, n_loss))  # fmt: skip
     ctx.progress("latent dashboard", 0, 1)
     all_rows = (~sink).nonzero().squeeze(1)
     with torch.no_grad():
@@ -152,8 +157,11 @@ def run(ctx: Context, cfg: SaeStageConfig) -> StageResult:
         "tokens_trained": result.tokens, "metrics": metrics.as_dict(),
         "fvu_with_sinks": with_sinks.fvu, "loss": losses.as_dict(), "log": log,
         "cards": [c._asdict() for c in cards], "n_active": len(active),
+        "n_loss_windows": n_loss, "sae_config": sae_cfg.to_dict(),
     }  # fmt: skip
-    tensors = {"density": density.float(), "active_subspace": Vh[: cfg.atlas_dims].float()}
+    # the SAE itself, so the numbers above can be checked and the SAE reused
+    tensors = {"density": density.float(), "active_subspace": Vh[: cfg.atlas_dims].float(),
+               **{f"sae/{k}": v.detach().float() for k, v in sae.state_dict().items()}}  # fmt: skip
     return StageResult(data, tensors)
 
 
@@ -168,7 +176,7 @@ def section(res: StageResult, ctx: Context, cfg: SaeStageConfig) -> Section:
         f"are left out of training, and the metrics below are on {d['n_eval']:,} held-out "
         f"non-sink rows ({d['n_eval_sinks']} sink rows left out; with them the FVU is "
         f"{d['fvu_with_sinks']:.3f}). Loss recovered replaces the activation by its "
-        f"reconstruction at every non-sink token of the held-out windows. The dashboard shows "
+        f"reconstruction at every non-sink token of {d['n_loss_windows']} held-out windows. The dashboard shows "
         f"{len(d['cards'])} latents across the range of densities: look for contexts that "
         f"share a token or a role, and for promoted tokens that continue them."
     )

@@ -17,7 +17,7 @@ import plotly.graph_objects as go
 import torch
 
 from steerlab.config import check_positive, check_types, require
-from steerlab.datasets.pairs import load_prompts
+from steerlab.datasets.pairs import load_pairs, load_prompts
 from steerlab.datasets.paths import data_dir
 from steerlab.models import load_model
 from steerlab.report.context import Context
@@ -70,7 +70,7 @@ def run(ctx: Context, cfg: SteeringStageConfig) -> StageResult:
     pairs = cfg.pairs or str(data_dir("steering") / "sentiment.jsonl")
     prompts = load_prompts(cfg.prompts or data_dir("steering") / "neutral_prompts.jsonl")
     prompts = prompts[: cfg.n_prompts]
-    n_pairs = sum(1 for line in open(pairs, encoding="utf-8") if line.strip())
+    n_pairs = len(load_pairs(pairs))
     vec = fit_vector(ctx.handle, pairs, site, chat=True,
                      progress=lambda k: ctx.progress("fit the vector (pairs)", k, n_pairs))  # fmt: skip
     conditions = len(cfg.alphas) + 3  # the alphas, unsteered, two prompting baselines

@@ -318,8 +318,11 @@ def principal_directions(
     fig.update_layout(
         title=title or f"Principal directions: PCA of {n:,} rows (d={d}{left_out}; {shown})",
         # below the plots, clear of the colour bar and the cumulative axis on the right
-        legend={"title": {"text": label_name if labels is not None else ""},
-                "orientation": "h", "y": -0.2},
+        legend={
+            "title": {"text": label_name if labels is not None else ""},
+            "orientation": "h",
+            "y": -0.2,
+        },
         template="plotly_white",
         height=520,
     )

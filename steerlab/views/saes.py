@@ -354,8 +354,8 @@ def latent_card_figure(card: LatentCard, title: str | None = None) -> go.Figure:
     ), row=1, col=2)  # fmt: skip
     n_rows = max(len(card.contexts), 1)
     fig.update_layout(
-        title=title or f"latent {card.latent} · density {card.density:.2e} · max act "
-        f"{card.max_act:.3g}",
+        title=title
+        or f"latent {card.latent} · density {card.density:.2e} · max act {card.max_act:.3g}",
         height=110 + _CONTEXT_ROW_PX * n_rows + 40,
         margin={"l": 10, "r": 10, "t": 50, "b": 10},
     )

@@ -34,6 +34,47 @@ import websocket
 CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 
 
+REQUIRE_ENV = "STEERLAB_REQUIRE_BROWSER"
+"""When set (CI sets it to 1), a missing Chromium fails the browser tests instead of skipping."""
+
+
+def open_or_skip() -> Chromium:
+    """A :class:`Chromium`, or ``pytest.skip`` when there is none and :data:`REQUIRE_ENV` is
+    unset (``pytest.fail`` when it is set)."""
+    import pytest
+
+    if find_chromium() is None:
+        if os.environ.get(REQUIRE_ENV):
+            pytest.fail(f"{REQUIRE_ENV} is set but no chromium was found (apt-get install -y "
+                        "chromium, or set CHROMIUM=/path/to/chrome)")  # fmt: skip
+        pytest.skip(f"no chromium (apt-get install -y chromium); set {REQUIRE_ENV}=1 to fail "
+                    "instead")  # fmt: skip
+    return Chromium()
+
+
+def screenshots_dir() -> Path:
+    """Where screenshots go: ``$STEERLAB_SCREENSHOTS``, else ``runs/browser`` in the checkout."""
+    return Path(
+        os.environ.get("STEERLAB_SCREENSHOTS") or Path(__file__).parents[2] / "runs" / "browser"
+    )
+
+
+def check_page(browser: Chromium, path: Path, name: str, min_colours: int = 8) -> PageCheck:
+    """Open ``path`` and assert what a reader needs: no JavaScript error, every figure drawn
+    with more than ``min_colours`` colours, nothing wider than the window. Screenshots are
+    saved in :func:`screenshots_dir` as ``<name>-figNN.png`` and ``<name>-page.png``."""
+    page = browser.check(path, screenshots_dir(), name=name)
+    assert page.errors == [], f"{name}: {page.errors}"
+    assert page.figures, f"{name}: no Plotly figure on the page"
+    for f in page.figures:
+        assert f.drawn, f"{name}: figure {f.id} did not draw"
+        assert f.width > 100 and f.height > 100, f"{name}: figure {f.id} is {f.width}x{f.height}"
+        assert f.colours > min_colours, f"{name}: figure {f.id} has {f.colours} colours"
+        assert f.screenshot is not None and f.screenshot.stat().st_size > 1000
+    assert page.width <= browser.width, f"{name}: the page is {page.width} px wide (scrolls)"
+    return page
+
+
 def find_chromium() -> str | None:
     """The Chromium (or Chrome) executable: ``$CHROMIUM`` or the first one on ``PATH``."""
     env = os.environ.get("CHROMIUM")
@@ -87,37 +128,31 @@ def png_pixels(data: bytes) -> np.ndarray:
         raise ValueError("PNG without IHDR")
     width, height, depth, colour, _, _, interlace = header
     if depth != 8 or colour not in (2, 6) or interlace:
-        raise ValueError(f"unsupported PNG: depth {depth}, colour type {colour}, interlace {interlace}")
+        raise ValueError(
+            f"unsupported PNG: depth {depth}, colour type {colour}, interlace {interlace}"
+        )
     bpp = 3 if colour == 2 else 4
     raw = np.frombuffer(zlib.decompress(b"".join(idat)), dtype=np.uint8)
-    stride = width * bpp
-    rows = raw.reshape(height, stride + 1)
-    out = np.zeros((height, stride), dtype=np.uint8)
-    prev = np.zeros(stride, dtype=np.int32)
-    for y in range(height):
-        f, line = rows[y, 0], rows[y, 1:].astype(np.int32)
-        if f == 0:
-            cur = line
-        elif f == 1:  # Sub: a running sum per channel
-            cur = np.cumsum(line.reshape(width, bpp), axis=0).reshape(-1) % 256
-        elif f == 2:  # Up
-            cur = (line + prev) % 256
-        else:  # Average (3) and Paeth (4) depend on the reconstructed left pixel: per pixel
-            cur = np.zeros(stride, dtype=np.int32)
-            for x in range(0, stride, bpp):
-                up = prev[x : x + bpp]
-                left = cur[x - bpp : x] if x else np.zeros(bpp, dtype=np.int32)
-                if f == 3:
-                    pred = (left + up) // 2
-                else:
-                    ul = prev[x - bpp : x] if x else np.zeros(bpp, dtype=np.int32)
-                    p = left + up - ul
-                    pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - ul)
-                    pred = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
-                cur[x : x + bpp] = (line[x : x + bpp] + pred) % 256
-        out[y] = cur
-        prev = cur
-    return out.reshape(height, width, bpp)
+    rows = raw.reshape(height, width * bpp + 1)
+    kind = rows[:, 0].astype(np.int64)
+    line = rows[:, 1:].reshape(height, width, bpp).astype(np.int64)
+    # Each row has its own filter (None, Sub, Up, Average, Paeth) predicting a byte from its
+    # left, up and upper-left neighbours, already reconstructed. Pixel (y, x) needs only pixels
+    # of smaller y + x, so the anti-diagonals y + x = k can be reconstructed in order, each in
+    # one vectorised step (width + height steps instead of width × height).
+    out = np.zeros((height + 1, width + 1, bpp), dtype=np.int64)  # a zero row and column first
+    for k in range(width + height - 1):
+        ys = np.arange(max(0, k - width + 1), min(height, k + 1))
+        xs = k - ys
+        left, up, ul = out[ys + 1, xs], out[ys, xs + 1], out[ys, xs]
+        f = kind[ys][:, None]
+        p = left + up - ul
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - ul)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, ul))
+        pred = np.select([f == 1, f == 2, f == 3, f == 4],
+                         [left, up, (left + up) // 2, paeth], 0)  # fmt: skip
+        out[ys + 1, xs + 1] = (line[ys, xs] + pred) % 256
+    return out[1:, 1:].astype(np.uint8)
 
 
 def distinct_colours(png: bytes) -> int:
@@ -223,7 +258,9 @@ class Chromium:
             m, p = e.get("method"), e.get("params", {})
             if m == "Runtime.exceptionThrown":
                 d = p["exceptionDetails"]
-                out.append(f"exception: {d.get('exception', {}).get('description') or d.get('text')}")
+                out.append(
+                    f"exception: {d.get('exception', {}).get('description') or d.get('text')}"
+                )
             elif m == "Runtime.consoleAPICalled" and p.get("type") in ("error", "assert"):
                 out.append("console.error: " + " ".join(str(a.get("value", a.get("description")))
                                                          for a in p.get("args", [])))  # fmt: skip

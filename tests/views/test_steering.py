@@ -71,7 +71,9 @@ def test_sweep_perplexity_panel_log_axis_covers_data_and_baselines():
     lo, hi = ax.range
     assert lo <= math.log10(min(ppl)) and hi >= math.log10(max(ppl))
     # no more than a factor 1.5 of head room either side (the padding is 1.15)
-    assert math.log10(min(ppl)) - lo < math.log10(1.5) and hi - math.log10(max(ppl)) < math.log10(1.5)
+    assert math.log10(min(ppl)) - lo < math.log10(1.5) and hi - math.log10(max(ppl)) < math.log10(
+        1.5
+    )
     labels = [a for a in fig.layout.annotations if a.yref == "y2"]
     assert sorted(a.text for a in labels) == ["prompt +", "prompt −"]
     for a in labels:

@@ -30,6 +30,7 @@ directory (or hub id, with network) works too."""
 
 EPILOG = """examples:
   steerlab report --out runs/report                 # every method, one offline HTML page
+  steerlab demo                                     # the same (what make demo runs)
   steerlab capture --sites resid_post.6 --tokens 200000 --out runs/prose-l6
   steerlab store info runs/prose-l6
   steerlab view pca runs/prose-l6 --out runs/prose-l6.html

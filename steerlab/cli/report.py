@@ -90,7 +90,7 @@ class BarReporter:
             self.bar.close()
             self.bar = None
         how = "reused" if record.reused else "computed"
-        say(f"{record.name:>9}  {record.seconds:6.1f} s  {how}")
+        say(f"{record.name:>9}  {record.seconds:6.1f} s  ({record.cpu_seconds:6.1f} s CPU)  {how}")
 
     def abort(self) -> None:
         if self.bar is not None:

@@ -28,14 +28,17 @@ from steerlab.report.context import Context
 from steerlab.report.page import Section, plural, table_html
 from steerlab.report.stages import StageResult
 
-__all__ = ["CaptureConfig", "run", "section", "sink_mask", "sites"]
+__all__ = ["SINK_NORM_RATIO", "CaptureConfig", "run", "section", "sink_mask", "sites"]
+
+SINK_NORM_RATIO = 4.0
+"""Default of :func:`sink_mask`: a later row is a sink above this multiple of the median norm."""
 
 
 @dataclass
 class CaptureConfig:
     """The one capture pass every section reads."""
 
-    tokens: int = 16_384
+    tokens: int = 12_288
     """Prose tokens to capture (whole windows of seq_len)."""
     seq_len: int = 128
     """Tokens per window."""
@@ -47,7 +50,7 @@ class CaptureConfig:
     dtype: Literal["float32", "float16", "bfloat16"] = "float16"
     """Number format of the stored activations (float16 halves the store; the fits read them
     in float64)."""
-    sink_norm_ratio: float = 4.0
+    sink_norm_ratio: float = SINK_NORM_RATIO
     """A later token is an attention sink when its norm exceeds this multiple of the median
     norm at some captured site."""
 

@@ -36,10 +36,10 @@ __all__ = ["ErasureConfig", "run", "section"]
 class ErasureConfig:
     """The erasure section's data and cost measurement."""
 
-    n_texts: int = 600
+    n_texts: int = 400
     """Biographies read (a seeded sample of data/erasure/gender.jsonl; its own train/test
     split, by person, is kept)."""
-    lm_windows: int = 8
+    lm_windows: int = 6
     """Prose windows (of 128 tokens) for the language-modelling cost."""
     batch_size: int = 32
     """Texts per forward pass."""

@@ -58,6 +58,7 @@ class Section:
     """Trusted HTML (tables made with :func:`table_html`), placed before the figures."""
     config: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    cpu_seconds: float = float("nan")
     reused: bool = False
 
 
@@ -123,8 +124,11 @@ def write_page(
                               for s in sections) + "</ol></nav>",
     ]  # fmt: skip
     for s in sections:
-        when = ("reused from an earlier run with the same config (computed in "
-                f"{_seconds(s.seconds)})" if s.reused else f"computed in {_seconds(s.seconds)}")  # fmt: skip
+        took = _seconds(s.seconds)
+        if s.cpu_seconds == s.cpu_seconds:  # not nan
+            took += f", {_seconds(s.cpu_seconds)} of CPU"
+        when = (f"reused from an earlier run with the same config (computed in {took})"
+                if s.reused else f"computed in {took}")  # fmt: skip
         config = html.escape(json.dumps(s.config, indent=1))
         parts += [
             f'<section id="{html.escape(s.key)}">', f"<h2>{html.escape(s.title)}</h2>",

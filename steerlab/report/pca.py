@@ -8,7 +8,7 @@ fewest principal directions whose explained-variance ratios sum to ``v``.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import plotly.graph_objects as go
@@ -21,7 +21,7 @@ from steerlab.report.context import Context
 from steerlab.report.page import Section, plural
 from steerlab.report.stages import StageResult
 from steerlab.views.common import ref_line
-from steerlab.views.pca import components_for, hover_label, pca_summary
+from steerlab.views.pca import components_for, hover_label
 from steerlab.views.saes import explained_variance_by_rank
 
 __all__ = ["PCAConfig", "run", "section"]
@@ -62,10 +62,9 @@ def run(ctx: Context, cfg: PCAConfig) -> StageResult:
     tensors: dict[str, torch.Tensor] = {}
     per_site: dict[str, Any] = {}
     for i, site in enumerate(names):
-        ctx.progress(f"PCA of {site}", i, len(names))
+        ctx.progress("PCA of every site", i, len(names))
         x = store.site(site).to_tensor(torch.float32)
-        fit = pca_summary(x[~sink], n_components=max(cfg.atlas_components, 3))
-        full = pca_summary(x, n_components=1)  # with the sinks, for comparison
+        fit, full = _two_fits(x, sink)
         per_site[site] = {
             "n_fit": int((~sink).sum()),
             "rank": {f"{v:g}": components_for(fit.spectrum, v) for v in LEVELS},
@@ -94,6 +93,48 @@ def run(ctx: Context, cfg: PCAConfig) -> StageResult:
             "n_sinks": int(sink.sum()), "n_drawn": len(drawn), "n_drawn_sinks": len(drawn_sinks),
             "tokens": tc.tokens, "contexts": tc.contexts, "positions": pos.tolist()}  # fmt: skip
     return StageResult(data, tensors)
+
+
+class _Fit(NamedTuple):
+    mean: torch.Tensor
+    components: torch.Tensor
+    """All eigenvectors as rows, by decreasing variance, largest entry positive."""
+    spectrum: torch.Tensor
+    """Explained-variance ratio of every direction."""
+
+
+def _fit(second: torch.Tensor, total: torch.Tensor, n: int) -> _Fit:
+    """PCA from float64 moments: ``Σ = (Σ x xᵀ − n μ μᵀ) / (n − 1)`` with ``μ = Σ x / n``."""
+    mean = total / n
+    cov = (second - n * torch.outer(mean, mean)) / (n - 1)
+    cov = (cov + cov.T) / 2  # rounding leaves it slightly non-symmetric
+    vals, vecs = torch.linalg.eigh(cov)
+    vals, vecs = vals.flip(0).clamp_min(0), vecs.flip(1)  # descending; tiny negatives: rounding
+    comps = vecs.T.contiguous()
+    comps *= comps.gather(1, comps.abs().argmax(1, keepdim=True)).sign()
+    return _Fit(mean, comps, vals / vals.sum())
+
+
+def _two_fits(x: torch.Tensor, sink: torch.Tensor) -> tuple[_Fit, _Fit]:
+    """PCA of the non-sink rows and of all rows, from one float64 pass over ``x``.
+
+    The moments of all rows are those of the non-sink rows plus the (few) sink rows', so the
+    second fit costs one small product instead of another pass (the PCA of
+    :func:`steerlab.views.pca.pca_summary` is the same computation; the tests compare both to
+    scikit-learn).
+    """
+    second = torch.zeros(x.shape[1], x.shape[1], dtype=torch.float64)
+    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    keep = x[~sink]
+    for block in keep.split(8192):
+        b = block.double()
+        second += b.T @ b
+        total += b.sum(0)
+    s = x[sink].double()
+    n_keep = keep.shape[0]
+    fit = _fit(second, total, n_keep)
+    full = _fit(second + s.T @ s, total + s.sum(0), n_keep + s.shape[0])
+    return fit, full
 
 
 # --------------------------------------------------------------------------- figures

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import torch
+
 from steerlab import __version__
 from steerlab.io import atomic_write_text
 from steerlab.report import atlas, capture, erasure, pca, probes, sae, steering
@@ -151,7 +153,7 @@ def run_report(
             and ``config`` are used.
         command: the command line that asked for the report (shown on the page).
     """
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     config = config or (context.config if context is not None else ReportConfig())
     ctx = context or Context(out, config)
     ctx.out.mkdir(parents=True, exist_ok=True)
@@ -175,33 +177,37 @@ def run_report(
         rep.start(stage.name, saved is not None)
         if saved is not None:
             result, meta = saved
-            record = StageRecord(stage.name, key, float(meta["seconds"]), True, conf)
+            record = StageRecord(stage.name, key, float(meta["seconds"]), True, conf,
+                                 float(meta.get("cpu_seconds", float("nan"))))  # fmt: skip
         else:
             ctx.progress = rep.progress
-            s0 = time.perf_counter()
+            s0, c0 = time.perf_counter(), time.process_time()
             result = stage.run(ctx, cfg, key) if stage.name == "capture" else stage.run(ctx, cfg)
-            seconds = time.perf_counter() - s0
-            cache.save(stage.name, key, conf, inputs, result, seconds)
-            record = StageRecord(stage.name, key, seconds, False, conf)
+            seconds, cpu = time.perf_counter() - s0, time.process_time() - c0
+            cache.save(stage.name, key, conf, inputs, result, seconds, cpu)
+            record = StageRecord(stage.name, key, seconds, False, conf, cpu)
         ctx.results[stage.name] = result
         section = stage.section(result, ctx, cfg)
         section.config, section.seconds, section.reused = conf, record.seconds, record.reused
+        section.cpu_seconds = record.cpu_seconds
         sections.append(section)
         records.append(record)
         rep.finish(record)
-    total = time.perf_counter() - t0
-    path = _write(ctx, sections, records, total, command)
+    total, cpu = time.perf_counter() - t0, time.process_time() - c0
+    path = _write(ctx, sections, records, total, cpu, command)
     return Report(path, records, time.perf_counter() - t0)
 
 
 def _write(ctx: Context, sections: list[Section], records: list[StageRecord], total: float,
-           command: Sequence[str] | None) -> Path:  # fmt: skip
+           cpu: float, command: Sequence[str] | None) -> Path:  # fmt: skip
     cap = ctx.result("capture").data
     load = os.getloadavg() if hasattr(os, "getloadavg") else (float("nan"),) * 3
     computed = sum(r.seconds for r in records if not r.reused)
     timings = {
-        "total_s": total, "computed_s": computed, "load_average": list(load),
-        "stages": {r.name: {"seconds": r.seconds, "reused": r.reused} for r in records},
+        "total_s": total, "cpu_s": cpu, "computed_s": computed, "load_average": list(load),
+        "threads": torch.get_num_threads(),
+        "stages": {r.name: {"seconds": r.seconds, "cpu_seconds": r.cpu_seconds,
+                            "reused": r.reused} for r in records},
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "steerlab_version": __version__,
     }  # fmt: skip
@@ -211,8 +217,8 @@ def _write(ctx: Context, sections: list[Section], records: list[StageRecord], to
     summary = [
         ("model", cap["model_id"]),
         ("capture", f"{cap['n_tokens']:,} prose tokens at {', '.join(cap['sites'])}"),
-        ("this run", f"{total:.0f} s wall time ({computed:.0f} s computing; load average "
-                     f"{load[0]:.1f} at the end)"),
+        ("this run", f"{total:.0f} s wall time, {cpu:.0f} s of CPU on {torch.get_num_threads()} "
+                     f"threads (load average {load[0]:.1f} at the end)"),
         ("stage times", stage_times),
         ("command", " ".join(command) if command else "steerlab report"),
         ("steerlab", __version__),

@@ -52,7 +52,7 @@ class SaeStageConfig:
     """Adam learning rate (high, for a run of a few hundred steps)."""
     held_out: float = 0.125
     """Share of the windows (the last ones) held out for the metrics."""
-    loss_windows: int = 8
+    loss_windows: int = 4
     """Held-out windows run through the model for the loss recovered (4 passes each)."""
     n_latents: int = 6
     """Latents shown in the dashboard (spread over the range of densities)."""
@@ -135,8 +135,9 @@ def run(ctx: Context, cfg: SaeStageConfig) -> StageResult:
     rule = Positions(part="prompt", tokens="indices",
                      indices=tuple(tuple(keep[w].nonzero().squeeze(1).tolist())
                                    for w in range(n_loss)))  # fmt: skip
+    # one batch: the rule names the tokens of each window by its row in the batch
     losses = spliced_losses(ctx.handle, sae, ids, mean=x_train.double().mean(0).float(),
-                            positions=rule, batch_size=8,
+                            positions=rule, batch_size=n_loss,
                             progress=lambda k: ctx.progress("loss recovered", k, n_loss))  # fmt: skip
     ctx.progress("latent dashboard", 0, 1)
     all_rows = (~sink).nonzero().squeeze(1)

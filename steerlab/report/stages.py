@@ -67,10 +67,13 @@ class StageRecord(NamedTuple):
     name: str
     key: str
     seconds: float
-    """Time the result took to compute (its original run, when reused)."""
+    """Wall time the result took to compute (its original run, when reused)."""
     reused: bool
     """True when the result was loaded from an earlier run with the same config."""
     config: dict[str, Any]
+    cpu_seconds: float = float("nan")
+    """CPU time of the computation, all threads of the process (the machine's load does not
+    change it, so it tells what the stage costs where the wall time says what it took)."""
 
 
 def config_dict(config: Any) -> dict[str, Any]:
@@ -131,10 +134,11 @@ class StageCache:
         inputs: Mapping[str, str],
         result: StageResult,
         seconds: float,
+        cpu_seconds: float = float("nan"),
     ) -> dict[str, Any]:
         """Write a finished stage atomically; returns its ``stage.json`` content."""
         meta = {"format": FORMAT, "stage": name, "key": key, "config": dict(config),
-                "inputs": dict(inputs), "seconds": seconds,
+                "inputs": dict(inputs), "seconds": seconds, "cpu_seconds": cpu_seconds,
                 "steerlab_version": __version__}  # fmt: skip
         self.root.mkdir(parents=True, exist_ok=True)
         with atomic_dir(self.path(name)) as tmp:

@@ -1,5 +1,6 @@
 # The two set-up commands (see README):
-#   make demo   create .venv if needed, run the main job on the embedded model
+#   make demo   create .venv if needed, write the report of every method on the embedded model
+#               (runs/report/index.html; a rerun reuses the finished stages)
 #   make test   create .venv if needed, run the test suite
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -11,7 +12,7 @@ install:
 	@bash scripts/install.sh
 
 demo: install
-	$(VENV)/bin/steerlab demo --out runs/demo
+	$(VENV)/bin/steerlab report --out runs/report
 
 test: install
 	$(PY) -m pytest -m "not slow and not peer" $(PYTEST_ARGS)

@@ -1,6 +1,7 @@
-"""The ``steerlab`` command: one module per command group (capture, store, view, steer and
-vector, sae, demo). Options come from config dataclasses (:mod:`steerlab.config`), so every
-option has help text and its default, and a bad value is refused before anything is written.
+"""The ``steerlab`` command: one module per command group (report and its alias demo, capture,
+store, view, steer and vector, sae). Options come from config dataclasses
+(:mod:`steerlab.config`), so every option has help text and its default, and a bad value is
+refused before anything is written.
 
 Errors the user can fix (a missing file, a bad site, an unknown model or corpus, a folder that
 cannot be written) are printed as one line on stderr with exit status 1; ``--debug`` shows the
@@ -17,7 +18,7 @@ from collections.abc import Sequence
 from safetensors import SafetensorError
 
 from steerlab import __version__
-from steerlab.cli import capture, demo, sae, steer, store, view
+from steerlab.cli import capture, report, sae, steer, store, view
 from steerlab.cli.common import EXIT_ERROR, CliError, HelpFormatter, add_common_flags
 
 __all__ = ["build_parser", "main"]
@@ -28,7 +29,8 @@ Works offline with the embedded SmolLM2-135M-Instruct model; any local Hugging F
 directory (or hub id, with network) works too."""
 
 EPILOG = """examples:
-  steerlab demo --out runs/demo                     # capture + an interactive PCA page
+  steerlab report --out runs/report                 # every method, one offline HTML page
+  steerlab demo                                     # the same (what make demo runs)
   steerlab capture --sites resid_post.6 --tokens 200000 --out runs/prose-l6
   steerlab store info runs/prose-l6
   steerlab view pca runs/prose-l6 --out runs/prose-l6.html
@@ -51,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"steerlab {__version__}")
     add_common_flags(p, top=True)
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (demo, capture, store, view, steer, sae):
+    for group in (report, capture, store, view, steer, sae):
         group.register(sub)
     return p
 

@@ -37,12 +37,14 @@ from steerlab.erasure.leace import AffineEraser
 from steerlab.erasure.scrub import EraserEdit
 from steerlab.probes.linear import LinearProbe
 from steerlab.probes.pls import PLSProbe
+from steerlab.report.capture import SINK_NORM_RATIO, sink_mask
 from steerlab.saes import evaluate
 from steerlab.saes.formats import load_saelens_sparsity
 from steerlab.steering.scores import token_projections
 from steerlab.steering.vectors import SteeringVector
 from steerlab.views import principal_directions, write_html
 from steerlab.views.ast import f1_by_layer, f1_by_rank
+from steerlab.views.common import pretty_label
 from steerlab.views.erasure import accuracy_vs_rank_figure, erasure_pca_figure, probe_by_site_figure
 from steerlab.views.probes import flip_rates, layer_curves
 from steerlab.views.saes import density_figure, read_train_log, training_curves
@@ -182,13 +184,15 @@ def store_pca_figure(store: ActivationStore, site: str, o: ViewOptions) -> go.Fi
     ids[doc, pos] = tok
     ctx = token_contexts(open_tokenizer(store.model_id), ids,
                          torch.stack([doc[rows], pos[rows]], 1), window=10)  # fmt: skip
-    # The first token of each window carries the "massive activations" of an attention sink
-    # and dominates PC1; colouring by it makes that visible instead of puzzling.
-    labels = ["first token (attention sink)" if p == 0 else "later token"
-              for p in pos[rows].tolist()]  # fmt: skip
-    return principal_directions(acts, tokens=ctx.tokens, contexts=ctx.contexts, labels=labels,
-                                label_name="position", max_points=o.max_points, seed=o.seed,
-                                title=f"{store.model_id} · {site} · {len(store):,} tokens")  # fmt: skip
+    # Attention sinks (the first token of each window, and a few later tokens with massive
+    # norms) would take PC1 for themselves: they are left out of the fit and drawn apart.
+    sink = sink_mask(acts.float().norm(dim=1)[:, None], pos[rows], SINK_NORM_RATIO)
+    n_sink = int(sink.sum())
+    sample = f"a {len(rows):,}-row sample" if len(rows) < len(store) else "all rows"
+    title = (f"{store.model_id} · {site} · PCA of {len(rows) - n_sink:,} rows: {sample} of the "
+             f"store's {len(store):,} tokens, {n_sink:,} attention sinks left out")  # fmt: skip
+    return principal_directions(acts, tokens=ctx.tokens, contexts=ctx.contexts, exclude=sink,
+                                max_points=o.max_points, seed=o.seed, title=title)  # fmt: skip
 
 
 def view_pca(args: argparse.Namespace) -> int:
@@ -245,7 +249,7 @@ def probe_result_figures(data: dict) -> dict[str, go.Figure]:
         if "alpha" in rows[0] and "direction" in rows[0]:
             rate = "flip_rate" if "flip_rate" in rows[0] else "directed_rate"
             if rate in rows[0]:
-                figs[f"{p}: {rate} vs alpha"] = flip_rates(rows, rate=rate, title=p)
+                figs[f"{p}: {pretty_label(rate)} against α"] = flip_rates(rows, rate=rate, title=p)
     return figs
 
 

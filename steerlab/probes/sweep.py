@@ -17,6 +17,7 @@ import builtins
 import io
 import keyword
 import logging
+import re
 import tokenize
 from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
@@ -233,6 +234,36 @@ def _label_tokens(src: str) -> tuple[list[tuple[int, int]], list[int], list[str]
     return spans, labels, words
 
 
+_LINE = re.compile(r"[^\r\n]*(?:\r\n|\r|\n)|[^\r\n]+$")
+
+
+def source_lines(source: str) -> list[str]:
+    """``source`` split into lines at ``\\r\\n``, ``\\r`` and ``\\n`` only, ends kept (as the
+    parser and :func:`ast.get_source_segment` split it; ``str.splitlines`` also splits at form
+    feeds and other separators)."""
+    return _LINE.findall(source)
+
+
+def source_segment(lines: list[str], node: ast.AST) -> str | None:
+    """``ast.get_source_segment(source, node, padded=True)`` from the source's
+    :func:`source_lines`, split once per file instead of once per node (which made collecting
+    the functions of a long file quadratic in its length). Column offsets are UTF-8 bytes."""
+    try:
+        first_line, last_line = node.lineno - 1, node.end_lineno - 1  # type: ignore[attr-defined]
+        col, end_col = node.col_offset, node.end_col_offset  # type: ignore[attr-defined]
+    except AttributeError:
+        return None
+    if last_line is None or end_col is None:
+        return None
+    if first_line == last_line:
+        return lines[first_line].encode()[col:end_col].decode()
+    # padded: the first line keeps its indentation as whitespace (tabs and form feeds kept)
+    pad = "".join(c if c in "\f\t" else " " for c in lines[first_line].encode()[:col].decode())
+    first = pad + lines[first_line].encode()[col:].decode()
+    last = lines[last_line].encode()[:end_col].decode()
+    return "".join([first, *lines[first_line + 1 : last_line], last])
+
+
 def code_token_task(
     n_snippets: int = 60, *, max_chars: int = 400, max_files: int | None = 200, seed: int = 0
 ) -> TokenTask:
@@ -256,9 +287,10 @@ def code_token_task(
             tree = ast.parse(doc)
         except SyntaxError:
             continue
+        lines = source_lines(doc)
         for node in ast.walk(tree):
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
-                seg = ast.get_source_segment(doc, node, padded=True)
+                seg = source_segment(lines, node)
                 if seg and 40 <= len(seg) <= max_chars and '"""' not in seg and "'''" not in seg:
                     found.append(textwrap.dedent(seg))
     found = sorted(set(found))

@@ -6,13 +6,15 @@ The sweep figures take the per-probe records that ``probes/ast_probe.py`` writes
 
 from __future__ import annotations
 
+import html
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
-from steerlab.probes.ast.trees import F1Score, Tree, constituents
+from steerlab.probes.ast.trees import F1Score, Tree, constituents, labelled_f1
+from steerlab.views.common import log_range, ref_line
 
 __all__ = ["f1_by_layer", "f1_by_rank", "pick_example", "tree_figure", "tree_pair"]
 
@@ -68,19 +70,11 @@ def f1_by_layer(
             hovertemplate=hover,
         )
     if embeddings_f1 is not None:
-        fig.add_hline(
-            y=embeddings_f1,
-            line={"dash": "dash", "color": _LEAF},
-            annotation_text=f"embeddings only {embeddings_f1:.3f}",
-            annotation_position="bottom right",
-        )
+        ref_line(fig, embeddings_f1, label=f"embeddings only {embeddings_f1:.3f}",
+                 line={"color": _LEAF}, position="bottom right")  # fmt: skip
     for name, value in (reference or {}).items():
-        fig.add_hline(
-            y=value,
-            line={"dash": "dot", "color": "#bbbbbb"},
-            annotation_text=f"paper: {name} {value:.2f}",
-            annotation_position="top left",
-        )
+        ref_line(fig, value, label=f"paper: {name} {value:.2f}",
+                 line={"dash": "dot", "color": "#999999"}, position="top left")  # fmt: skip
     fig.update_layout(
         title=title,
         xaxis_title="depth (0 = embeddings, L = after block L-1)",
@@ -118,11 +112,9 @@ def f1_by_rank(
             hovertemplate="rank %{x}<br>F1 %{y:.3f}<extra>dev</extra>",
         )
         peak = max(runs, key=lambda r: r["dev_f1"])
-        fig.add_vline(
-            x=peak["rank"],
-            line={"dash": "dash", "color": _LEAF},
-            annotation_text=f"peak (dev): rank {peak['rank']}",
-        )
+        # the label's coordinate is log10(rank) on this log axis (ref_line converts it)
+        ref_line(fig, peak["rank"], axis="x", log=True, label=f"peak (dev): rank {peak['rank']}",
+                 line={"color": _LEAF}, position="top right")  # fmt: skip
     ticks = [r["rank"] for r in runs]
     fig.update_layout(
         title=title,
@@ -132,6 +124,7 @@ def f1_by_rank(
             "type": "log",
             "tickvals": ticks,
             "ticktext": [str(t) for t in ticks],
+            "range": log_range(ticks, pad=1.4) if ticks else None,
             "title": "rank" + (f" (d_model = {d_model})" if d_model else ""),
         },
     )
@@ -186,6 +179,39 @@ def _layout(tree: Tree) -> tuple[list[dict[str, Any]], list[tuple[int, int]]]:
     return nodes, edges
 
 
+_WIDTH_PX = 1100
+"""Plot width the label layout of :func:`tree_pair` assumes (the figure itself is responsive:
+narrower pages drop no labels, they only bring them closer)."""
+_LEVEL_PX = 38  # vertical distance between tree levels
+_CHAR_PX = 5.6  # width of one character of a 9 px label
+_LEAF_CHARS = 14  # leaf labels are cut to this many characters
+
+
+def _short(text: str, n: int) -> str:
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def _label_rows(nodes: list[dict[str, Any]], n_leaves: int, width_px: float) -> set[int]:
+    """Internal nodes whose label fits beside the other labels of its level (wider spans first).
+
+    A label ``w`` characters wide is kept when its distance to every kept label of the same
+    level is at least half their widths plus a gap, at ``width_px / n_leaves`` px per leaf.
+    """
+    per_leaf = width_px / max(n_leaves, 1)
+    kept: dict[float, list[tuple[float, float]]] = {}
+    shown: set[int] = set()
+    order = sorted((i for i, n in enumerate(nodes) if not n["leaf"]),
+                   key=lambda i: nodes[i]["start"] - nodes[i]["end"])  # fmt: skip
+    for i in order:
+        n = nodes[i]
+        x, w = n["x"] * per_leaf, len(_short(n["label"], 14)) * _CHAR_PX
+        row = kept.setdefault(n["y"], [])
+        if all(abs(x - x2) >= (w + w2) / 2 + 6 for x2, w2 in row):
+            row.append((x, w))
+            shown.add(i)
+    return shown
+
+
 def tree_figure(
     tree: Tree,
     leaves: Sequence[str] | None = None,
@@ -193,59 +219,66 @@ def tree_figure(
     other: Tree | None = None,
     fig: go.Figure | None = None,
     col: int | None = None,
+    row: int | None = None,
     name: str = "tree",
+    width_px: float = _WIDTH_PX,
 ) -> go.Figure:
     """Draw an n-ary tree; with ``other``, internal nodes are green when the same labelled
-    constituent (label, leaf span) is in ``other`` and red when not."""
+    constituent (label, leaf span) is in ``other`` and red when not.
+
+    Leaves sit on the bottom row and are named by the x-axis tick labels (rotated, so
+    neighbouring leaves never overlap); internal nodes carry their label where it fits beside
+    the other labels of its level (see :func:`_label_rows`) and always in the hover.
+
+    Args:
+        tree: the tree.
+        leaves: the leaf texts (default the tree's leaf labels).
+        other: the tree to compare constituents with (colours).
+        fig: draw into this figure (a subplot grid with ``row``/``col``).
+        col, row: the subplot (either may be omitted: 1).
+        name: trace name.
+        width_px: the plot width the label layout assumes.
+    """
     nodes, edges = _layout(tree)
-    texts = list(leaves) if leaves is not None else None
+    texts = list(leaves) if leaves is not None else tree.leaves()
     match = constituents(other) if other is not None else None
     fig = fig or go.Figure()
-    where = {"row": 1, "col": col} if col is not None else {}
+    sub = row is not None or col is not None
+    where = {"row": row or 1, "col": col or 1} if sub else {}
     ex, ey = [], []
     for a, b in edges:
         ex += [nodes[a]["x"], nodes[b]["x"], None]
         ey += [nodes[a]["y"], nodes[b]["y"], None]
-    fig.add_scatter(
-        x=ex,
-        y=ey,
-        mode="lines",
-        line={"color": "#cccccc", "width": 1},
-        hoverinfo="skip",
-        showlegend=False,
-        **where,
-    )
+    fig.add_scatter(x=ex, y=ey, mode="lines", line={"color": "#cccccc", "width": 1},
+                    hoverinfo="skip", showlegend=False, **where)  # fmt: skip
+    n_leaves = sum(n["leaf"] for n in nodes)
+    labelled = _label_rows(nodes, n_leaves, width_px)
     xs, ys, labels, hover, colours = [], [], [], [], []
-    for n in nodes:
-        span = texts[n["start"] : n["end"]] if texts is not None else []
-        code = " ".join(span)
-        code = code if len(code) <= 80 else code[:77] + "..."
+    for i, n in enumerate(nodes):
+        span = texts[n["start"] : n["end"]]
+        code = _short(" ".join(span), 80)
         if n["leaf"]:
-            colour = _LEAF
-            shown = texts[n["start"]] if texts is not None else n["label"]
+            colour, shown = _LEAF, ""
         else:
             key = (n["label"], n["start"], n["end"])
             colour = _LEAF if match is None else _MATCH if match[key] else _MISS
-            shown = n["label"] if len(n["label"]) <= 14 else n["label"][:13] + "…"
+            shown = _short(n["label"], 14) if i in labelled else ""
         xs.append(n["x"])
         ys.append(n["y"])
         labels.append(shown)
         colours.append(colour)
-        hover.append(f"{n['label']}<br>leaves {n['start']}–{n['end'] - 1}<br>{code}")
-    fig.add_scatter(
-        x=xs,
-        y=ys,
-        mode="markers+text",
-        text=labels,
-        textposition="top center",
-        textfont={"size": 9},
-        marker={"color": colours, "size": 8},
-        hovertext=hover,
-        hoverinfo="text",
-        name=name,
-        showlegend=False,
-        **where,
-    )
+        hover.append(f"{html.escape(n['label'], quote=False)}<br>leaves {n['start']}–"
+                     f"{n['end'] - 1}<br>{html.escape(code, quote=False)}")  # fmt: skip
+    fig.add_scatter(x=xs, y=ys, mode="markers+text", text=labels, textposition="top center",
+                    textfont={"size": 9}, marker={"color": colours, "size": 8}, hovertext=hover,
+                    hoverinfo="text", name=name, showlegend=False, **where)  # fmt: skip
+    leaf_x = [n["x"] for n in nodes if n["leaf"]]
+    fig.update_xaxes(tickvals=leaf_x, ticktext=[_short(texts[int(x)], _LEAF_CHARS) for x in leaf_x],
+                     tickangle=-90, tickfont={"size": 9, "family": "monospace"},
+                     showgrid=False, zeroline=False, showline=False,
+                     range=[-0.8, n_leaves - 0.2], **where)  # fmt: skip
+    depth = -min(n["y"] for n in nodes)
+    fig.update_yaxes(visible=False, range=[-depth - 0.4, 0.7], **where)
     return fig
 
 
@@ -257,31 +290,47 @@ def tree_pair(
     code: str | None = None,
     title: str | None = None,
 ) -> go.Figure:
-    """Predicted and gold trees side by side; green = constituent in both, red = only in one."""
-    from steerlab.probes.ast.trees import labelled_f1
+    """Predicted and gold trees one above the other; green = constituent in both, red = only in
+    this tree (a legend says so).
 
+    Each tree gets the page's full width (the figure is responsive, never wider than its page),
+    leaves are the rotated x tick labels, and the height grows with the trees' depth.
+    """
     score = labelled_f1(pred, gold)
+    depths = [_depth(t) for t in (pred, gold)]
+    leaf_px = _LEAF_CHARS * _CHAR_PX + 12  # rotated leaf labels below each tree
+    panel = [(d + 1.2) * _LEVEL_PX + leaf_px for d in depths]
+    gap = 70
+    top, bottom = 140 if code else 110, 10
+    height = int(top + bottom + sum(panel) + gap)
+    plot = sum(panel) + gap
     fig = make_subplots(
-        rows=1,
-        cols=2,
-        shared_yaxes=True,
-        horizontal_spacing=0.03,
-        subplot_titles=(f"predicted (P {score.precision:.2f})", f"gold (R {score.recall:.2f})"),
-    )
-    tree_figure(pred, leaves, other=gold, fig=fig, col=1, name="predicted")
-    tree_figure(gold, leaves, other=pred, fig=fig, col=2, name="gold")
-    n = len(gold.leaves())
-    fig.update_xaxes(visible=False)
-    fig.update_yaxes(visible=False)
+        rows=2, cols=1,
+        row_heights=[p / sum(panel) for p in panel],
+        vertical_spacing=gap / plot,
+        subplot_titles=(f"predicted (precision {score.precision:.2f})",
+                        f"gold (recall {score.recall:.2f})"),
+    )  # fmt: skip
+    tree_figure(pred, leaves, other=gold, fig=fig, row=1, name="predicted")
+    tree_figure(gold, leaves, other=pred, fig=fig, row=2, name="gold")
+    for colour, what in ((_MATCH, "constituent in both trees"), (_MISS, "only in this tree"),
+                         (_LEAF, "leaf (token)")):  # fmt: skip
+        fig.add_scatter(x=[None], y=[None], mode="markers", name=what,
+                        marker={"color": colour, "size": 9}, row=1, col=1)  # fmt: skip
     head = title or f"labelled F1 {score.f1:.2f}"
     if code:
         short = code if len(code) <= 300 else code[:297] + "..."
-        head += "<br><sup>" + short.replace("\n", " ⏎ ").replace("<", "&lt;") + "</sup>"
+        head += "<br><sup>" + html.escape(short, quote=False).replace("\n", " ⏎ ") + "</sup>"
     fig.update_layout(
-        title=head,
-        template="plotly_white",
-        height=520,
-        width=max(900, min(2400, 2 * 28 * n)),
-        margin={"t": 110},
-    )
+        title=head, template="plotly_white", height=height,
+        margin={"t": top, "b": bottom, "l": 20, "r": 20},
+        # above the first subplot's title, inside the top margin
+        legend={"orientation": "h", "x": 1, "xanchor": "right", "y": 1 + 24 / plot,
+                "yanchor": "bottom", "font": {"size": 11}},
+    )  # fmt: skip
     return fig
+
+
+def _depth(tree: Tree) -> int:
+    nodes, _ = _layout(tree)
+    return -min(n["y"] for n in nodes)

@@ -6,6 +6,7 @@ figures are Plotly objects for notebooks or :func:`steerlab.views.report.write_h
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
@@ -15,6 +16,7 @@ import torch
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from steerlab.views.common import ref_line
 from steerlab.views.pca import pca_summary
 
 __all__ = ["accuracy_vs_rank_figure", "erasure_pca_figure", "probe_by_site_figure"]
@@ -26,6 +28,18 @@ _STYLE = {
 }
 
 
+_SPREAD_ABOVE = 16
+"""Largest rank drawn on a plain linear axis; beyond it ranks are spread on a log2 scale."""
+
+
+def _rank_position(rank: float, spread: bool) -> float:
+    """Where a rank sits on the x axis: itself, or ``log2(rank)`` with rank 0 one step left
+    of rank 1 (a log axis would drop rank 0, the accuracy without erasure)."""
+    if not spread:
+        return float(rank)
+    return -1.0 if rank == 0 else math.log2(rank)
+
+
 def accuracy_vs_rank_figure(curves: Any, *, title: str | None = None) -> go.Figure:
     """Held-out probe accuracy against the rank of the edit, one line per method.
 
@@ -35,56 +49,58 @@ def accuracy_vs_rank_figure(curves: Any, *, title: str | None = None) -> go.Figu
 
     The dashed line is the majority rate of the test labels; a dotted line marks what a
     constant probe (the training majority) scores when that differs. Every curve starts at
-    rank 0, the accuracy without erasure.
+    rank 0, the accuracy without erasure. When some rank exceeds 16 (INLP's long runs), the
+    x axis spreads ranks on a log2 scale with rank 0 drawn one step left of rank 1 and ticks
+    labelled with the ranks themselves.
     """
     data = curves.to_json() if hasattr(curves, "to_json") else dict(curves)
     if not data.get("curves"):
         raise ValueError("no curves to plot")
+    max_rank = max(max(c["ranks"]) for c in data["curves"].values())
+    spread = max_rank > _SPREAD_ABOVE
     fig = go.Figure()
-    max_rank = 1
     for method, c in data["curves"].items():
         style = _STYLE.get(method, {"name": method})
-        max_rank = max(max_rank, *c["ranks"])
+        mse = c.get("mse") or [float("nan")] * len(c["ranks"])
         fig.add_trace(
             go.Scatter(
-                x=c["ranks"],
+                x=[_rank_position(r, spread) for r in c["ranks"]],
                 y=c["accuracy"],
                 mode="lines+markers",
                 name=style["name"],
                 line={"color": style.get("color")},
                 marker={"symbol": style.get("symbol"), "size": 9},
-                customdata=np.asarray(c.get("mse", [float("nan")] * len(c["ranks"]))),
+                customdata=np.asarray([[r, m] for r, m in zip(c["ranks"], mse)], dtype=float),
                 hovertemplate=(
-                    f"{style['name']} rank %{{x}}: accuracy %{{y:.3f}}"
-                    "<br>mean squared change %{customdata:.3g}<extra></extra>"
+                    f"{style['name']} rank %{{customdata[0]}}: accuracy %{{y:.3f}}"
+                    "<br>mean squared change %{customdata[1]:.3g}<extra></extra>"
                 ),
             )
         )
     maj = data["majority"]
-    fig.add_hline(
-        y=maj,
-        line={"dash": "dash", "color": "gray"},
-        annotation_text=f"majority {maj:.3f}",
-        annotation_position="bottom right",
-    )
+    ref_line(fig, maj, label=f"majority {maj:.3f}", position="bottom right")
     const = data.get("constant")
     if const is not None and abs(const - maj) > 1e-9:  # the training majority is not the test's
-        fig.add_hline(
-            y=const,
-            line={"dash": "dot", "color": "gray"},
-            annotation_text=f"constant (training majority) {const:.3f}",
-            annotation_position="top right",
-        )
+        ref_line(fig, const, label=f"constant (training majority) {const:.3f}",
+                 line={"dash": "dot"}, position="top right")  # fmt: skip
+    if spread:
+        ticks = [0] + [2**i for i in range(int(math.log2(max_rank)) + 1)]
+        if max_rank not in ticks:
+            ticks.append(max_rank)
+        xaxis = {"tickvals": [_rank_position(t, True) for t in ticks],
+                 "ticktext": ["0 (none)"] + [str(t) for t in ticks[1:]],
+                 "range": [-1.5, math.log2(max_rank) + 0.3]}  # fmt: skip
+    else:
+        xaxis = {"range": [-0.5, max_rank + 0.5], "dtick": 1 if max_rank <= 8 else 2}
+    lowest = min(0.4, maj - 0.05, (const if const is not None else 1) - 0.05)
     fig.update_layout(
         title=title or "Held-out probe accuracy after erasure vs rank of the edit",
-        xaxis_title="rank of the edit (directions erased)",
+        xaxis={"title": "rank of the edit (directions erased)", "type": "linear", **xaxis},
         yaxis_title="held-out probe accuracy",
-        yaxis={"range": [min(0.4, maj - 0.05, (const or 1) - 0.05), 1.02], "tickformat": ".0%"},
+        yaxis={"range": [lowest, 1.02], "tickformat": ".0%"},
         template="plotly_white",
         height=450,
     )
-    if max_rank > 16:
-        fig.update_xaxes(type="log")
     return fig
 
 
@@ -118,13 +134,15 @@ def probe_by_site_figure(
                    marker={"size": 14, "symbol": "star", "color": "crimson"})
     )  # fmt: skip
     if majority is not None:
-        fig.add_hline(y=majority, line={"dash": "dash", "color": "gray"},
-                      annotation_text=f"majority {majority:.3f}")  # fmt: skip
+        ref_line(fig, majority, label=f"majority {majority:.3f}", position="bottom right")
+    shown = acc + ([majority] if majority is not None else [])
+    lo, hi = min(shown), max(shown)
+    pad = max(0.02, 0.08 * (hi - lo))  # the majority line and its label inside the axes
     fig.update_layout(
         title=title or "Held-out probe accuracy by site",
         xaxis_title="site",
         yaxis_title="held-out accuracy",
-        yaxis={"tickformat": ".0%"},
+        yaxis={"tickformat": ".0%", "range": [lo - pad, min(hi + pad, 1.0 + pad)]},
         template="plotly_white",
         height=400,
     )

@@ -10,13 +10,20 @@
 
 from __future__ import annotations
 
+import html
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from steerlab.views.common import display_tokens
+
 __all__ = ["attribute_scores_figure", "gate_figure", "interference_figure"]
+
+_TICK_PX = 16  # horizontal room of one rotated token label
+_MAX_WIDTH = 1400  # wider figures would scroll sideways in a page
 
 _PALETTE = ("#4c72b0", "#dd8452", "#55a868", "#c44e52", "#8172b3", "#937860", "#da8bc3")
 
@@ -109,8 +116,11 @@ def gate_figure(
     gates, scores, names = trace.gates, trace.scores, list(trace.names)
     if gates.shape[0] != len(tokens):
         raise ValueError(f"{gates.shape[0]} positions in the trace for {len(tokens)} tokens")
+    if not 0 <= start < len(tokens):
+        raise ValueError(f"start={start} is outside the {len(tokens)} tokens")
+    shown = display_tokens(tokens)  # 'Ġhelpful' -> ' helpful', 'Ċ' -> '⏎'
     x = list(range(start, len(tokens)))
-    labels = [f"{i}:{tokens[i]!r}" for i in x]
+    labels = [f"{i}: {html.escape(shown[i])}" for i in x]
     fig = make_subplots(rows=2, cols=1, shared_xaxes=True, vertical_spacing=0.08,
                         subplot_titles=["gate m(h_t) per block", "projection ‖R_i h_t‖"])  # fmt: skip
     for row, (mat, scale) in enumerate(((gates, "Viridis"), (scores, "Magma")), 1):
@@ -123,8 +133,14 @@ def gate_figure(
         if name in names and pos >= start:
             fig.add_trace(go.Scatter(x=[pos], y=[name], mode="markers", showlegend=False,
                                      marker={"symbol": "x", "size": 12, "color": "white"},
-                                     hovertext=f"{name}: chosen token {labels[pos - start]}"),
+                                     hovertext=f"{name}: chosen token {labels[pos - start]}",
+                                     hoverinfo="text"),
                           row=2, col=1)  # fmt: skip
-    fig.update_xaxes(tickvals=x, ticktext=[tokens[i] for i in x], tickangle=-60, row=2, col=1)
-    fig.update_layout(title=title, height=520, width=max(700, 18 * len(x)))
+    # one tick label per _TICK_PX at most, so rotated labels never overlap
+    width = min(_MAX_WIDTH, max(700, _TICK_PX * len(x) + 160))
+    step = max(1, math.ceil(_TICK_PX * len(x) / (width - 160)))
+    ticks = x[::step]
+    fig.update_xaxes(tickvals=ticks, ticktext=[shown[i] for i in ticks], tickangle=-60,
+                     tickfont={"family": "monospace"}, row=2, col=1)  # fmt: skip
+    fig.update_layout(title=title, height=540, width=width, margin={"b": 110})
     return fig

@@ -19,6 +19,7 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from steerlab.datasets.corpora import CONTEXT_CLOSE, CONTEXT_OPEN
+from steerlab.views.common import display_token
 
 THRESHOLDS = (0.90, 0.99)
 """Cumulative explained-variance levels marked on the figure."""
@@ -39,6 +40,9 @@ class PCASummary(NamedTuple):
     """The mean activation μ."""
     coords: Float[Tensor, "n k"]
     """``(X - μ) @ componentsᵀ``."""
+    spectrum: Float[Tensor, " d"] | None = None
+    """Explained-variance ratio of every direction (all ``d``, descending), for effective
+    ranks beyond the ``k`` kept components."""
 
 
 def pca_summary(acts: Tensor | np.ndarray, n_components: int = 50) -> PCASummary:
@@ -91,7 +95,14 @@ def _pca(acts: Tensor | np.ndarray, n_components: int) -> tuple[PCASummary, Tens
     biggest = components.abs().argmax(1, keepdim=True)
     components *= components.gather(1, biggest).sign()
     coords = torch.cat([(b.double() - mean) @ components.T for b in x.split(_BLOCK)])
-    return PCASummary(components, ratio[:k].clone(), mean, coords), ratio
+    return PCASummary(components, ratio[:k].clone(), mean, coords, ratio), ratio
+
+
+def components_for(spectrum: Tensor, var: float) -> int:
+    """The fewest leading directions whose explained-variance ratios sum to at least ``var``
+    (the effective rank at ``var``; a 1e-12 slack absorbs rounding at exact thresholds)."""
+    cumulative = torch.as_tensor(spectrum).double().cumsum(0)
+    return min(int((cumulative < var - 1e-12).sum()) + 1, cumulative.numel())
 
 
 def principal_directions(
@@ -105,10 +116,15 @@ def principal_directions(
     max_points: int = 5000,
     title: str | None = None,
     seed: int = 0,
+    exclude: Sequence[bool] | np.ndarray | Tensor | None = None,
+    exclude_name: str = "attention-sink rows",
 ) -> go.Figure:
     """Scatter of the first two principal components beside the explained-variance spectrum.
 
-    PCA uses every row of ``acts``; only the scatter is subsampled. The left panel plots PC1
+    PCA uses every row of ``acts`` except the ``exclude`` rows; only the scatter is subsampled.
+    Excluded rows (e.g. attention sinks, whose norms are many times the rest and would take
+    PC1 for themselves) are projected on the same components and drawn apart, as red crosses,
+    with the axes fitted to the other rows: the legend says how many lie outside them. The left panel plots PC1
     against PC2, with each point's token and context in its hover label (the token is bold in
     the context when marked as :func:`steerlab.datasets.token_contexts` marks it); numeric
     ``labels`` colour the points on a continuous scale, other labels give one trace per class.
@@ -123,25 +139,33 @@ def principal_directions(
         label_name: name of the labels, for the colour bar, legend and hover.
         n_components: components computed and shown on the right.
         max_points: points drawn in the scatter, chosen with a RNG seeded by ``seed``.
-        title: figure title; by default states ``n`` and ``d``.
+        title: figure title; by default states the rows fitted, left out and drawn, and ``d``.
         seed: seed for the subsample.
+        exclude: ``n`` booleans: rows left out of the fit and drawn apart.
+        exclude_name: what the excluded rows are, for the legend and title.
 
     Returns:
         The figure.
     """
-    summary, full_ratio = _pca(acts, n_components)
+    x_all = torch.as_tensor(acts).detach().cpu()
+    n_all = x_all.shape[0] if x_all.ndim == 2 else 0
+    drop = _mask(exclude, n_all)
+    keep_idx = np.flatnonzero(~drop)
+    summary, full_ratio = _pca(x_all[torch.from_numpy(keep_idx)] if drop.any() else x_all,
+                               n_components)  # fmt: skip
     n, d = summary.coords.shape[0], summary.mean.shape[0]
     if d < 2:
         raise ValueError("a PC1-vs-PC2 scatter needs activations with d >= 2")
     for name, values in (("tokens", tokens), ("contexts", contexts), ("labels", labels)):
-        if values is not None and len(values) != n:
-            raise ValueError(f"{name} has {len(values)} entries, acts has {n} rows")
+        if values is not None and len(values) != n_all:
+            raise ValueError(f"{name} has {len(values)} entries, acts has {n_all} rows")
 
-    rows = np.arange(n)
+    pick = np.arange(n)
     if n > max_points:
-        rows = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
-    xy = summary.coords[rows, :2].numpy()
-    hover = [_hover(int(i), tokens, contexts, labels, label_name) for i in rows]
+        pick = np.sort(np.random.default_rng(seed).choice(n, max_points, replace=False))
+    rows = keep_idx[pick]  # indices into acts
+    xy = summary.coords[pick, :2].numpy()
+    hover = [hover_label(int(i), tokens, contexts, labels, label_name) for i in rows]
 
     cumulative = full_ratio.cumsum(0)
     needed = {t: int((cumulative < t - 1e-12).sum()) + 1 for t in THRESHOLDS}
@@ -158,7 +182,8 @@ def principal_directions(
         ),
     )
     scatter_cls = go.Scattergl if len(rows) > _GL_ABOVE else go.Scatter
-    common = {"mode": "markers", "hovertemplate": "%{text}<extra></extra>"}
+    common = {"mode": "markers",
+              "hovertemplate": "%{text}<br>PC1 %{x:.2f} · PC2 %{y:.2f}<extra></extra>"}  # fmt: skip
     label_values = None if labels is None else _as_array(labels)
     if label_values is None:
         fig.add_trace(
@@ -275,6 +300,11 @@ def principal_directions(
             secondary_y=True,
         )
 
+    n_out = int(drop.sum())
+    if n_out:
+        _add_excluded(fig, x_all, drop, summary, xy, tokens, contexts, labels, label_name,
+                      exclude_name, max_points, seed)  # fmt: skip
+
     pct = 100 * ratio
     fig.update_xaxes(title_text=f"PC1 ({pct[0]:.1f}% var)", row=1, col=1)
     fig.update_yaxes(title_text=f"PC2 ({pct[1]:.1f}% var)", row=1, col=1)
@@ -283,15 +313,76 @@ def principal_directions(
     fig.update_yaxes(
         title_text="cumulative", tickformat=".0%", range=[0, 1.02], row=1, col=2, secondary_y=True
     )
-    shown = f"{len(rows)} of {n} shown" if len(rows) < n else f"{n} points"
+    shown = f"{len(rows):,} of them drawn" if len(rows) < n else "all drawn"
+    left_out = f", {n_out:,} {exclude_name} left out" if n_out else ""
     fig.update_layout(
-        title=title or f"Principal directions of {n} activations (d={d}; {shown})",
+        title=title or f"Principal directions: PCA of {n:,} rows (d={d}{left_out}; {shown})",
         # below the plots, clear of the colour bar and the cumulative axis on the right
-        legend={"title": {"text": label_name}, "orientation": "h", "y": -0.2},
+        legend={
+            "title": {"text": label_name if labels is not None else ""},
+            "orientation": "h",
+            "y": -0.2,
+        },
         template="plotly_white",
         height=520,
     )
     return fig
+
+
+def _mask(exclude: Any, n: int) -> np.ndarray:
+    if exclude is None:
+        return np.zeros(n, dtype=bool)
+    m = _as_array(exclude).astype(bool).reshape(-1)
+    if m.shape[0] != n:
+        raise ValueError(f"exclude has {m.shape[0]} entries, acts has {n} rows")
+    if (~m).sum() < 2:
+        raise ValueError("exclude leaves fewer than 2 rows to fit")
+    return m
+
+
+def _add_excluded(
+    fig: go.Figure,
+    x: Tensor,
+    drop: np.ndarray,
+    summary: PCASummary,
+    xy: np.ndarray,
+    tokens: Sequence[str] | None,
+    contexts: Sequence[str] | None,
+    labels: Any,
+    label_name: str,
+    name: str,
+    max_points: int,
+    seed: int,
+) -> None:
+    """The rows left out of the fit, on the same components, with the axes kept to the rest."""
+    idx = np.flatnonzero(drop)
+    if len(idx) > max_points:
+        idx = np.sort(np.random.default_rng(seed + 1).choice(idx, max_points, replace=False))
+    out = ((x[torch.from_numpy(idx)].double() - summary.mean) @ summary.components[:2].T).numpy()
+    # the axes cover the fitted rows (0.5-99.5th percentiles, padded): the excluded rows
+    # would otherwise squash them into a corner
+    lo, hi = np.percentile(xy, [0.5, 99.5], axis=0)
+    pad = 0.08 * (hi - lo) + 1e-9
+    lo, hi = lo - pad, hi + pad
+    inside = ((out >= lo) & (out <= hi)).all(1)
+    label = f"{name} (left out of the fit; {int((~inside).sum())} of {len(idx)} beyond the axes)"
+    fig.add_trace(
+        go.Scatter(
+            x=np.clip(out[:, 0], lo[0], hi[0]),
+            y=np.clip(out[:, 1], lo[1], hi[1]),
+            mode="markers",
+            name=label,
+            marker={"symbol": "x", "size": 7, "color": "crimson"},
+            customdata=out,
+            text=[hover_label(int(i), tokens, contexts, labels, label_name) for i in idx],
+            hovertemplate="%{text}<br>PC1 %{customdata[0]:.2f} · PC2 %{customdata[1]:.2f}"
+            "<br>(drawn at the edge when beyond the axes)<extra></extra>",
+        ),
+        row=1,
+        col=1,
+    )
+    fig.update_xaxes(range=[lo[0], hi[0]], row=1, col=1)
+    fig.update_yaxes(range=[lo[1], hi[1]], row=1, col=1)
 
 
 def _as_array(labels: Sequence[Any] | np.ndarray | Tensor) -> np.ndarray:
@@ -300,17 +391,18 @@ def _as_array(labels: Sequence[Any] | np.ndarray | Tensor) -> np.ndarray:
     return np.asarray(labels)
 
 
-def _hover(
+def hover_label(
     i: int,
     tokens: Sequence[str] | None,
     contexts: Sequence[str] | None,
     labels: Any,
     label_name: str,
 ) -> str:
-    """HTML hover label of row ``i``; every user string is escaped."""
+    """HTML hover label of row ``i``: its index, token, context (the token in bold) and label;
+    every user string is escaped. ``tokens``, ``contexts`` and ``labels`` may each be None."""
     lines = [f"#{i}"]
     if tokens is not None:
-        lines.append(f"token: <b>{_escape(repr(tokens[i]))}</b>")
+        lines.append(f"token: <b>{_escape(repr(display_token(tokens[i])))}</b>")
     if contexts is not None:
         context = _escape(contexts[i])
         if tokens is not None:

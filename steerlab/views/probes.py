@@ -14,6 +14,8 @@ import plotly.graph_objects as go
 import torch
 from torch import Tensor
 
+from steerlab.views.common import gap_at_zero, pretty_label, ref_line
+
 __all__ = ["flip_rates", "layer_curves", "pls_components"]
 
 
@@ -23,15 +25,22 @@ def layer_curves(
     *,
     title: str = "Probe quality per layer",
     y_title: str | None = None,
+    reference: Mapping[str, float] | None = None,
+    y_range: Sequence[float] | None = None,
 ) -> go.Figure:
     """Lines of per-layer metrics (held-out R², accuracy, selectivity, ...).
+
+    Legend entries and the default y title spell the metrics out (:func:`~steerlab.views.
+    common.pretty_label`: ``task_acc`` → "task accuracy").
 
     Args:
         curves: sweep rows (dicts with ``layer`` and the metrics), or a mapping from a name
             (e.g. the attribute) to such rows; each (name, metric) pair is one line.
         metrics: keys of the rows to draw.
         title: figure title.
-        y_title: y-axis title (default the metric names).
+        y_title: y-axis title (default the metrics' names, spelled out).
+        reference: named constants drawn as dashed horizontal lines (e.g. a majority rate).
+        y_range: fixed y-axis range (default: autorange).
     """
     groups = {"": curves} if not isinstance(curves, Mapping) else dict(curves)
     if not groups or not any(groups.values()):
@@ -39,16 +48,24 @@ def layer_curves(
     fig = go.Figure()
     for name, rows in groups.items():
         for m in metrics:
-            pts = [(r["layer"], r[m]) for r in rows if m in r]
+            pts = sorted((r["layer"], r[m]) for r in rows if m in r)
             if not pts:
                 raise KeyError(f"metric {m!r} is not in the rows of {name or 'the sweep'}")
-            label = f"{name} {m}".strip()
+            label = f"{name} {pretty_label(m)}".strip()
             fig.add_trace(go.Scatter(
                 x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers", name=label,
                 hovertemplate=f"{html.escape(label)}<br>layer %{{x}}: %{{y:.3f}}<extra></extra>",
             ))  # fmt: skip
-    fig.update_layout(title=title, xaxis_title="layer", yaxis_title=y_title or ", ".join(metrics),
+    for name, value in (reference or {}).items():
+        ref_line(fig, value, label=f"{name} {value:.3f}", position="bottom right")
+    layers = sorted({r["layer"] for rows in groups.values() for r in rows})
+    if len(layers) <= 16:  # a tick at every layer, none between them
+        fig.update_xaxes(tickvals=layers)
+    fig.update_layout(title=title, xaxis_title="layer",
+                      yaxis_title=y_title or ", ".join(pretty_label(m) for m in metrics),
                       template="plotly_white", hovermode="x unified")  # fmt: skip
+    if y_range is not None:
+        fig.update_yaxes(range=list(y_range))
     return fig
 
 
@@ -107,18 +124,20 @@ def flip_rates(
     fig = go.Figure()
     for d in dict.fromkeys(r["direction"] for r in rows):
         pts = sorted((r for r in rows if r["direction"] == d), key=lambda r: r["alpha"])
-        y = [r[rate] for r in pts]
         err = None
         if all("ci_low" in r and "ci_high" in r for r in pts):
-            err = {"type": "data", "symmetric": False,
-                   "array": [r["ci_high"] - r[rate] for r in pts],
-                   "arrayminus": [r[rate] - r["ci_low"] for r in pts]}  # fmt: skip
-        text = [f"{r.get('flips', '')}/{r.get('n', '')}" for r in pts]
+            _, hi = gap_at_zero([r["alpha"] for r in pts], [r["ci_high"] - r[rate] for r in pts])
+            _, lo = gap_at_zero([r["alpha"] for r in pts], [r[rate] - r["ci_low"] for r in pts])
+            err = {"type": "data", "symmetric": False, "array": hi, "arrayminus": lo}
+        # no line across α = 0 when nothing was measured there
+        x, y = gap_at_zero([r["alpha"] for r in pts], [r[rate] for r in pts])
+        _, text = gap_at_zero([r["alpha"] for r in pts],
+                              [f"{r.get('flips', '')}/{r.get('n', '')}" for r in pts])  # fmt: skip
         fig.add_trace(go.Scatter(
-            x=[r["alpha"] for r in pts], y=y, error_y=err, mode="lines+markers", name=str(d),
+            x=x, y=y, error_y=err, mode="lines+markers", name=str(d),
             text=text, hovertemplate=f"{html.escape(str(d))}<br>α=%{{x}}: %{{y:.3f}} "
                                      "(%{text})<extra></extra>",
         ))  # fmt: skip
-    fig.update_layout(title=title, xaxis_title="α (steering strength)", yaxis_title=rate,
-                      template="plotly_white")  # fmt: skip
+    fig.update_layout(title=title, xaxis_title="α (steering strength)",
+                      yaxis_title=pretty_label(rate), template="plotly_white")  # fmt: skip
     return fig

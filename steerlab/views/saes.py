@@ -27,6 +27,8 @@ from plotly.subplots import make_subplots
 from torch import Tensor
 
 from steerlab.saes.evals import density_histogram
+from steerlab.saes.init import _rank_for
+from steerlab.views.common import NEWLINE, display_token, ref_line
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore
@@ -34,10 +36,13 @@ if TYPE_CHECKING:
     from steerlab.saes.sae import Sae
 
 __all__ = [
+    "LatentCard",
     "LogitEffects",
     "TopActivations",
     "density_figure",
     "explained_variance_by_rank",
+    "latent_card_figure",
+    "latent_cards",
     "latent_dashboard",
     "logit_effects",
     "read_train_log",
@@ -127,8 +132,6 @@ def explained_variance_by_rank(
             (the smallest ``r`` reaching it) as a count and as a fraction of ``d``.
         title: figure title.
     """
-    from steerlab.saes.init import _rank_for
-
     fig = go.Figure()
     for i, (name, s) in enumerate(spectra.items()):
         ratio = s if isinstance(s, Tensor) else s.explained_variance_ratio()
@@ -141,8 +144,9 @@ def explained_variance_by_rank(
             name=f"{name}: {r}/{d} ({100 * r / d:.0f}%)",
             hovertemplate="rank %{x}: %{y:.4f}<extra>" + html.escape(name) + "</extra>",
         ))  # fmt: skip
-    fig.add_hline(y=var, line_dash="dot", line_color="grey",
-                  annotation_text=f"{100 * var:g}% of variance")  # fmt: skip
+    # the curves rise from the left: the line's left end is clear for its label
+    ref_line(fig, var, label=f"{100 * var:g}% of variance", line={"dash": "dot"},
+             position="top left")  # fmt: skip
     fig.update_layout(title=title, xaxis_title="principal directions",
                       yaxis_title="cumulative explained variance", template="plotly_white",
                       height=420, legend_title_text=f"effective rank at {100 * var:g}%")  # fmt: skip
@@ -258,9 +262,104 @@ def _context_html(tokenizer: Any, ids: list[int], pos: int, window: int) -> str:
     left = tokenizer.decode(ids[max(0, pos - window) : pos])
     tok = tokenizer.decode(ids[pos : pos + 1])
     right = tokenizer.decode(ids[pos + 1 : pos + 1 + window])
-    esc = lambda s: html.escape(s, quote=False).replace("\n", "↵")  # noqa: E731
-    return (f"{esc(left)}<b><span style='color:#d62728'>[{esc(tok)}]</span></b>"
+    esc = lambda s: html.escape(s, quote=False).replace("\n", NEWLINE)  # noqa: E731
+    return (f"{esc(left)}<b><span style='color:#d62728'>[{esc(display_token(tok))}]</span></b>"
             f"{esc(right)}")  # fmt: skip
+
+
+class LatentCard(NamedTuple):
+    """What the dashboard shows of one latent (plain data: it saves as JSON via ``_asdict``).
+
+    Attributes:
+        latent: the latent id.
+        density: fraction of the scanned tokens on which it fired.
+        max_act: its largest activation.
+        contexts: HTML of the top-activating contexts, the token in bold red brackets.
+        values: the activation of each context.
+        promoted, suppressed: ``(token, effect)`` pairs of its direct logit effects.
+    """
+
+    latent: int
+    density: float
+    max_act: float
+    contexts: list[str]
+    values: list[float]
+    promoted: list[tuple[str, float]]
+    suppressed: list[tuple[str, float]]
+
+
+def latent_cards(
+    sae: Sae,
+    store: ActivationStore,
+    handle: Any,
+    latents: Sequence[int],
+    *,
+    n_contexts: int = 8,
+    n_logits: int = 10,
+    window: int = 12,
+    n_tokens: int | None = None,
+    top: TopActivations | None = None,
+) -> list[LatentCard]:
+    """The data of :func:`latent_dashboard`: one :class:`LatentCard` per latent (arguments as
+    there); build the figures with :func:`latent_card_figure`."""
+    top = top or top_activations(sae, store, latents, n_contexts, n_tokens=n_tokens)
+    eff = logit_effects(sae, handle, top.latents, n_logits)
+    tok = handle.tokenizer
+    cards = []
+    for li, latent in enumerate(top.latents.tolist()):
+        rows = [r for r in top.rows[li].tolist() if r >= 0]
+        contexts, values = [], []
+        for r, v in zip(rows, top.values[li].tolist(), strict=False):
+            pos = int(store.site("positions")[r])
+            start, stop = r - pos, min(store.n_tokens, r + window + 1)
+            ids = store.site("token_ids")[start:stop].long().tolist()
+            doc = store.site("doc_ids")[start:stop].tolist()
+            # the rows after this window's end belong to the next window: cut them
+            ids = [t for t, dd in zip(ids, doc, strict=True) if dd == doc[pos]]
+            contexts.append(_context_html(tok, ids, pos, window))
+            values.append(float(v))
+
+        def shown(ids: Tensor, vals: Tensor) -> list[tuple[str, float]]:
+            return [(display_token(tok.decode([t])), float(v))
+                    for t, v in zip(ids.tolist(), vals.tolist())]  # fmt: skip
+
+        cards.append(LatentCard(int(latent), float(top.density[li]), float(top.values[li, 0]),
+                                contexts, values, shown(eff.top_ids[li], eff.top_values[li]),
+                                shown(eff.bottom_ids[li], eff.bottom_values[li])))  # fmt: skip
+    return cards
+
+
+_CONTEXT_ROW_PX = 44  # room for a context that wraps onto a second line
+
+
+def latent_card_figure(card: LatentCard, title: str | None = None) -> go.Figure:
+    """Two tables: the latent's top-activating contexts, and its promoted and suppressed
+    tokens. The height leaves each context two lines, so the table does not scroll."""
+    card = LatentCard(*card)
+    fig = make_subplots(rows=1, cols=2, column_widths=[0.72, 0.28],
+                        specs=[[{"type": "table"}, {"type": "table"}]])  # fmt: skip
+    fig.add_trace(go.Table(
+        columnwidth=[1, 9],
+        header={"values": ["act", "top-activating contexts"], "align": "left"},
+        cells={"values": [[f"{v:.3g}" for v in card.values], card.contexts], "align": "left",
+               "height": _CONTEXT_ROW_PX - 4},
+    ), row=1, col=1)  # fmt: skip
+    esc = lambda pairs: [html.escape(t, quote=False) for t, _ in pairs]  # noqa: E731
+    fig.add_trace(go.Table(
+        columnwidth=[3, 2, 3, 2],
+        header={"values": ["promoted", "", "suppressed", ""], "align": "left"},
+        cells={"values": [esc(card.promoted), [f"{v:+.2f}" for _, v in card.promoted],
+                          esc(card.suppressed), [f"{v:+.2f}" for _, v in card.suppressed]],
+               "align": "left"},
+    ), row=1, col=2)  # fmt: skip
+    n_rows = max(len(card.contexts), 1)
+    fig.update_layout(
+        title=title
+        or f"latent {card.latent} · density {card.density:.2e} · max act {card.max_act:.3g}",
+        height=110 + _CONTEXT_ROW_PX * n_rows + 40,
+        margin={"l": 10, "r": 10, "t": 50, "b": 10},
+    )
+    return fig
 
 
 def latent_dashboard(
@@ -292,40 +391,10 @@ def latent_dashboard(
         n_tokens: scan at most this many tokens (default all).
         top: precomputed :func:`top_activations` (skips the scan).
     """
-    top = top or top_activations(sae, store, latents, n_contexts, n_tokens=n_tokens)
-    eff = logit_effects(sae, handle, latents, n_logits)
-    tok = handle.tokenizer
-    figs: dict[str, go.Figure] = {}
-    for li, latent in enumerate(top.latents.tolist()):
-        rows = [r for r in top.rows[li].tolist() if r >= 0]
-        contexts, values = [], []
-        for r, v in zip(rows, top.values[li].tolist(), strict=False):
-            pos = int(store.site("positions")[r])
-            start, stop = r - pos, min(store.n_tokens, r + window + 1)
-            ids = store.site("token_ids")[start:stop].long().tolist()
-            doc = store.site("doc_ids")[start:stop].tolist()
-            # the rows after this window's end belong to the next window: cut them
-            ids = [t for t, dd in zip(ids, doc, strict=True) if dd == doc[pos]]
-            contexts.append(_context_html(tok, ids, pos, window))
-            values.append(f"{v:.3g}")
-        fig = make_subplots(rows=1, cols=2, column_widths=[0.72, 0.28],
-                            specs=[[{"type": "table"}, {"type": "table"}]])  # fmt: skip
-        fig.add_trace(go.Table(
-            columnwidth=[1, 9],
-            header={"values": ["act", "top-activating contexts"], "align": "left"},
-            cells={"values": [values, contexts], "align": "left", "height": 26},
-        ), row=1, col=1)  # fmt: skip
-        up = [html.escape(tok.decode([t]), quote=False) for t in eff.top_ids[li].tolist()]
-        down = [html.escape(tok.decode([t]), quote=False) for t in eff.bottom_ids[li].tolist()]
-        fig.add_trace(go.Table(
-            header={"values": ["promoted", "", "suppressed", ""], "align": "left"},
-            cells={"values": [up, [f"{v:+.2f}" for v in eff.top_values[li].tolist()],
-                              down, [f"{v:+.2f}" for v in eff.bottom_values[li].tolist()]],
-                   "align": "left"},
-        ), row=1, col=2)  # fmt: skip
-        dens = float(top.density[li])
-        name = f"latent {latent} · density {dens:.2e} · max act {float(top.values[li, 0]):.3g}"
-        fig.update_layout(title=name, height=120 + 28 * max(n_contexts, n_logits),
-                          margin={"l": 10, "r": 10, "t": 50, "b": 10})  # fmt: skip
-        figs[name] = fig
+    cards = latent_cards(sae, store, handle, latents, n_contexts=n_contexts, n_logits=n_logits,
+                         window=window, n_tokens=n_tokens, top=top)  # fmt: skip
+    figs = {}
+    for card in cards:
+        fig = latent_card_figure(card)
+        figs[fig.layout.title.text] = fig
     return figs

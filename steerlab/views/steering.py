@@ -18,6 +18,8 @@ import plotly.graph_objects as go
 import torch
 from plotly.subplots import make_subplots
 
+from steerlab.views.common import display_tokens, gap_at_zero, log_range, pretty_label, ref_line
+
 __all__ = ["sweep_figure", "token_projection_figure", "token_projection_html"]
 
 _PANELS = (
@@ -42,6 +44,10 @@ def _rows(sweep: Any) -> list[dict[str, Any]]:
 def sweep_figure(sweep: Any, *, title: str | None = None) -> go.Figure:
     """α against every metric of a strength sweep, with the prompting baselines as lines.
 
+    The perplexity panel has a log axis whose range covers the points and the baselines (its
+    labels are placed in log units, see :func:`steerlab.views.common.ref_line`); lines break
+    across α = 0 when the sweep has no point there.
+
     Args:
         sweep: a :class:`steerlab.steering.evals.Sweep` or its ``to_dict()``.
         title: figure title (default names the concept).
@@ -53,38 +59,47 @@ def sweep_figure(sweep: Any, *, title: str | None = None) -> go.Figure:
         raise ValueError("the sweep has no α points")
     concept = sweep.concept if hasattr(sweep, "concept") else sweep.get("concept", "concept")
     fig = make_subplots(rows=2, cols=3, subplot_titles=[t for _, t in _PANELS],
-                        horizontal_spacing=0.08, vertical_spacing=0.14)  # fmt: skip
+                        horizontal_spacing=0.08, vertical_spacing=0.16)  # fmt: skip
     alphas = [r["alpha"] for r in points]
     for i, (key, _) in enumerate(_PANELS):
         row, col = i // 3 + 1, i % 3 + 1
+        log = key == "perplexity"
         if key == "combined":
             series = [("towards +", "combined_pos", _POLE_COLOUR[1]),
                       ("towards −", "combined_neg", _POLE_COLOUR[-1])]  # fmt: skip
         else:
             series = [(key, key, "#4c72b0")]
+        shown: list[float] = []
         for name, field, colour in series:
             ys = [r[field] for r in points]
+            shown += [y for y in ys if _finite(y)]
+            xs, ys = gap_at_zero(alphas, ys)
             fig.add_trace(go.Scatter(
-                x=alphas, y=ys, mode="lines+markers", name=name, line={"color": colour},
+                x=xs, y=ys, mode="lines+markers", name=name, line={"color": colour},
                 legendgroup=name, showlegend=key in ("concept", "combined"),
-                hovertemplate=f"α=%{{x:g}}<br>{field}=%{{y:.3f}}<extra></extra>",
+                hovertemplate=f"α=%{{x:g}}<br>{pretty_label(field)}=%{{y:.3f}}<extra></extra>",
             ), row=row, col=col)  # fmt: skip
         for pole, r in base.items():
             field = ("combined_pos" if pole > 0 else "combined_neg") if key == "combined" else key
             y = r.get(field)
-            if y is None or (isinstance(y, float) and math.isnan(y)):
+            if not _finite(y) or (log and y <= 0):
                 continue
-            fig.add_hline(y=y, line_dash="dash", line_color=_POLE_COLOUR[pole], row=row, col=col,
-                          annotation_text=f"prompt {'+' if pole > 0 else '−'}",
-                          annotation_font_size=9, annotation_position="top left")  # fmt: skip
+            shown.append(y)
+            ref_line(fig, y, label=f"prompt {'+' if pole > 0 else '−'}", log=log, row=row,
+                     col=col, line={"color": _POLE_COLOUR[pole]}, font_size=9,
+                     position="top left" if pole > 0 else "bottom left")  # fmt: skip
         fig.update_xaxes(title_text="α", row=row, col=col)
-        if key == "perplexity":
-            fig.update_yaxes(type="log", row=row, col=col)
+        if log:
+            fig.update_yaxes(type="log", range=log_range(shown), row=row, col=col)
     fig.update_layout(
         title=title or f"Strength sweep: {concept} (dashed: prompting baselines)",
         height=700, template="plotly_white", legend={"orientation": "h", "y": -0.12},
     )  # fmt: skip
     return fig
+
+
+def _finite(y: Any) -> bool:
+    return isinstance(y, int | float) and math.isfinite(y)
 
 
 def _centered(scores: Any, center: float | str | None) -> tuple[list[float], float]:
@@ -93,6 +108,10 @@ def _centered(scores: Any, center: float | str | None) -> tuple[list[float], flo
         raise ValueError("no tokens")
     c = float(s.mean()) if center == "mean" else float(center or 0.0)
     return (s - c).tolist(), c
+
+
+_ROW_PX = 34  # one row of tokens
+_MARGIN = {"t": 56, "b": 64, "l": 10, "r": 10}  # title above; the colour bar below the grid
 
 
 def token_projection_figure(
@@ -105,6 +124,11 @@ def token_projection_figure(
 ) -> go.Figure:
     """A heatmap of a text's tokens in reading order, coloured by projection minus ``center``.
 
+    Each row of ``per_row`` tokens is ``34`` px tall (at least two rows' worth of plot, so a
+    one-line text is not a sliver); the colour bar lies horizontally under the grid, where its
+    labels have the figure's width. Tokens are shown with :func:`~steerlab.views.common.
+    display_token` (BPE markers decoded, newlines as ⏎).
+
     Args:
         tokens: token strings (e.g. :func:`steerlab.steering.scores.token_projections`).
         scores: one value per token.
@@ -115,24 +139,31 @@ def token_projection_figure(
     vals, c = _centered(scores, center)
     if len(vals) != len(tokens):
         raise ValueError(f"{len(tokens)} tokens but {len(vals)} scores")
+    if per_row < 1:
+        raise ValueError(f"per_row must be >= 1, got {per_row}")
     n_rows = math.ceil(len(vals) / per_row)
     z = [[None] * per_row for _ in range(n_rows)]
     text = [[""] * per_row for _ in range(n_rows)]
     hover = [[""] * per_row for _ in range(n_rows)]
-    for i, (t, v) in enumerate(zip(tokens, vals)):
+    for i, (t, shown, v) in enumerate(zip(tokens, display_tokens(tokens), vals)):
         r, k = divmod(i, per_row)
         z[r][k] = v
-        text[r][k] = t.replace("\n", "⏎")
+        text[r][k] = shown
         hover[r][k] = f"#{i} {html.escape(repr(t))}<br>projection {v + c:.3f}"
     m = max(abs(v) for v in vals) or 1.0
     fig = go.Figure(go.Heatmap(
         z=z, text=text, texttemplate="%{text}", customdata=hover, colorscale="RdBu",
         zmid=0, zmin=-m, zmax=m, hovertemplate="%{customdata}<extra></extra>", xgap=1, ygap=1,
-        colorbar={"title": f"proj − {c:.2f}" if c else "projection"},
+        colorbar={"title": {"text": f"projection (centred at {c:.2f})" if c else "projection",
+                            "side": "right"},
+                  "orientation": "h", "yref": "container", "y": 0, "yanchor": "bottom", "ypad": 6,
+                  "len": 0.6, "thickness": 12, "nticks": 7},
     ))  # fmt: skip
     fig.update_yaxes(autorange="reversed", showticklabels=False)
     fig.update_xaxes(showticklabels=False)
-    fig.update_layout(title=title, template="plotly_white", height=120 + 34 * n_rows)
+    plot_px = _ROW_PX * max(n_rows, 2)
+    fig.update_layout(title=title, template="plotly_white", margin=_MARGIN,
+                      height=_MARGIN["t"] + _MARGIN["b"] + plot_px)  # fmt: skip
     return fig
 
 

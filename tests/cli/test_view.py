@@ -77,7 +77,7 @@ def test_view_probe_results(tmp_path, weights_refused):
                                              "flip_rate": 0.1, "n": 20, "flips": 2}]}}  # fmt: skip
     (tmp_path / "pls.json").write_text(json.dumps(pls))
     html = view("probe", str(tmp_path / "pls.json"), "--out", str(tmp_path / "b.html"))
-    assert "held-out R²" in html and "flip_rate vs alpha" in html
+    assert "held-out R²" in html and "answer-flip rate against α" in html
     run = {"model": "model", "site": "resid_post.1", "depth": 2, "rank": 8, "f1": 0.4,
            "dev_f1": 0.45}  # fmt: skip
     ast = {"runs": [run, {**run, "rank": 16, "f1": 0.5}, {**run, "depth": 1, "f1": 0.3},

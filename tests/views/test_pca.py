@@ -147,3 +147,38 @@ def test_write_html_sections_without_js(tmp_path, small_fig):
         write_html([], tmp_path / "empty.html")
     with pytest.raises(TypeError):
         write_html(["not a figure"], tmp_path / "bad.html")
+
+
+# --- attention sinks left out of the fit (issue 13) ---------------------------------------------
+
+
+def test_excluded_rows_left_out_of_fit_and_drawn_apart():
+    x = anisotropic(n=400, d=12, seed=2)
+    sink = np.zeros(400, dtype=bool)
+    sink[::50] = True  # 8 rows with massive norms, as attention sinks have
+    x[sink] *= 60
+    fig = principal_directions(x, exclude=sink, n_components=12)
+    # the fit is the PCA of the other rows (sklearn as the reference)
+    ref = PCA(n_components=12, svd_solver="full").fit(x[~sink])
+    bars = fig.data[1]
+    np.testing.assert_allclose(bars.y, ref.explained_variance_ratio_, rtol=1e-9, atol=1e-12)
+    assert "PCA of 392 rows" in fig.layout.title.text
+    assert "8 attention-sink rows left out" in fig.layout.title.text
+    (apart,) = [t for t in fig.data if t.name and t.name.startswith("attention-sink rows")]
+    assert len(apart.x) == 8 and "8 of 8 beyond the axes" in apart.name
+    # the axes cover the kept rows, not the sinks: no squashing
+    lo, hi = fig.layout.xaxis.range
+    kept = fig.data[0]
+    assert np.percentile(kept.x, 99) < hi and np.percentile(kept.x, 1) > lo
+    assert hi - lo < 3 * (np.max(kept.x) - np.min(kept.x))
+    # hovers give the PC coordinates
+    assert "PC1 %{x:.2f}" in kept.hovertemplate and "customdata[0]" in apart.hovertemplate
+    with pytest.raises(ValueError, match="exclude has 3"):
+        principal_directions(x, exclude=[True, False, True])
+
+
+def test_title_counts_fitted_and_drawn_rows():
+    x = anisotropic(n=600, d=6)
+    fig = principal_directions(x, max_points=100)
+    assert fig.layout.title.text.startswith("Principal directions: PCA of 600 rows")
+    assert "100 of them drawn" in fig.layout.title.text

@@ -154,9 +154,7 @@ def inlp(
             clf = _classifier(cfg).fit(Xp.numpy(), ytr)
         converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         acc = float(clf.score(Xdp.numpy(), ydn))
-        history.append(
-            {"iter": i, "rank": U.shape[1], "dev_accuracy": acc, "converged": converged}
-        )
+        history.append({"iter": i, "rank": U.shape[1], "dev_accuracy": acc, "converged": converged})
         logger.debug("inlp iter %d: rank %d, dev accuracy %.4f (majority %.4f)",
                      i, U.shape[1], acc, maj)  # fmt: skip
         if cfg.epsilon is not None and acc <= maj + cfg.epsilon:

@@ -98,8 +98,9 @@ class Recipe:
     layers: str = "all"
     """Depths to probe: 'all', 'everyN' (every N-th and the last) or a list such as 0,10,20."""
     random_layers: str = "0,5,10,15,20"
-    """Depths probed on the random model ('all', 'everyN' or a list); the best depth of the
-    model is always added (its capture stops after the deepest one)."""
+    """Depths probed on the random model ('all', 'everyN', a list, or 'none' to skip the
+    baseline); the best depth of the model is always added (its capture stops after the
+    deepest one)."""
     features_only: bool = False
     """Capture the leaf features, then stop."""
     threads: int | None = None
@@ -267,14 +268,16 @@ def main(argv: list[str] | None = None) -> None:
 
     layer_runs = [run("model", d, probe_cfg.rank) for d in depths]
     best = max(layer_runs, key=lambda r: r["dev_f1"])
-    rand_depths = sorted(set(_depths(args.random_layers, n)) | {best["depth"]})
-    rand_handle = random_init_model(handle, seed=args.seed)
-    feats["random"] = features(rand_handle, [sites[d] for d in rand_depths])
-    rand_runs = [run("random", d, probe_cfg.rank) for d in rand_depths]
-    rand_best = max(rand_runs, key=lambda r: r["dev_f1"])
     emb = results.get("model", sites[0], probe_cfg.rank) or run("model", 0, probe_cfg.rank)
     rank_runs = [run("model", best["depth"], r) for r in args.ranks if r <= handle.d_model]
     peak = max(rank_runs, key=lambda r: r["dev_f1"])
+    rand_runs, rand_best = [], None
+    if args.random_layers not in ("", "none"):
+        rand_depths = sorted(set(_depths(args.random_layers, n)) | {best["depth"]})
+        rand_handle = random_init_model(handle, seed=args.seed)
+        feats["random"] = features(rand_handle, [sites[d] for d in rand_depths])
+        rand_runs = [run("random", d, probe_cfg.rank) for d in rand_depths]
+        rand_best = max(rand_runs, key=lambda r: r["dev_f1"])
 
     data = split_data(feats["model"], best["site"], splits)
     probe = AstProbe.load(out / "probes" / f"model-{best['site']}-rank{probe_cfg.rank}")
@@ -314,11 +317,16 @@ def main(argv: list[str] | None = None) -> None:
             trees[k], data["test"].trees[k], leaves, code=splits["test"][k].code
         ),
     }
+    rand_note = (
+        "no random-weights baseline"
+        if rand_best is None
+        else f"random weights (best depth {rand_best['depth']}) {rand_best['f1']:.3f}"
+    )
     notes = (
-        f"{handle.model_id}; {sizes} snippets ({n_tokens} tokens), rank {probe_cfg.rank}, "
-        f"{probe_cfg.max_epochs} epochs max, lr {probe_cfg.lr}. Best depth by dev F1: {best['depth']} "
-        f"({best['site']}), test F1 {best['f1']:.3f}; embeddings {emb['f1']:.3f}; random "
-        f"weights (best depth {rand_best['depth']}) {rand_best['f1']:.3f}; F1 peaks at rank "
+        f"{handle.model_id}; {sizes} snippets ({n_tokens} tokens), tokenization "
+        f"{args.tokenization}, rank {probe_cfg.rank}, {probe_cfg.max_epochs} epochs max, lr "
+        f"{probe_cfg.lr}. Best depth by dev F1: {best['depth']} ({best['site']}), test F1 "
+        f"{best['f1']:.3f}; embeddings {emb['f1']:.3f}; {rand_note}; F1 peaks at rank "
         f"{peak['rank']} ({peak['f1']:.3f}). Paper (Python): about 0.75 vs about 0.36."
     )
     write_html(figs, out / "report.html", title="AST-Probe", notes=notes)
@@ -340,8 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"\nbest depth {best['depth']} ({best['site']}): test F1 {best['f1']:.3f}; "
-        f"embeddings (depth 0) {emb['f1']:.3f}; random weights {rand_best['f1']:.3f} "
-        f"(depth {rand_best['depth']}); rank peak {peak['rank']} (F1 {peak['f1']:.3f})"
+        f"embeddings (depth 0) {emb['f1']:.3f}; {rand_note}; rank peak {peak['rank']} "
+        f"(F1 {peak['f1']:.3f})"
     )
     print(
         f"syntactic subspace (rank {sub.k}) vs top-{pca.k} PCA: median principal angle "

@@ -267,7 +267,8 @@ def main(argv: list[str] | None = None) -> dict:
         games = []
         for r in args.rlace_ranks:
             cfg_r = replace(rcfg, rank=r)
-            games.append(fitted(fits / f"rlace_rank{r}", {**fit_key, "rlace": asdict(cfg_r)},
+            name = f"rlace_rank{r}" if cfg_r.init == "random" else f"rlace_{cfg_r.init}_rank{r}"
+            games.append(fitted(fits / name, {**fit_key, "rlace": asdict(cfg_r)},
                                 lambda c=cfg_r: rlace_rescaled(xtr, ytr, c)))  # fmt: skip
             b = games[-1].meta["best"]
             note(f"R-LACE rank {r}: best P at step {b['iter']} of "

@@ -43,11 +43,17 @@ from torch import Tensor
 from steerlab.artifacts import register
 from steerlab.checks import check_features, check_labels
 from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types
-from steerlab.erasure.leace import AffineEraser, majority_rate, probe_scores, train_dev_split
+from steerlab.erasure.leace import (
+    AffineEraser,
+    LeaceEraser,
+    majority_rate,
+    probe_scores,
+    train_dev_split,
+)
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["RlaceConfig", "RlaceEraser", "fantope_project", "rlace"]
+__all__ = ["RlaceConfig", "RlaceEraser", "fantope_project", "leace_start", "rlace"]
 
 
 @dataclass
@@ -74,8 +80,14 @@ class RlaceConfig:
     """Score the current ``P`` with a fresh held-out probe every this many iterations."""
     dev_fraction: float = 0.2
     """Held-out share of the data when no ``x_dev`` is given."""
+    init: Literal["random", "leace"] = "random"
+    """Start of ``P``: ``random`` (``init_scale · N(0, 1)``, symmetrised, as in rlace-icml) or
+    ``leace``: the orthogonal projection onto the first ``k`` directions of LEACE's edit, its
+    column space ``span(Σ_xz)`` (the class-mean differences) then its row space
+    ``span(Σ_xx⁻¹ Σ_xz)``, with any trace left over spread evenly on the complement (a warm
+    start at a linear guard; the game then runs from there)."""
     init_scale: float = 0.1
-    """``P`` starts as ``init_scale · N(0, 1)`` (then symmetrised), as in rlace-icml."""
+    """``P`` starts as ``init_scale · N(0, 1)`` (then symmetrised) with ``init="random"``."""
     affine: bool = True
     """Keep the mean: ``x − P(x − μ)``; False gives the paper's ``x − P x``."""
     solver: Literal["factored", "dense"] = "factored"
@@ -254,6 +266,34 @@ def _complement_basis(Q: Tensor, G: Tensor) -> Tensor:
     return A[:, s > tol]
 
 
+def leace_start(
+    x: Float[Tensor, "n d_model"], z: Tensor, k: int
+) -> Float[Tensor, "d_model d_model"]:
+    """A point of the fantope ``𝓕_k`` at LEACE's guard (``RlaceConfig.init="leace"``).
+
+    The orthonormalised columns of ``[L, Rᵀ]`` of the LEACE edit ``P = L R`` (Belrose et al.
+    2023): ``L`` spans the class-mean differences ``Σ_xz`` (removing them orthogonally already
+    makes every class mean equal), ``Rᵀ`` the whitened discriminants ``Σ_xx⁻¹ Σ_xz``. The first
+    ``min(k, m)`` of these ``m`` directions get eigenvalue 1; if ``k > m`` the remaining trace
+    ``k − m`` is spread evenly over the ``d − m`` other directions (eigenvalues ``≤ 1``).
+    """
+    d = x.shape[1]
+    e = LeaceEraser.fit(x.double(), z)
+    V = torch.cat([e.proj_left.double(), e.proj_right.double().T], 1)
+    U = torch.zeros(d, 0, dtype=torch.float64)
+    for j in range(V.shape[1]):  # Gram-Schmidt in order, dropping dependent columns
+        v = V[:, j] - U @ (U.T @ V[:, j])
+        v = v - U @ (U.T @ v)
+        if float(v.norm()) > float(V[:, j].norm()) * d * torch.finfo(v.dtype).eps:
+            U = torch.cat([U, (v / v.norm())[:, None]], 1)
+    U = U[:, :k]
+    m = U.shape[1]
+    P = U @ U.T
+    if k > m:
+        P = P + (k - m) / (d - m) * (torch.eye(d, dtype=P.dtype) - P)
+    return P
+
+
 def rlace(
     x: Float[Tensor, "n d_model"],
     z: Tensor,
@@ -301,6 +341,8 @@ def rlace(
     W = ((torch.rand(d, c, generator=g, device=dev, dtype=dt) * 2 - 1) * bound).requires_grad_()
     b = torch.zeros(c, device=dev, dtype=dt, requires_grad=True)
     P = cfg.init_scale * torch.randn(d, d, generator=g, device=dev, dtype=dt)
+    if cfg.init == "leace":  # drawn anyway, so that both starts share the batch sequence
+        P = leace_start(X.double().cpu(), y.cpu(), cfg.rank).to(device=dev, dtype=dt)
     P = ((P + P.T) / 2).requires_grad_()
     opt_P = torch.optim.SGD([P], lr=cfg.lr_P, weight_decay=cfg.weight_decay)
     opt_clf = torch.optim.SGD(

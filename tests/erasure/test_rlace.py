@@ -21,8 +21,10 @@ from steerlab.erasure.rlace import (
     _Factored,
     _fantope_shift,
     fantope_project,
+    leace_start,
     rlace,
 )
+from steerlab.erasure.leace import LeaceEraser
 
 # float64 eigh/reconstruction on d <= 12 matrices of norm <= ~100: round-off ~ 1e-13
 ATOL = 1e-10
@@ -249,6 +251,35 @@ def test_explicit_dev_set_linear_and_early_stop():
     assert abs(last["dev_accuracy"] - eraser.meta["majority"]) < 0.05
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_leace_start_is_in_the_fantope_at_the_guard(k):
+    X, y, _ = _planted(7, d=10, n=2000)
+    P = leace_start(X, y, k)
+    lam = torch.linalg.eigvalsh(P)
+    assert torch.allclose(P, P.T, atol=ATOL, rtol=0)
+    assert lam.min() >= -ATOL and lam.max() <= 1 + ATOL
+    assert abs(float(torch.trace(P)) - k) <= ATOL
+    # the class-mean difference is erased in full (P δ = δ): an orthogonal guard
+    delta = X[y == 1].mean(0) - X[y == 0].mean(0)
+    assert torch.allclose(P @ delta, delta, atol=1e-9 * float(delta.norm()), rtol=0)
+    if k >= 2:  # and so is LEACE's row direction (its whitened discriminant)
+        r = LeaceEraser.fit(X, y).proj_right[0].double()
+        assert torch.allclose(P @ r, r, atol=1e-9 * float(r.norm()), rtol=0)
+    if k == 4:  # two directions in the LEACE span, the rest spread over the 8 others
+        assert torch.allclose(lam[:8], torch.full((8,), 2 / 8, dtype=lam.dtype), atol=ATOL)
+
+
+def test_leace_warm_start_starts_at_majority():
+    # the game's first evaluation (step 0) is the warm start itself: a guard, so a fresh probe
+    # on the dev split is at the majority rate (within 3 binomial sd of 300 dev rows: 0.09)
+    X, y, _ = _planted(8, d=12, n=1500)
+    e = rlace(X, y, _fast(1, init="leace", max_iter=50, eval_every=25))
+    first = e.meta["history"][0]
+    assert first["iter"] == 0
+    assert abs(first["dev_accuracy"] - e.meta["majority"]) <= 0.09
+    assert e.meta["config"]["init"] == "leace"
+
+
 def test_save_load_round_trip(tmp_path):
     X, y, _ = _planted(3, d=6, n=400)
     eraser = rlace(X, y, _fast(1, max_iter=20, eval_every=10))
@@ -277,6 +308,7 @@ def test_seeded_runs_are_reproducible():
         ({"dev_fraction": 1.0}, "dev_fraction"),
         ({"momentum": 1.0}, "momentum"),
         ({"dtype": "float16"}, "dtype"),
+        ({"init": "zeros"}, "init"),
     ],
 )
 def test_config_validation(kw, match):

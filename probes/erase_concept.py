@@ -264,6 +264,10 @@ def main(argv: list[str] | None = None) -> dict:
         fits = out / "fits"
         leace = fitted(fits / "leace", {**fit_key, "method": "leace"},
                        lambda: LeaceEraser.fit(xtr, ytr))  # fmt: skip
+        # the orthogonal projection of the class-mean differences: the rank-1 orthogonal guard
+        # that R-LACE and INLP search for, in closed form (concept-erasure's method="orth")
+        orth = fitted(fits / "leace_orth", {**fit_key, "method": "leace_orth"},
+                      lambda: LeaceEraser.fit(xtr, ytr, method="orth"))  # fmt: skip
         games = []
         for r in args.rlace_ranks:
             cfg_r = replace(rcfg, rank=r)
@@ -280,6 +284,7 @@ def main(argv: list[str] | None = None) -> dict:
         curves = RankCurves(
             {
                 "leace": rank_curve("leace", [leace], xtr, ytr, xte, yte, **kw),
+                "leace_orth": rank_curve("leace_orth", [orth], xtr, ytr, xte, yte, **kw),
                 "rlace": rank_curve("rlace", games, xtr, ytr, xte, yte, **kw),
                 "inlp": rank_curve("inlp", [inlp_prefix(full, r) for r in _inlp_ranks(full)],
                                    xtr, ytr, xte, yte, **kw),

@@ -407,6 +407,8 @@ class Recipe:
     """Test prompts (compare stage)."""
     n_compare_train: int = 400
     """Prompts the compare stages' PLS probes are fitted on."""
+    threads: int | None = None
+    """Torch threads (default: torch's choice; 1 leaves the other cores to other jobs)."""
     paper_layers: tuple[int, ...] = tuple(range(16))
     """Layers of the paper-protocol flip test (compare_paper stage)."""
     paper_alphas: tuple[float, ...] = (-1.0, -0.5, 0.5, 1.0)
@@ -419,7 +421,7 @@ class Recipe:
     def __post_init__(self) -> None:
         check_types(self)
         check_positive(self, "n_years", "n_quantities", "batch_size", "n_prompts", "n_random")
-        check_positive(self, "per_entity", "n_compare", "n_compare_train")
+        check_positive(self, "per_entity", "n_compare", "n_compare_train", "threads")
         check_nonnegative(self, "flip_layer", "min_gap", "set_offset")
         require(self, "stages", set(self.stages) <= set(STAGES), f"stages among {STAGES}")
         require(self, "attributes", set(self.attributes) <= set(ATTRIBUTES),
@@ -437,6 +439,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, PLSConfig]:
 def main(argv: list[str] | None = None) -> None:
     args, pls_cfg = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)

@@ -1,10 +1,13 @@
-"""Recipe: the AST-Probe on a model: every layer, a rank sweep and two baselines.
+"""Recipe: the AST-Probe on a model: a layer sweep, a rank sweep and two baselines.
 
-    python probes/ast_probe.py                     # embedded SmolLM2-135M, all 31 layers
+    python probes/ast_probe.py                     # embedded SmolLM2-135M, all snippets, all layers
+    python probes/ast_probe.py --model minilm-l6   # the bidirectional encoder, same probe
     python probes/ast_probe.py --n-train 300 --layers 0,10,20 --ranks 32,128 --out /tmp/ast
 
-One capture pass per model pools leaf vectors at the embeddings (``resid_pre.0``, depth 0) and
-the output of every block (``resid_post.L``, depth L+1), cached under OUT/features/. Then:
+One capture pass per model pools leaf vectors (each leaf tokenised on its own with the
+source's spacing, so no token belongs to two leaves; ``--tokenization text`` gives the old
+whole-string pooling) at the embeddings (``resid_pre.0``, depth 0) and the outputs of the
+requested blocks (``resid_post.L``, depth L+1), cached under OUT/features/. Then:
 
 1. layer sweep: a rank-``--rank`` probe per depth, scored on dev and test;
 2. baselines: depth 0 (token embeddings only) and the same architecture with random weights
@@ -12,6 +15,12 @@ the output of every block (``resid_post.L``, depth L+1), cached under OUT/featur
 3. rank sweep at the best depth (chosen by dev F1, reported on test);
 4. the best probe's syntactic subspace and its principal angles to the top principal
    directions of the same layer.
+
+The probe trains with the paper's settings (AstProbeConfig: Adam 1e-3, batch 32, 20 epochs,
+early-stopping patience 5, rank 128) on every training snippet unless ``--n-train`` says
+otherwise. A sweep over all layers on all snippets holds ``n_leaves × d_model`` float16 per
+layer in memory (~0.5 GB per layer for SmolLM2); sweep a subset (``--n-train 3000 --layers
+every2``) and rerun the best depths on all snippets (``--layers 0,17 --ranks ...``).
 
 Each probe's scores are appended to OUT/results.json as soon as it is trained; rerunning with
 the same data and training settings skips them. Writes OUT/report.html, OUT/probe/ and
@@ -40,6 +49,7 @@ from steerlab.config import (
 from steerlab.models import DEFAULT_MODEL, load_model
 from steerlab.probes.ast.data import load_ast_snippets
 from steerlab.probes.ast.features import (
+    Tokenization,
     cached_leaf_features,
     layer_sites,
     random_init_model,
@@ -68,12 +78,16 @@ class Recipe:
 
     model: str = DEFAULT_MODEL
     """Model to probe: the embedded name, a local HF directory or a hub id."""
-    n_train: int = 800
-    """Training snippets."""
-    n_dev: int = 150
-    """Dev snippets (early stopping and the choice of the best depth)."""
-    n_test: int = 250
-    """Test snippets (the reported F1)."""
+    n_train: int | None = None
+    """Training snippets (a seeded random subset; None: all, as the paper trains)."""
+    n_dev: int | None = None
+    """Dev snippets (early stopping and the choice of the best depth; None: all)."""
+    n_test: int | None = None
+    """Test snippets (the reported F1; None: all)."""
+    tokenization: Tokenization = "leaves"
+    """How leaves get tokens: ``leaves`` (each leaf tokenised alone, with the whitespace
+    before it: no token straddles two leaves, as in the reference) or ``text`` (the snippet as
+    one string; a token spanning two leaves is pooled into both)."""
     max_leaves: int = 100
     """Drop functions with more leaves than this."""
     seed: int = 0
@@ -84,8 +98,9 @@ class Recipe:
     layers: str = "all"
     """Depths to probe: 'all', 'everyN' (every N-th and the last) or a list such as 0,10,20."""
     random_layers: str = "0,5,10,15,20"
-    """Depths probed on the random model ('all', 'everyN' or a list); the best depth of the
-    model is always added (its capture stops after the deepest one)."""
+    """Depths probed on the random model ('all', 'everyN', a list, or 'none' to skip the
+    baseline); the best depth of the model is always added (its capture stops after the
+    deepest one)."""
     features_only: bool = False
     """Capture the leaf features, then stop."""
     threads: int | None = None
@@ -169,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
     splits = subsample_splits(ds, args.n_train, args.n_dev, args.n_test, seed=args.seed)
     snippets = splits["train"] + splits["dev"] + splits["test"]
     sites = layer_sites(handle.n_layers)
+    n = len(sites)
+    depths = sorted(set(_depths(args.layers, n)) | {0})  # depth 0: the embeddings baseline
     n_tokens = sum(len(x) for x in handle.tokenizer([s.code for s in snippets])["input_ids"])
     sizes = {k: len(v) for k, v in splits.items()}
     print(
@@ -179,15 +196,16 @@ def main(argv: list[str] | None = None) -> None:
     def features(h, feature_sites: list[str]):
         t = time.perf_counter()
         f = cached_leaf_features(
-            h, snippets, out / "features" / h.model_id, feature_sites, part_size=200, chunk_size=32
-        )
+            h, snippets, out / "features" / h.model_id, feature_sites, part_size=500,
+            chunk_size=32, tokenization=args.tokenization,
+        )  # fmt: skip
         print(
             f"{h.model_id} leaf features: {f} in {time.perf_counter() - t:.0f} s "
             f"(straddling tokens: {f.meta['straddling_tokens']})"
         )
         return f
 
-    feats = {"model": features(handle, sites)}
+    feats = {"model": features(handle, [sites[d] for d in depths])}
     if args.features_only:
         return
 
@@ -205,6 +223,7 @@ def main(argv: list[str] | None = None) -> None:
         "tokens": n_tokens,
         "leaves": feats["model"].n_leaves,
         "straddling_tokens": feats["model"].meta["straddling_tokens"],
+        "tokenization": args.tokenization,
     }
 
     def run(model: str, depth: int, rank: int) -> dict:
@@ -247,17 +266,18 @@ def main(argv: list[str] | None = None) -> None:
         results.add(rec)
         return rec
 
-    n = len(sites)
-    layer_runs = [run("model", d, probe_cfg.rank) for d in _depths(args.layers, n)]
+    layer_runs = [run("model", d, probe_cfg.rank) for d in depths]
     best = max(layer_runs, key=lambda r: r["dev_f1"])
-    rand_depths = sorted(set(_depths(args.random_layers, n)) | {best["depth"]})
-    rand_handle = random_init_model(handle, seed=args.seed)
-    feats["random"] = features(rand_handle, [sites[d] for d in rand_depths])
-    rand_runs = [run("random", d, probe_cfg.rank) for d in rand_depths]
-    rand_best = max(rand_runs, key=lambda r: r["dev_f1"])
     emb = results.get("model", sites[0], probe_cfg.rank) or run("model", 0, probe_cfg.rank)
     rank_runs = [run("model", best["depth"], r) for r in args.ranks if r <= handle.d_model]
     peak = max(rank_runs, key=lambda r: r["dev_f1"])
+    rand_runs, rand_best = [], None
+    if args.random_layers not in ("", "none"):
+        rand_depths = sorted(set(_depths(args.random_layers, n)) | {best["depth"]})
+        rand_handle = random_init_model(handle, seed=args.seed)
+        feats["random"] = features(rand_handle, [sites[d] for d in rand_depths])
+        rand_runs = [run("random", d, probe_cfg.rank) for d in rand_depths]
+        rand_best = max(rand_runs, key=lambda r: r["dev_f1"])
 
     data = split_data(feats["model"], best["site"], splits)
     probe = AstProbe.load(out / "probes" / f"model-{best['site']}-rank{probe_cfg.rank}")
@@ -297,11 +317,16 @@ def main(argv: list[str] | None = None) -> None:
             trees[k], data["test"].trees[k], leaves, code=splits["test"][k].code
         ),
     }
+    rand_note = (
+        "no random-weights baseline"
+        if rand_best is None
+        else f"random weights (best depth {rand_best['depth']}) {rand_best['f1']:.3f}"
+    )
     notes = (
-        f"{handle.model_id}; {sizes} snippets ({n_tokens} tokens), rank {probe_cfg.rank}, "
-        f"{probe_cfg.max_epochs} epochs max, lr {probe_cfg.lr}. Best depth by dev F1: {best['depth']} "
-        f"({best['site']}), test F1 {best['f1']:.3f}; embeddings {emb['f1']:.3f}; random "
-        f"weights (best depth {rand_best['depth']}) {rand_best['f1']:.3f}; F1 peaks at rank "
+        f"{handle.model_id}; {sizes} snippets ({n_tokens} tokens), tokenization "
+        f"{args.tokenization}, rank {probe_cfg.rank}, {probe_cfg.max_epochs} epochs max, lr "
+        f"{probe_cfg.lr}. Best depth by dev F1: {best['depth']} ({best['site']}), test F1 "
+        f"{best['f1']:.3f}; embeddings {emb['f1']:.3f}; {rand_note}; F1 peaks at rank "
         f"{peak['rank']} ({peak['f1']:.3f}). Paper (Python): about 0.75 vs about 0.36."
     )
     write_html(figs, out / "report.html", title="AST-Probe", notes=notes)
@@ -323,8 +348,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     print(
         f"\nbest depth {best['depth']} ({best['site']}): test F1 {best['f1']:.3f}; "
-        f"embeddings (depth 0) {emb['f1']:.3f}; random weights {rand_best['f1']:.3f} "
-        f"(depth {rand_best['depth']}); rank peak {peak['rank']} (F1 {peak['f1']:.3f})"
+        f"embeddings (depth 0) {emb['f1']:.3f}; {rand_note}; rank peak {peak['rank']} "
+        f"(F1 {peak['f1']:.3f})"
     )
     print(
         f"syntactic subspace (rank {sub.k}) vs top-{pca.k} PCA: median principal angle "

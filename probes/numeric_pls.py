@@ -26,6 +26,10 @@ Stages (each writes into --out, default runs/numeric_pls/):
   digit, fitted on training prompts; on held-out prompts X is moved along its first PLS
   direction by α (flips against random directions of the same norm), and its PLS coordinates
   are set to those of value(Y) ± 100.
+- ``compare_paper``: the same comparison with El-Shangiti et al.'s protocol: a PLS probe of Y's
+  year at Y's last digit (the token before "?"), Y moved along ``w·σ`` (their direction; and
+  along ``w/σ`` for comparison) by α × the mean ‖x‖ of Y's states, at every layer 0–15,
+  against random directions of the same norm.
 
 Results: results.json (every number printed) and report.html (figures).
 
@@ -54,7 +58,12 @@ from steerlab.datasets.numeric import (
     year_comparisons,
 )
 from steerlab.models import DEFAULT_MODEL, load_model
-from steerlab.probes.numeric import recall_check, recall_records, score_completions
+from steerlab.probes.numeric import (
+    comparison_margins,
+    recall_check,
+    recall_records,
+    score_completions,
+)
 from steerlab.probes.numeric_causal import (
     flip_experiment,
     set_value_experiment,
@@ -65,7 +74,7 @@ from steerlab.probes.sweep import capture_layers, format_table, pls_sweep
 from steerlab.views import write_html
 from steerlab.views.probes import flip_rates, layer_curves, pls_components
 
-STAGES = ("years", "entities", "shifts", "flips", "compare")
+STAGES = ("years", "entities", "shifts", "flips", "compare", "compare_paper")
 
 
 def _best(rows):
@@ -286,6 +295,75 @@ def stage_compare(model, args, cfg, results, figures):
     results["compare"] = out
 
 
+def stage_compare_paper(model, args, cfg, results, figures, out_dir):
+    """El-Shangiti et al.'s protocol on "Which year is later, X or Y?": the PLS probe of Y's year
+    at Y's last digit (the token before the question mark), at every layer of
+    --paper-layers from one capture pass; Y moved along ``w₁·σ`` (the paper's direction,
+    ``--paper-conventions covariance``) and along ``w₁/σ`` (the score's gradient,
+    ``gradient``) by α × the mean norm of Y's states at that layer, against random directions
+    of the same norm. Each (layer, direction) is cached in paper_flips.json."""
+    train_e, train = year_comparisons(model, args.n_compare_train, seed=1)
+    _, test = year_comparisons(model, args.n_compare, seed=0)
+    train_years = train_e.values[[c.b for c in train]]
+    cache_path = out_dir / "paper_flips.json"
+    cache = json.loads(cache_path.read_text()) if cache_path.is_file() else {}
+    key0 = {"model": model.model_id, "pls": asdict(cfg), "n_train": len(train),
+            "n_test": len(test), "alphas": list(args.paper_alphas), "n_random": args.n_random}  # fmt: skip
+    t0 = time.time()
+    cap = capture_layers(model, [c.text for c in train], [c.span_b for c in train],
+                         layers=sorted(set(args.paper_layers)), batch_size=args.batch_size)  # fmt: skip
+    print(f"\n[compare, paper protocol] PLS of Y's year at Y's last digit, {len(train)} training "
+          f"prompts, layers {list(args.paper_layers)} ({time.time() - t0:.0f} s)")  # fmt: skip
+    m0 = None
+    out = {"n_train": len(train), "n_test": len(test), "alphas": list(args.paper_alphas),
+           "unit": "mean norm of Y's state at the layer", "layers": {}}  # fmt: skip
+    for layer in args.paper_layers:
+        x = cap.acts[layer].double()
+        res = fit_pls(x, train_years, cfg,
+                      meta={"site": f"resid_post.{layer}", "target": "year_in_context_b"})  # fmt: skip
+        probe = res.probe
+        norm = float(x.norm(dim=1).mean())
+        cos = float(probe.direction @ probe.covariance_direction)
+        entry = {"probe_test_r2": res.test.r2, "n_components": res.n_components,
+                 "mean_norm": norm, "cos_gradient_covariance": abs(cos), "rows": []}  # fmt: skip
+        for i, conv in enumerate(args.paper_conventions):
+            key = json.dumps({**key0, "layer": layer, "convention": conv,
+                              "random": i == 0}, sort_keys=True)  # fmt: skip
+            if key not in cache:
+                if m0 is None:
+                    m0 = comparison_margins(model, test, batch_size=args.batch_size)
+                u, _ = probe.steering_direction(x, convention=conv)  # α > 0 raises Y's year
+                t1 = time.time()
+                # random directions once per layer (they do not depend on the PLS direction)
+                exp = flip_experiment(model, test, u, layer, args.paper_alphas, unit=norm,
+                                      yes_if_less=False, n_random=args.n_random if i == 0 else 0,
+                                      entity="b", baseline=m0, batch_size=args.batch_size)  # fmt: skip
+                rows = [{**r, "direction": conv if r["direction"] == "pls" else "random"}
+                        for r in exp.rows]  # fmt: skip
+                cache[key] = {"rows": rows, "accuracy": exp.accuracy,
+                              "seconds": time.time() - t1}  # fmt: skip
+                cache_path.write_text(json.dumps(cache, indent=1))
+            entry["rows"] += cache[key]["rows"]
+            entry["accuracy"] = cache[key]["accuracy"]
+        print(f"layer {layer:2d}: R² {res.test.r2:.3f} ({res.n_components} comps), mean ‖x‖ "
+              f"{norm:.1f}, |cos(w·σ, w/σ)| {abs(cos):.2f}; unsteered accuracy "
+              f"{entry['accuracy']:.3f}")  # fmt: skip
+        print(format_table(entry["rows"], ["direction", "alpha", "flips", "n", "flip_rate",
+                                           "ci_low", "ci_high", "directed", "eligible",
+                                           "mean_shift"]))  # fmt: skip
+        out["layers"][str(layer)] = entry
+    results["compare_paper"] = out
+    series: dict = {}
+    for layer, entry in out["layers"].items():
+        for r in entry["rows"]:
+            name = f"{r['direction']} α={r['alpha']:+g}"
+            series.setdefault(name, []).append({"layer": int(layer), "flip_rate": r["flip_rate"]})
+    figures["Answer flips by layer, paper protocol (Y moved, α × ‖x‖)"] = layer_curves(
+        series, ["flip_rate"], title='"Which year is later, X or Y?": flips by layer, Y moved',
+        y_title="flip rate",
+    )  # fmt: skip
+
+
 @dataclass
 class Recipe:
     """The recipe's own settings; the PLS probes' come from PLSConfig."""
@@ -328,16 +406,30 @@ class Recipe:
     n_compare: int = 200
     """Test prompts (compare stage)."""
     n_compare_train: int = 400
-    """Prompts the compare stage's PLS probe is fitted on."""
+    """Prompts the compare stages' PLS probes are fitted on."""
+    threads: int | None = None
+    """Torch threads (default: torch's choice; 1 leaves the other cores to other jobs)."""
+    paper_layers: tuple[int, ...] = tuple(range(16))
+    """Layers of the paper-protocol flip test (compare_paper stage)."""
+    paper_alphas: tuple[float, ...] = (-1.0, -0.5, 0.5, 1.0)
+    """Steering strengths of the compare_paper stage, as fractions of the mean norm of the
+    edited (Y's) states at the layer."""
+    paper_conventions: tuple[str, ...] = ("covariance", "gradient")
+    """Directions of the compare_paper stage: ``covariance`` (w·σ, the paper's), ``gradient``
+    (w/σ, the compare stage's)."""
 
     def __post_init__(self) -> None:
         check_types(self)
         check_positive(self, "n_years", "n_quantities", "batch_size", "n_prompts", "n_random")
-        check_positive(self, "per_entity", "n_compare", "n_compare_train")
+        check_positive(self, "per_entity", "n_compare", "n_compare_train", "threads")
         check_nonnegative(self, "flip_layer", "min_gap", "set_offset")
         require(self, "stages", set(self.stages) <= set(STAGES), f"stages among {STAGES}")
         require(self, "attributes", set(self.attributes) <= set(ATTRIBUTES),
                 f"attributes among {tuple(ATTRIBUTES)}")  # fmt: skip
+        require(self, "paper_conventions",
+                len(self.paper_conventions) > 0
+                and set(self.paper_conventions) <= {"covariance", "gradient"},
+                "covariance and/or gradient")  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[Recipe, PLSConfig]:
@@ -347,6 +439,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[Recipe, PLSConfig]:
 def main(argv: list[str] | None = None) -> None:
     args, pls_cfg = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     model = load_model(args.model)
@@ -366,6 +460,8 @@ def main(argv: list[str] | None = None) -> None:
         stage_flips(model, args, pls_cfg, results, ents, figures)
     if "compare" in args.stages:
         stage_compare(model, args, pls_cfg, results, figures)
+    if "compare_paper" in args.stages:
+        stage_compare_paper(model, args, pls_cfg, results, figures, out)
     figs = {}
     if curves:
         figs["Held-out R² of the PLS probe per layer"] = layer_curves(

@@ -42,6 +42,7 @@ logger = logging.getLogger(__name__)
 
 __all__ = [
     "ErasureEval",
+    "InlpSweepPoint",
     "Method",
     "RankCurve",
     "RankCurves",
@@ -52,7 +53,10 @@ __all__ = [
     "directions_needed",
     "evaluate_eraser",
     "inlp_prefix",
+    "inlp_sweep_point",
+    "mean_difference_cosine",
     "probe_by_site",
+    "rank_curve",
     "rlace_rescaled",
 ]
 
@@ -189,6 +193,97 @@ def _test_mse(eraser: AffineEraser, x_test: Tensor) -> float:
     return float((xt - eraser(xt)).square().sum(-1).mean())
 
 
+def rank_curve(
+    method: str,
+    erasers: Sequence[AffineEraser],
+    x_train: Float[Tensor, "n d_model"],
+    z_train: Tensor,
+    x_test: Float[Tensor, "m d_model"],
+    z_test: Tensor,
+    *,
+    accuracy_before: float | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> RankCurve:
+    """Held-out fresh-probe accuracy and squared change of already fitted erasers.
+
+    The curve starts at rank 0 (no erasure: ``accuracy_before``, computed when None) and adds
+    one point per eraser, at its :attr:`~AffineEraser.edit_rank`.
+    """
+    xtr = check_features(x_train, "x_train", min_samples=2)
+    xte = check_features(x_test, "x_test", d=xtr.shape[1])
+    ytr, k = check_labels(z_train, xtr.shape[0], "z_train")
+    yte, _ = check_labels(z_test, xte.shape[0], "z_test", n_classes=k, min_classes=1)
+    acc0 = probe_scores(xtr, ytr, xte, yte)[1] if accuracy_before is None else accuracy_before
+    maj = majority_rate(yte)
+    ranks, accs, mses = [0], [acc0], [0.0]
+    for e in erasers:
+        ranks.append(e.edit_rank)
+        accs.append(probe_scores(e(xtr.double()), ytr, e(xte.double()), yte)[1])
+        mses.append(_test_mse(e, xte))
+        if progress is not None:
+            progress(f"{method} rank {ranks[-1]}: held-out accuracy {accs[-1]:.3f} "
+                     f"(majority {maj:.3f})")  # fmt: skip
+    return RankCurve(method, ranks, accs, mses, [None, *erasers])
+
+
+def mean_difference_cosine(
+    direction: Float[Tensor, " d_model"], x: Float[Tensor, "n d_model"], z: Tensor
+) -> float:
+    """``|cos|`` between ``direction`` and the span of the class-mean differences of ``(x, z)``.
+
+    For two classes this is ``|cos(u, μ₁ − μ₀)|``; for more, the norm of ``û``'s projection on
+    ``span{μ_c − μ}``. 1 means the direction is the one a rank-1 orthogonal projection must
+    remove for linear guardedness (``Cov(x, z) = 0`` iff every class mean equals the mean;
+    Belrose et al. 2023), i.e. what INLP's first classifier finds when strongly regularised.
+    """
+    xs = check_features(x, "x", min_samples=2).double()
+    y, k = check_labels(z, xs.shape[0], "z")
+    u = direction.detach().double().reshape(-1).to(xs.device)
+    if u.shape[0] != xs.shape[1]:
+        raise ValueError(f"direction has {u.shape[0]} entries, x has {xs.shape[1]} columns")
+    mu = xs.mean(0)
+    D = torch.stack([xs[y == c].mean(0) - mu for c in range(k)], 1)  # [d, k], rank <= k - 1
+    Ub, s, _ = torch.linalg.svd(D, full_matrices=False)
+    Ub = Ub[:, s > float(s.max()) * D.shape[0] * torch.finfo(D.dtype).eps]
+    return float(torch.linalg.vector_norm(Ub.T @ u) / torch.linalg.vector_norm(u))
+
+
+class InlpSweepPoint(NamedTuple):
+    """INLP with one regularisation strength ``C`` (a row of a C sweep)."""
+
+    C: float
+    """Inverse L2 strength of every INLP classifier."""
+    curve: RankCurve
+    """Held-out fresh-probe accuracy after erasing the first ``r`` directions."""
+    first_direction_cosine: float
+    """:func:`mean_difference_cosine` of the first direction (training data)."""
+
+
+def inlp_sweep_point(
+    x_train: Float[Tensor, "n d_model"],
+    z_train: Tensor,
+    x_test: Float[Tensor, "m d_model"],
+    z_test: Tensor,
+    config: InlpConfig,
+    ranks: Sequence[int],
+    *,
+    accuracy_before: float | None = None,
+) -> InlpSweepPoint:
+    """One INLP run (``config``) scored at the prefixes ``ranks`` (those the run reached).
+
+    With ``C → 0`` the logistic classifier's weights tend to ``Σ_i (y_i − ȳ) x_i``, the
+    class-mean difference (the L2 penalty dominates the loss, whose gradient at ``w = 0`` is
+    that sum), so its first direction is the one a linear guard needs; with large ``C`` on
+    nearly separable data it is a max-margin direction instead, and many iterations follow.
+    """
+    full = inlp(x_train, z_train, config)
+    rs = sorted({r for r in ranks if 1 <= r <= full.rank})
+    curve = rank_curve("inlp", [inlp_prefix(full, r) for r in rs], x_train, z_train, x_test,
+                       z_test, accuracy_before=accuracy_before)  # fmt: skip
+    cos = mean_difference_cosine(full.proj_left[:, 0], x_train, z_train) if full.rank else 0.0
+    return InlpSweepPoint(config.C, curve, cos)
+
+
 def accuracy_vs_rank(
     x_train: Float[Tensor, "n d_model"],
     z_train: Tensor,
@@ -233,18 +328,10 @@ def accuracy_vs_rank(
         raise ValueError(f"rlace_ranks must be >= 1, got {list(rlace_ranks)}")
     _, acc0 = probe_scores(xtr, ytr, xte, yte)
     maj = majority_rate(yte)
-    note = progress or (lambda _msg: None)
 
     def curve(method: str, erasers: list[AffineEraser]) -> RankCurve:
-        ranks, accs, mses = [0], [acc0], [0.0]
-        for e in erasers:
-            ranks.append(e.edit_rank)
-            accs.append(probe_scores(e(xtr.double()), ytr, e(xte.double()), yte)[1])
-            mses.append(_test_mse(e, xte))
-            note(
-                f"{method} rank {ranks[-1]}: held-out accuracy {accs[-1]:.3f} (majority {maj:.3f})"
-            )
-        return RankCurve(method, ranks, accs, mses, [None, *erasers])
+        return rank_curve(method, erasers, xtr, ytr, xte, yte, accuracy_before=acc0,
+                          progress=progress)  # fmt: skip
 
     curves: dict[str, RankCurve] = {}
     for method in methods:

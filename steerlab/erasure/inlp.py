@@ -16,11 +16,13 @@ plus ``epsilon``. The eraser is ``r(x) = x − U Uᵀ (x − μ)`` with ``P = U 
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
 import torch
 from jaxtyping import Float
+from sklearn.exceptions import ConvergenceWarning
 from sklearn.linear_model import LogisticRegression
 from sklearn.svm import LinearSVC
 from torch import Tensor
@@ -47,8 +49,10 @@ class InlpConfig:
     """Inverse L2 regularisation strength of the classifier."""
     max_iter: int = 1000
     """Solver iterations per classifier."""
-    epsilon: float = 0.01
-    """Stop once held-out accuracy <= majority rate + ``epsilon``."""
+    epsilon: float | None = 0.01
+    """Stop once held-out accuracy <= majority rate + ``epsilon``; None runs all ``n_iter``
+    iterations (a strongly regularised classifier can predict the majority class everywhere
+    while its weights still point along the concept, so its accuracy is no stopping signal)."""
     dev_fraction: float = 0.2
     """Held-out share of the data when no ``x_dev`` is given."""
     affine: bool = True
@@ -145,12 +149,15 @@ def inlp(
     history: list[dict[str, Any]] = []
     for i in range(cfg.n_iter + 1):
         Xp, Xdp = Xtr - (Xtr @ U) @ U.T, Xd - (Xd @ U) @ U.T
-        clf = _classifier(cfg).fit(Xp.numpy(), ytr)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            clf = _classifier(cfg).fit(Xp.numpy(), ytr)
+        converged = not any(issubclass(w.category, ConvergenceWarning) for w in caught)
         acc = float(clf.score(Xdp.numpy(), ydn))
-        history.append({"iter": i, "rank": U.shape[1], "dev_accuracy": acc})
+        history.append({"iter": i, "rank": U.shape[1], "dev_accuracy": acc, "converged": converged})
         logger.debug("inlp iter %d: rank %d, dev accuracy %.4f (majority %.4f)",
                      i, U.shape[1], acc, maj)  # fmt: skip
-        if acc <= maj + cfg.epsilon:
+        if cfg.epsilon is not None and acc <= maj + cfg.epsilon:
             logger.info("inlp: accuracy %.4f <= majority %.4f + %.3g at rank %d",
                         acc, maj, cfg.epsilon, U.shape[1])  # fmt: skip
             break
@@ -167,6 +174,10 @@ def inlp(
         if U.shape[1] == d:
             logger.warning("inlp: erased all %d dimensions", d)
             break
+    n_bad = sum(not h["converged"] for h in history)
+    if n_bad:
+        logger.warning("inlp: %d of %d classifiers hit max_iter=%d before converging",
+                       n_bad, len(history), cfg.max_iter)  # fmt: skip
     meta = {
         "method": "inlp",
         "config": asdict(cfg),

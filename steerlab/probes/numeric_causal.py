@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch import Tensor
@@ -32,6 +32,17 @@ logger = logging.getLogger(__name__)
 
 
 # --- the causal test ----------------------------------------------------------------------------
+
+Entity = Literal["a", "b"]
+"""Which entity of a comparison an edit moves: the first (``a``, steerlab's default) or the
+second (``b``, whose last token is the one before the question mark: El-Shangiti et al.'s)."""
+
+
+def entity_span(c: Comparison, entity: Entity) -> tuple[int, int]:
+    """The character span of entity ``a`` or ``b`` of a comparison."""
+    if entity not in ("a", "b"):
+        raise ValueError(f"entity must be 'a' or 'b', got {entity!r}")
+    return c.span_a if entity == "a" else c.span_b
 
 
 class FlipExperiment(NamedTuple):
@@ -54,15 +65,16 @@ def steered_margins(
     comparisons: Sequence[Comparison],
     make: Callable[[Positions], Any],
     *,
+    entity: Entity = "a",
     batch_size: int = 32,
 ) -> Tensor:
     """Answer margins (:func:`comparison_margins`) with an intervention at the last token of
-    entity ``a`` of each prompt.
+    entity ``a`` (or ``b``) of each prompt.
 
     ``make(positions)`` builds the intervention(s) from the :func:`steerlab.positions.spans`
     rule of all the prompts (resolved against each batch by the scoring helper).
     """
-    rule = spans([c.span_a for c in comparisons], "last")
+    rule = spans([entity_span(c, entity) for c in comparisons], "last")
     return comparison_margins(handle, comparisons, make(rule), batch_size=batch_size)
 
 
@@ -96,9 +108,11 @@ def flip_experiment(
     n_random: int = 3,
     seed: int = 0,
     kind: str = "resid_post",
+    entity: Entity = "a",
+    baseline: Tensor | None = None,
     batch_size: int = 32,
 ) -> FlipExperiment:
-    """Move entity ``a``'s last-token representation along ``direction`` by ``α·unit`` and count
+    """Move an entity's last-token representation along ``direction`` by ``α·unit`` and count
     answer flips, against random directions of the same norm (El-Shangiti et al. 2025, §4).
 
     Args:
@@ -115,21 +129,33 @@ def flip_experiment(
         n_random: random Gaussian directions (each over every prompt; pooled counts).
         seed: seed of the random directions.
         kind: site kind.
+        entity: edit entity ``a`` (default) or ``b`` (the paper's: the token before the "?").
+            Raising ``b``'s value lowers ``a``'s relative to it, so "directed" flips point the
+            other way.
+        baseline: the unsteered margins of the same prompts if already computed (saves one
+            forward pass per call in a sweep over layers).
         batch_size: prompts per forward.
     """
     site = f"{kind}.{layer}"
+    entity_span(comparisons[0], entity)  # validates ``entity``
     u = direction.detach().double().cpu()
     u = u / torch.linalg.vector_norm(u)
     if n_random < 0:
         raise ValueError(f"n_random must be >= 0, got {n_random}")
     g = torch.Generator().manual_seed(seed)
     randoms = [torch.randn(u.shape[0], generator=g, dtype=torch.float64) for _ in range(n_random)]
-    m0 = comparison_margins(handle, comparisons, batch_size=batch_size)
+    if baseline is not None and baseline.shape != (len(comparisons),):
+        raise ValueError(
+            f"baseline must have shape ({len(comparisons)},), got {tuple(baseline.shape)}"
+        )
+    m0 = (comparison_margins(handle, comparisons, batch_size=batch_size) if baseline is None
+          else baseline)  # fmt: skip
     truth = torch.tensor([c.yes for c in comparisons])
     rows = []
     for alpha in alphas:
-        # raising a's value makes "a < b" less likely: Yes gets less likely iff yes_if_less
-        up = (alpha > 0) == increases_value
+        # raising a's value makes "a < b" less likely: Yes gets less likely iff yes_if_less;
+        # raising b's value does the opposite
+        up = ((alpha > 0) == increases_value) == (entity == "a")
         toward_yes = torch.full_like(truth, up != yes_if_less)
         for name, vecs in (("pls", [u]), ("random", randoms)):
             if not vecs:  # n_random=0: the PLS rows only
@@ -140,7 +166,8 @@ def flip_experiment(
                 def make(pos, v=v):
                     return AddVector(v.float(), alpha * unit, site, pos)
 
-                ms.append(steered_margins(handle, comparisons, make, batch_size=batch_size))
+                ms.append(steered_margins(handle, comparisons, make, entity=entity,
+                                          batch_size=batch_size))  # fmt: skip
             m = torch.cat(ms)
             rows.append(_flip_row(name, float(alpha), m0.repeat(len(vecs)), m,
                                   toward_yes.repeat(len(vecs))))  # fmt: skip

@@ -21,7 +21,8 @@ standardised row to its scores ``t = x_s R``, and the prediction is ``ŷ = ȳ + 
 
 **Scaling convention (raw activation space).** Standardising is ``x_s = (x − μ)/σ``, so the
 raw-space gradient of the score ``t_j`` is ``r_j / σ`` (elementwise), and the gradient of the
-prediction is ``coef = (R q) / σ``; not ``w · σ`` (which the reference code uses to steer).
+prediction is ``coef = (R q) / σ``; not ``w · σ`` (which the reference code uses to steer;
+:attr:`PLSProbe.covariance_direction` gives it, for the paper's protocol).
 :meth:`PLSProbe.subspace` is the span of the score gradients ``{r_j / σ}``, orthonormalised in
 order (column 0 is the unit gradient of the first score: "the first PLS direction"), with the
 training mean ``μ`` as origin. Moving ``x`` orthogonally to this subspace leaves every PLS
@@ -34,7 +35,7 @@ import dataclasses
 import logging
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -344,19 +345,39 @@ class PLSProbe(FrozenArtifact):
         """The unit raw-space gradient of the first PLS score, ``(w₁/σ)/‖w₁/σ‖``."""
         return self.subspace(1).basis[:, 0]
 
+    @property
+    def covariance_direction(self) -> Float[Tensor, " d_model"]:
+        """The unit vector along ``w₁ · σ``: the direction El-Shangiti et al. (2025) steer along.
+
+        Their code adds ``α · v/‖v‖`` with ``v = x_weights_[:, 0] * scaler.scale_``. The first
+        weight vector is ``w₁ ∝ X_sᵀ y``, whose entry ``i`` is ``Cov(x_i, y)/σ_i``, so
+        ``w₁ · σ ∝ Cov(x, y)``: the raw covariance of the activations with the target. It is
+        not the gradient of the score (``w₁/σ``, :attr:`direction`); the two differ wherever
+        the feature scales ``σ_i`` differ, and adding ``w₁ · σ`` also moves the state along
+        directions the probe does not read. Unsigned (as sklearn's ``x_weights_``).
+        """
+        v = self.x_weights[:, 0] * self.scale
+        return v / torch.linalg.vector_norm(v)
+
     def steering_direction(
-        self, x: Float[Tensor, "n d_model"]
+        self,
+        x: Float[Tensor, "n d_model"],
+        convention: Literal["gradient", "covariance"] = "gradient",
     ) -> tuple[Float[Tensor, " d_model"], float]:
-        """:attr:`direction` signed so that adding it raises the prediction (``u · coef > 0``),
+        """A unit direction signed so that adding it raises the prediction (``u · coef > 0``),
         and the spread of the rows ``x`` along it (the standard deviation of their coordinate).
 
-        The spread is the natural unit of a steering strength: ``AddVector(u, α · unit)`` moves
-        a representation by ``α`` times the spread of e.g. the entities the probe was fitted on,
-        and ``α > 0`` raises the value (El-Shangiti et al. 2025 step along ``x_weights``
-        instead, whose sign is arbitrary).
+        ``convention="gradient"`` is :attr:`direction` (``w₁/σ``, the gradient of the first
+        score: the smallest move that changes the prediction); ``"covariance"`` is
+        :attr:`covariance_direction` (``w₁ · σ``, the paper's). The spread is a natural unit of
+        a steering strength: ``AddVector(u, α · unit)`` moves a representation by ``α`` times
+        the spread of e.g. the entities the probe was fitted on, and ``α > 0`` raises the value
+        (El-Shangiti et al. 2025 step along ``x_weights`` instead, whose sign is arbitrary).
         """
+        if convention not in ("gradient", "covariance"):
+            raise ValueError(f"convention must be 'gradient' or 'covariance', got {convention!r}")
         x2 = self._x(check_features(x, min_samples=2))
-        u = self.direction
+        u = self.direction if convention == "gradient" else self.covariance_direction
         if float(u.double() @ self.coef.double()) < 0:
             u = -u
         unit = float(((x2 - self.mean) @ u.to(x2.dtype)).std())

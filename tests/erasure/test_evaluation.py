@@ -23,7 +23,10 @@ from steerlab.erasure.evaluation import (
     directions_needed,
     evaluate_eraser,
     inlp_prefix,
+    inlp_sweep_point,
+    mean_difference_cosine,
     probe_by_site,
+    rank_curve,
     rlace_rescaled,
 )
 from steerlab.erasure.inlp import InlpConfig, inlp
@@ -247,3 +250,42 @@ def test_gender_data_is_balanced_and_regenerates_exactly():
     data = load_concept(n=100, seed=1)
     assert len(data.texts) == 100 and data.class_names == ["female", "male"]
     assert data.labels.dtype == torch.int64 and data.test.dtype == torch.bool
+
+
+def test_mean_difference_cosine_closed_forms():
+    x, y, _, _ = _data(seed=3)
+    diff = x[y == 1].mean(0) - x[y == 0].mean(0)
+    # float64 means of 800 rows and one SVD: round-off ~1e-15
+    assert mean_difference_cosine(diff, x, y) == pytest.approx(1.0, abs=1e-12)
+    assert mean_difference_cosine(-3 * diff, x, y) == pytest.approx(1.0, abs=1e-12)
+    ortho = torch.randn(x.shape[1], generator=torch.Generator().manual_seed(0), dtype=x.dtype)
+    ortho -= (ortho @ diff) / (diff @ diff) * diff
+    assert mean_difference_cosine(ortho, x, y) == pytest.approx(0.0, abs=1e-12)
+    # three classes: any combination of the class-mean differences lies in their span
+    g = torch.Generator().manual_seed(1)
+    y3 = torch.randint(0, 3, (x.shape[0],), generator=g)
+    x3 = x + torch.eye(x.shape[1], dtype=x.dtype)[y3 + 5] * 2
+    mus = [x3[y3 == c].mean(0) for c in range(3)]
+    v = 0.3 * (mus[0] - mus[2]) - 1.7 * (mus[1] - mus[2])
+    assert mean_difference_cosine(v, x3, y3) == pytest.approx(1.0, abs=1e-12)
+    with pytest.raises(ValueError, match="entries"):
+        mean_difference_cosine(diff[:3], x, y)
+
+
+def test_rank_curve_and_inlp_sweep_point():
+    xtr, ytr, xte, yte = _data(seed=4)
+    leace = LeaceEraser.fit(xtr, ytr)
+    c = rank_curve("leace", [leace], xtr, ytr, xte, yte)
+    ref = accuracy_vs_rank(xtr, ytr, xte, yte, methods=("leace",)).curves["leace"]
+    assert c.ranks == ref.ranks and c.accuracy == ref.accuracy and c.mse == ref.mse
+    # the sweep point scores the prefixes of one run, exactly as inlp_prefix + rank_curve
+    cfg = InlpConfig(n_iter=4, C=1e-4, epsilon=None)
+    pt = inlp_sweep_point(xtr, ytr, xte, yte, cfg, ranks=(1, 2, 4, 99))
+    full = inlp(xtr, ytr, cfg)
+    again = rank_curve("inlp", [inlp_prefix(full, r) for r in (1, 2, 4)], xtr, ytr, xte, yte)
+    assert pt.curve.ranks == [0, 1, 2, 4]  # 99 is beyond the run and left out
+    assert pt.curve.accuracy == again.accuracy
+    assert pt.C == 1e-4
+    assert pt.first_direction_cosine == pytest.approx(
+        mean_difference_cosine(full.proj_left[:, 0], xtr, ytr), abs=1e-12
+    )

@@ -98,6 +98,22 @@ def test_linear_and_affine_maps(tmp_path):
     assert torch.equal(loaded(X), aff(X))
 
 
+def test_strong_regularisation_finds_the_mean_difference():
+    # as C -> 0 the L2 penalty dominates and the logistic weights tend to the loss gradient at
+    # w = 0, Σ (y_i − ȳ) x_i = n p (1 − p) (μ₁ − μ₀) for centred x: the class-mean difference
+    X, y = _spread(5)
+    eraser = inlp(X, y, InlpConfig(n_iter=3, C=1e-6, epsilon=None))
+    Xc = X - X.mean(0)
+    diff = Xc[y == 1].mean(0) - Xc[y == 0].mean(0)
+    u = eraser.proj_left[:, 0]
+    cos = float(u @ diff / diff.norm())
+    # first-order in C: the deviation from the limit is O(C · ‖X‖²) ~ 1e-6 · 2000 · 10 here
+    assert abs(cos) > 0.999
+    # epsilon=None runs every iteration, even though a classifier this weak predicts one class
+    assert [h["rank"] for h in eraser.meta["history"]] == [0, 1, 2, 3]
+    assert all("converged" in h for h in eraser.meta["history"])
+
+
 @pytest.mark.parametrize(
     "kw,match",
     [({"n_iter": 0}, "n_iter"), ({"classifier": "mlp"}, "classifier"), ({"C": 0.0}, "C")],

@@ -7,6 +7,7 @@ target 50k steps on real embeddings): the planted concepts here are found in ~1k
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
@@ -14,7 +15,16 @@ from hypothesis import strategies as st
 
 import steerlab.artifacts
 from steerlab.erasure.leace import erasure_report
-from steerlab.erasure.rlace import RlaceConfig, RlaceEraser, fantope_project, rlace
+from steerlab.erasure.rlace import (
+    RlaceConfig,
+    RlaceEraser,
+    _Factored,
+    _fantope_shift,
+    fantope_project,
+    leace_start,
+    rlace,
+)
+from steerlab.erasure.leace import LeaceEraser
 
 # float64 eigh/reconstruction on d <= 12 matrices of norm <= ~100: round-off ~ 1e-13
 ATOL = 1e-10
@@ -92,6 +102,70 @@ def test_fantope_definition(d, data, seed, scale):
             inner = float(((A - Pi) * (F - Pi)).sum())
             assert inner <= ATOL * max(1.0, scale) * d
             assert torch.dist(A, Pi) <= torch.dist(A, F) + ATOL * max(1.0, scale)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    lam=st.lists(st.floats(-3, 3), min_size=1, max_size=8),
+    mult=st.data(),
+    data=st.data(),
+)
+def test_fantope_shift_multiplicities(lam, mult, data):
+    # a multiplicity-m eigenvalue solves like m copies of it (the factored solver's complement)
+    m = mult.draw(st.lists(st.integers(0, 4), min_size=len(lam), max_size=len(lam)))
+    if sum(m) == 0:
+        return
+    k = data.draw(st.integers(1, sum(m)))
+    lam_a = np.array(lam)
+    expanded = np.repeat(lam_a, m)
+    t1 = _fantope_shift(lam_a, k, np.array(m, dtype=float))
+    t2 = _fantope_shift(expanded, k)
+    # θ may be any point of a flat piece; compare the clipped spectra it gives, not θ itself
+    # (float64 bisection over <= 32 breakpoints of magnitude <= 4: round-off ~1e-14)
+    c1 = np.repeat(np.clip(lam_a - t1, 0, 1), m)
+    c2 = np.clip(expanded - t2, 0, 1)
+    assert np.allclose(c1, c2, atol=1e-10, rtol=0)
+    assert abs(c1.sum() - k) <= 1e-10
+
+
+@pytest.mark.parametrize("complement", [0.0, 0.05])
+@pytest.mark.parametrize("k", [1, 3])
+def test_factored_step_matches_dense_projection(complement, k):
+    # one factored step == the dense update followed by the dense fantope projection, with and
+    # without mass on the complement (c > 0 makes the projection full-rank)
+    d, r, c = 10, 3, 2
+    g = torch.Generator().manual_seed(k)
+    Q = torch.linalg.qr(torch.randn(d, r, generator=g, dtype=torch.float64))[0]
+    M = torch.diag(torch.tensor([0.9, 0.6, 0.3], dtype=torch.float64))
+    fac = _Factored(Q, M, complement)
+    P = fac.dense()
+    G = torch.randn(d, c, generator=g, dtype=torch.float64)
+    W = torch.randn(d, c, generator=g, dtype=torch.float64)
+    lr, wd = 0.3, 0.01
+    dense = fantope_project((1 - lr * wd) * P - lr * (G @ W.T + W @ G.T) / 2, k)
+    fac.step_(G, W, lr, wd, k)
+    # float64 eigendecompositions of 10x10 matrices of norm ~ 1: round-off ~1e-14
+    assert torch.allclose(fac.dense(), dense, atol=ATOL, rtol=0)
+    assert torch.allclose(fac.Q.T @ fac.Q, torch.eye(fac.Q.shape[1], dtype=Q.dtype), atol=ATOL)
+
+
+@pytest.mark.parametrize("n_classes,rank", [(2, 1), (2, 3), (3, 2)])
+def test_factored_solver_matches_dense_game(n_classes, rank):
+    # the same seeded game (same batches, same initial P) with the reference's dense P and the
+    # factored P: every held-out evaluation and the final eraser agree to round-off
+    X, y, _ = _planted(6, n_classes=n_classes, d=10, n=600)
+    runs = [
+        rlace(X, y, _fast(rank, max_iter=120, eval_every=20, batch_size=64, solver=s))
+        for s in ("dense", "factored")
+    ]
+    h_dense, h_fac = (e.meta["history"] for e in runs)
+    assert [h["iter"] for h in h_dense] == [h["iter"] for h in h_fac]
+    for a, b in zip(h_dense, h_fac):
+        # sklearn's lbfgs on inputs that differ by ~1e-13 (tol 1e-4 stopping): losses to 1e-6
+        assert abs(a["dev_loss"] - b["dev_loss"]) < 1e-6
+        assert a["dev_accuracy"] == pytest.approx(b["dev_accuracy"], abs=1e-12)
+    # 120 steps of float64 SGD from the same state: trajectories agree to ~1e-12
+    assert torch.allclose(runs[0].P, runs[1].P, atol=1e-9, rtol=0)
 
 
 def test_fantope_bad_input():
@@ -177,6 +251,35 @@ def test_explicit_dev_set_linear_and_early_stop():
     assert abs(last["dev_accuracy"] - eraser.meta["majority"]) < 0.05
 
 
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_leace_start_is_in_the_fantope_at_the_guard(k):
+    X, y, _ = _planted(7, d=10, n=2000)
+    P = leace_start(X, y, k)
+    lam = torch.linalg.eigvalsh(P)
+    assert torch.allclose(P, P.T, atol=ATOL, rtol=0)
+    assert lam.min() >= -ATOL and lam.max() <= 1 + ATOL
+    assert abs(float(torch.trace(P)) - k) <= ATOL
+    # the class-mean difference is erased in full (P δ = δ): an orthogonal guard
+    delta = X[y == 1].mean(0) - X[y == 0].mean(0)
+    assert torch.allclose(P @ delta, delta, atol=1e-9 * float(delta.norm()), rtol=0)
+    if k >= 2:  # and so is LEACE's row direction (its whitened discriminant)
+        r = LeaceEraser.fit(X, y).proj_right[0].double()
+        assert torch.allclose(P @ r, r, atol=1e-9 * float(r.norm()), rtol=0)
+    if k == 4:  # two directions in the LEACE span, the rest spread over the 8 others
+        assert torch.allclose(lam[:8], torch.full((8,), 2 / 8, dtype=lam.dtype), atol=ATOL)
+
+
+def test_leace_warm_start_starts_at_majority():
+    # the game's first evaluation (step 0) is the warm start itself: a guard, so a fresh probe
+    # on the dev split is at the majority rate (within 3 binomial sd of 300 dev rows: 0.09)
+    X, y, _ = _planted(8, d=12, n=1500)
+    e = rlace(X, y, _fast(1, init="leace", max_iter=50, eval_every=25))
+    first = e.meta["history"][0]
+    assert first["iter"] == 0
+    assert abs(first["dev_accuracy"] - e.meta["majority"]) <= 0.09
+    assert e.meta["config"]["init"] == "leace"
+
+
 def test_save_load_round_trip(tmp_path):
     X, y, _ = _planted(3, d=6, n=400)
     eraser = rlace(X, y, _fast(1, max_iter=20, eval_every=10))
@@ -205,6 +308,7 @@ def test_seeded_runs_are_reproducible():
         ({"dev_fraction": 1.0}, "dev_fraction"),
         ({"momentum": 1.0}, "momentum"),
         ({"dtype": "float16"}, "dtype"),
+        ({"init": "zeros"}, "init"),
     ],
 )
 def test_config_validation(kw, match):

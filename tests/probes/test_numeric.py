@@ -262,9 +262,10 @@ def _tiny_comparisons():
     return e, comparison_prompts(e, per_entity=1, seed=0)
 
 
-def test_steered_margins_edit_exactly_the_entity_token(tiny_models):
-    """An AddVector at X's last token equals a hand-written hook that adds the same vector at
-    the token found by tokenising the prompt prefix (float32 forward: ~1e-5)."""
+@pytest.mark.parametrize("entity", ["a", "b"])
+def test_steered_margins_edit_exactly_the_entity_token(tiny_models, entity):
+    """An AddVector at X's (or Y's) last token equals a hand-written hook that adds the same
+    vector at the token found by tokenising the prompt prefix (float32 forward: ~1e-5)."""
     from steerlab.interventions import AddVector
     from steerlab.probes.numeric_causal import steered_margins
 
@@ -272,11 +273,13 @@ def test_steered_margins_edit_exactly_the_entity_token(tiny_models):
     _, cmp = _tiny_comparisons()
     g = torch.Generator().manual_seed(0)
     v = torch.randn(64, generator=g)
-    got = steered_margins(h, cmp, lambda pos: AddVector(v, 3.0, "resid_post.1", pos), batch_size=4)
+    got = steered_margins(h, cmp, lambda pos: AddVector(v, 3.0, "resid_post.1", pos),
+                          entity=entity, batch_size=4)  # fmt: skip
     want = []
     block = h.model.transformer.h[1]
     for c in cmp:
-        idx = len(h.tokenizer(c.text[: c.span_a[1]], add_special_tokens=False)["input_ids"]) - 1
+        end = (c.span_a if entity == "a" else c.span_b)[1]
+        idx = len(h.tokenizer(c.text[:end], add_special_tokens=False)["input_ids"]) - 1
 
         def hook(_m, _a, out, idx=idx):
             hs = out[0] if isinstance(out, tuple) else out
@@ -303,6 +306,29 @@ def test_flip_experiment_alpha_zero_flips_nothing(tiny_models):
     assert rows[("random", 0.0)]["n"] == 2 * len(cmp)
     assert 0 <= rows[("pls", 50.0)]["ci_low"] <= rows[("pls", 50.0)]["flip_rate"]
     assert 0.0 <= exp.accuracy <= 1.0 and exp.baseline.shape == (len(cmp),)
+
+
+def test_flip_experiment_second_entity_reverses_the_prediction(tiny_models):
+    """Raising b's value is lowering a's relative to it: the predicted answer of entity b at
+    +α is entity a's at −α (so the prompts that can flip the predicted way, ``eligible``,
+    swap), and a given baseline is used as is."""
+    from steerlab.probes.numeric_causal import flip_experiment
+
+    h = tiny_models["gpt2"]
+    _, cmp = _tiny_comparisons()
+    v = torch.ones(64)
+    a = flip_experiment(h, cmp, v, 1, [-5.0, 5.0], n_random=0, batch_size=4)
+    b = flip_experiment(h, cmp, v, 1, [-5.0, 5.0], n_random=0, entity="b",
+                        baseline=a.baseline, batch_size=4)  # fmt: skip
+    ea = {r["alpha"]: r["eligible"] for r in a.rows}
+    eb = {r["alpha"]: r["eligible"] for r in b.rows}
+    assert eb[5.0] == ea[-5.0] and eb[-5.0] == ea[5.0]
+    assert ea[5.0] + ea[-5.0] == len(cmp)  # each prompt is eligible one way or the other
+    assert torch.equal(b.baseline, a.baseline)
+    with pytest.raises(ValueError, match="entity"):
+        flip_experiment(h, cmp, v, 1, [1.0], n_random=0, entity="c")
+    with pytest.raises(ValueError, match="baseline"):
+        flip_experiment(h, cmp, v, 1, [1.0], n_random=0, baseline=a.baseline[:2])
 
 
 def test_set_value_experiment_runs_per_example(tiny_models):

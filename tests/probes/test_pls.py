@@ -195,6 +195,32 @@ def test_steering_direction_raises_the_prediction(flip):
         probe.steering_direction(X[:, :5])
 
 
+def test_covariance_direction_is_the_papers_and_the_raw_covariance():
+    """``covariance_direction`` is El-Shangiti et al.'s ``x_weights_[:, 0] * scaler.scale_``
+    (up to sign and norm), which is the raw covariance ``Cov(x, y)``; the gradient convention
+    ``w/σ`` differs from it when the feature scales differ (they span 0.1–5 here)."""
+    X, y = _data(n=300, d=20)
+    cfg = PLSConfig(n_components=3, test_fraction=0.2)
+    probe = PLSFitter.fit(X, y, cfg).probe()
+    _, tr = _train_mask(len(X), cfg)
+    sc, m = _sklearn(X[tr].numpy(), y[tr].numpy(), 3)
+    v = m.x_weights_[:, 0] * sc.scale_
+    v /= np.linalg.norm(v)
+    c = probe.covariance_direction.numpy()
+    assert abs(float(c @ v)) == pytest.approx(1.0, abs=1e-12)  # same float64 NIPALS weights
+    Xt, yt = X[tr], y[tr]
+    cov = ((Xt - Xt.mean(0)) * (yt - yt.mean())[:, None]).mean(0).numpy()
+    assert abs(float(c @ cov) / np.linalg.norm(cov)) == pytest.approx(1.0, abs=1e-12)
+    # the conventions differ: |cos(w·σ, w/σ)| well below 1 with scales spanning 50x
+    assert abs(float(c @ probe.direction.numpy())) < 0.95
+    u, unit = probe.steering_direction(X, convention="covariance")
+    assert abs(float(u @ probe.covariance_direction)) == pytest.approx(1.0, abs=1e-12)
+    assert float(u @ probe.coef) > 0  # signed to raise the prediction
+    assert unit == pytest.approx(float(np.std(((X - X.mean(0)) @ u).numpy(), ddof=1)), rel=1e-9)
+    with pytest.raises(ValueError, match="convention"):
+        probe.steering_direction(X, convention="sigma")
+
+
 def test_save_load_round_trip(tmp_path):
     X, y = _data(n=120, d=10)
     res = fit_pls(X, y, PLSConfig(max_components=4), meta={"site": "resid_post.3"})

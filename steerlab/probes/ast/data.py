@@ -29,7 +29,7 @@ from bisect import bisect_left, bisect_right
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from steerlab.probes.ast.trees import Targets, Tree, binarize, tree_to_targets
 
@@ -423,29 +423,48 @@ def _overlaps(
 
 
 def leaf_token_alignment(
-    leaf_spans: Sequence[tuple[int, int]], token_offsets: Any
+    leaf_spans: Sequence[tuple[int, int]],
+    token_offsets: Any,
+    *,
+    straddling: Literal["share", "refuse"] = "share",
 ) -> list[list[int]]:
     """The subword tokens of each leaf, for mean-pooling leaf vectors (AST-Probe, Sec. III-B).
 
     Token ``j`` belongs to leaf ``i`` when their character spans overlap
-    (``tok_start < leaf_end`` and ``tok_end > leaf_start``). A token that straddles a leaf
-    boundary (BPE merges such as ``"):"``) belongs to *every* leaf it overlaps, so each leaf
-    still gets a vector; :func:`straddling_tokens` lists those tokens. Whitespace a token
-    carries (``" x"``) overlaps no other leaf and does not straddle.
+    (``tok_start < leaf_end`` and ``tok_end > leaf_start``). Whitespace a token carries
+    (``" x"``) overlaps no other leaf and does not straddle. A token that straddles a leaf
+    boundary (BPE merges such as ``"):"`` when the text is tokenised as one string) belongs to
+    *every* leaf it overlaps with ``straddling="share"``, so that two adjacent leaves can get
+    the same vector; ``"refuse"`` raises instead (for tokens from
+    :func:`steerlab.probes.ast.features.encode_leaves`, which never straddle).
+    :func:`straddling_tokens` lists those tokens.
 
     Args:
         leaf_spans: ``(start, end)`` character spans, e.g. :attr:`AstSnippet.leaf_spans`.
         token_offsets: ``[pos, 2]`` character offsets of the tokens into the same text (a list,
             array or tensor, e.g. one row of ``Encoded.offsets``); zero-width tokens such as BOS
             and padding are ignored.
+        straddling: ``"share"`` or ``"refuse"`` a token that overlaps two leaves.
 
     Returns:
         For each leaf, the sorted indices of its tokens.
 
     Raises:
-        ValueError: a leaf overlaps no token (truncated away, or offsets of another text).
+        ValueError: a leaf overlaps no token (truncated away, or offsets of another text), or a
+            token straddles two leaves with ``straddling="refuse"``.
     """
+    if straddling not in ("share", "refuse"):
+        raise ValueError(f"straddling must be 'share' or 'refuse', got {straddling!r}")
     out, _ = _overlaps(leaf_spans, token_offsets)
+    if straddling == "refuse":
+        n = Counter(j for hit in out for j in hit)
+        bad = sorted(j for j, k in n.items() if k > 1)
+        if bad:
+            leaves = [i for i, hit in enumerate(out) if bad[0] in hit]
+            raise ValueError(
+                f"{len(bad)} tokens straddle two leaves (first: token {bad[0]}, leaves "
+                f"{leaves}); tokenise leaf by leaf (encode_leaves) or pass straddling='share'"
+            )
     missing = [i for i, hit in enumerate(out) if not hit]
     if missing:
         i = missing[0]

@@ -5,15 +5,24 @@ the mean of the hidden states of its subword tokens (the reference's ``scatter_m
 
     ``h_i = (1 / |T_i|) Σ_{j ∈ T_i} x_j``
 
-where ``T_i`` are the tokens whose character offsets overlap leaf ``i``
-(:func:`steerlab.probes.ast.data.leaf_token_alignment`; a token straddling two leaves, such as a
-BPE merge ``"):"``, counts for both and is counted in ``meta["straddling_tokens"]``).
+where ``T_i`` are the tokens of leaf ``i``. The reference tokenises every leaf on its own
+(``match_tokenized_to_untokenized_roberta``), so no token belongs to two leaves.
+:func:`encode_leaves` does the same while keeping the spacing the source had: piece ``i`` is
+the text between the end of leaf ``i − 1`` and the end of leaf ``i`` (the whitespace before the
+leaf, then the leaf), tokenised alone, so a BPE merge such as ``"):"`` or ``"()"`` cannot
+form across a leaf boundary and each token's character offsets fall inside one piece. Tokens
+are matched to leaves by those offsets (:func:`steerlab.probes.ast.data.leaf_token_alignment`,
+refusing any token that overlaps two leaves); a whitespace-only token belongs to no leaf.
+``tokenization="text"`` tokenises the snippet as one string instead (a token straddling two
+leaves is then pooled into both, and counted in ``meta["straddling_tokens"]``), as steerlab did
+before: about 6% of adjacent leaf pairs then share all their tokens and get the same vector.
 
 :func:`capture_leaf_features` runs the model once over all snippets and pools every requested
 site on the fly, so only ``n_leaves × d_model`` per site is ever held (stored as float16 by
 default). :class:`LeafFeatures` is an artifact directory (``cfg.json`` +
 ``ast_features.safetensors``) whose sites load one at a time, and
-:func:`cached_leaf_features` reuses it when the model, tokenizer, snippets and sites match.
+:func:`cached_leaf_features` reuses it when the model, tokenizer, snippets, sites and
+tokenization match.
 """
 
 from __future__ import annotations
@@ -23,26 +32,39 @@ import json
 import logging
 import math
 import os
+import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
 from safetensors import safe_open
 from torch import Tensor
+from transformers import AutoModel, AutoModelForCausalLM
 
 from steerlab.artifacts import read_cfg, register, save_artifact, tensors_name
-from steerlab.probes.ast.data import AstSnippet, leaf_token_alignment, straddling_tokens
+from steerlab.capture import capture
+from steerlab.models import from_hf
+from steerlab.probes.ast.data import (
+    AstSnippet,
+    extract_snippets,
+    leaf_token_alignment,
+    straddling_tokens,
+)
+from steerlab.sites import site_width
+from steerlab.tokens import Encoded, encode_texts, model_context, pad
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "KIND",
     "LeafFeatures",
+    "Tokenization",
     "cached_leaf_features",
     "capture_leaf_features",
+    "encode_leaves",
     "features_key",
     "layer_sites",
     "random_init_model",
@@ -53,6 +75,62 @@ __all__ = [
 KIND = "ast_features"
 """Artifact kind (``cfg.json``) of :class:`LeafFeatures`."""
 _OFFSETS = "__offsets__"
+
+Tokenization = Literal["leaves", "text"]
+"""``"leaves"``: each leaf tokenised on its own with its leading whitespace
+(:func:`encode_leaves`, the reference's way; no token straddles two leaves); ``"text"``: the
+snippet tokenised as one string (straddling tokens shared by their leaves)."""
+
+
+def encode_leaves(handle: Any, snippets: Sequence[AstSnippet]) -> Encoded:
+    """Tokenise each snippet leaf by leaf, keeping the source's spacing (module docstring).
+
+    Piece ``i`` is ``code[end_{i−1}:end_i]``: the layout before leaf ``i`` and the leaf itself.
+    The pieces are tokenised without special tokens and concatenated, each token's offsets
+    shifted into ``code``; then the model's own special tokens are added as
+    :func:`steerlab.tokens.encode_texts` adds them (BOS for a causal LM with
+    ``handle.add_bos``; ``[CLS] … [SEP]`` for an encoder).
+
+    Returns:
+        A right-padded :class:`~steerlab.tokens.Encoded` batch with character offsets into
+        each snippet's :attr:`~steerlab.probes.ast.data.AstSnippet.code`.
+
+    Raises:
+        ValueError: a snippet without leaves, or one longer than the model's context (the
+            message names it: drop it, e.g. with ``load_ast_snippets(max_tokens=...)``).
+    """
+    tok = handle.tokenizer
+    limit = model_context(handle)
+    if handle.is_causal:
+        head = [tok.bos_token_id] if handle.add_bos else []
+        tail: list[int] = []
+    else:
+        if tok.cls_token_id is None or tok.sep_token_id is None:
+            raise ValueError(f"{handle.model_id}: an encoder tokenizer needs [CLS] and [SEP]")
+        head, tail = [tok.cls_token_id], [tok.sep_token_id]
+    seqs, offs = [], []
+    for s in snippets:
+        if not s.leaf_spans:
+            raise ValueError(f"snippet {s.path}:{s.line} ({s.name}) has no leaves")
+        ends = [e for _, e in s.leaf_spans]
+        starts = [0, *ends[:-1]]
+        enc = tok([s.code[a:b] for a, b in zip(starts, ends)], add_special_tokens=False,
+                  return_offsets_mapping=True)  # fmt: skip
+        ids = list(head)
+        off = [(0, 0)] * len(head)
+        for p_ids, p_off, a in zip(enc["input_ids"], enc["offset_mapping"], starts):
+            ids += p_ids
+            off += [(a + i, a + j) for i, j in p_off]
+        ids += tail
+        off += [(0, 0)] * len(tail)
+        if len(ids) > limit:
+            raise ValueError(
+                f"snippet {s.path}:{s.line} ({s.name}) has {len(ids)} tokens tokenised leaf by "
+                f"leaf, more than {handle.model_id}'s context ({limit}); leave it out"
+            )
+        seqs.append(ids)
+        offs.append(off)
+    return pad(handle, seqs, offsets=offs)
 
 
 def layer_sites(n_layers: int) -> list[str]:
@@ -82,8 +160,6 @@ def subsample_splits(
         ``{"train": [...], "dev": [...], "test": [...]}`` (a split keeps all its snippets when
         its size is None or larger than the split).
     """
-    import random
-
     rng = random.Random(seed)
     out = {}
     for name, n in (("train", n_train), ("dev", n_dev), ("test", n_test)):
@@ -100,10 +176,6 @@ def random_init_model(handle: Any, seed: int = 0) -> Any:
     :func:`steerlab.models.from_hf` and the original tokenizer, with model id
     ``"<model_id>-random-seed<seed>"`` so its cached features never mix with the model's.
     """
-    from transformers import AutoModel, AutoModelForCausalLM
-
-    from steerlab.models import from_hf
-
     cls = AutoModelForCausalLM if handle.is_causal else AutoModel
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -124,8 +196,6 @@ def snippet_from_code(code: str, path: str = "<string>") -> AstSnippet:
         ValueError: the text holds no function that survives cleaning (it does not parse, has
             no ``def``, or only a docstring); the message gives the counted reasons.
     """
-    from steerlab.probes.ast.data import extract_snippets
-
     snippets, counts = extract_snippets(code, path)
     if not snippets:
         reasons = {k: v for k, v in counts.items() if v and k not in ("kept",)}
@@ -137,12 +207,16 @@ def snippet_from_code(code: str, path: str = "<string>") -> AstSnippet:
 
 
 def features_key(
-    model_id: str, tokenizer_fingerprint: str, snippets: Sequence[AstSnippet], sites: Sequence[str]
+    model_id: str,
+    tokenizer_fingerprint: str,
+    snippets: Sequence[AstSnippet],
+    sites: Sequence[str],
+    tokenization: Tokenization = "leaves",
 ) -> str:
     """A hash of everything leaf vectors depend on: model, tokenizer, snippet texts and spans,
-    sites."""
+    sites, tokenization."""
     h = hashlib.sha256()
-    h.update(json.dumps([model_id, tokenizer_fingerprint, list(sites)]).encode())
+    h.update(json.dumps([model_id, tokenizer_fingerprint, list(sites), tokenization]).encode())
     for s in snippets:
         h.update(hashlib.sha256(s.code.encode()).digest())
         h.update(json.dumps(s.leaf_spans).encode())
@@ -250,16 +324,15 @@ def _pool_batch(
     snippets: Sequence[AstSnippet],
     sites: Sequence[str],
     batch_size: int,
+    tokenization: Tokenization,
 ) -> tuple[dict[str, Tensor], int]:
     """Leaf vectors (float32) of a few snippets at ``sites``, and the straddling-token count."""
-    from steerlab.capture import capture
-    from steerlab.tokens import encode_texts
-
-    texts = [s.code for s in snippets]
-    enc = encode_texts(handle, texts)
-    cap = capture(
-        handle, texts, list(sites), positions="all", batch_size=batch_size, dtype=torch.float32
-    )
+    if tokenization == "leaves":
+        enc = encode_leaves(handle, snippets)
+    else:
+        enc = encode_texts(handle, [s.code for s in snippets])
+    cap = capture(handle, enc, list(sites), positions="all", batch_size=batch_size,
+                  dtype=torch.float32)  # fmt: skip
     B, T = enc.input_ids.shape
     row_of = torch.full((B, T), -1, dtype=torch.long)
     row_of[cap.doc_ids, cap.positions] = torch.arange(len(cap.doc_ids))
@@ -267,10 +340,11 @@ def _pool_batch(
     rows: list[int] = []
     weights: list[float] = []
     n_leaf, n_straddle = 0, 0
+    rule = "refuse" if tokenization == "leaves" else "share"
     for b, s in enumerate(snippets):
         offsets = enc.offsets[b][enc.attention_mask[b].bool()]  # type: ignore[index]
         try:
-            groups = leaf_token_alignment(s.leaf_spans, offsets)
+            groups = leaf_token_alignment(s.leaf_spans, offsets, straddling=rule)
         except ValueError as e:
             raise ValueError(f"snippet {s.path}:{s.line} ({s.name}): {e}") from None
         n_straddle += len(straddling_tokens(s.leaf_spans, offsets))
@@ -300,6 +374,7 @@ def capture_leaf_features(
     batch_size: int = 16,
     chunk_size: int = 64,
     dtype: torch.dtype = torch.float16,
+    tokenization: Tokenization = "leaves",
     progress: Callable[[int], None] | None = None,
 ) -> LeafFeatures:
     """Mean-pool each leaf's subword tokens at every site, in one forward pass per batch.
@@ -314,6 +389,7 @@ def capture_leaf_features(
         batch_size: sequences per forward pass.
         chunk_size: snippets captured and pooled together (bounds the token rows held).
         dtype: storage dtype of the leaf vectors (pooling is done in float32).
+        tokenization: ``"leaves"`` (:func:`encode_leaves`, default) or ``"text"``.
         progress: called with the number of snippets done after each chunk.
 
     Returns:
@@ -328,10 +404,10 @@ def capture_leaf_features(
         raise ValueError("no sites given")
     if chunk_size < 1 or batch_size < 1:
         raise ValueError("batch_size and chunk_size must be >= 1")
+    if tokenization not in ("leaves", "text"):
+        raise ValueError(f"tokenization must be 'leaves' or 'text', got {tokenization!r}")
     counts = torch.tensor([len(s.leaf_spans) for s in snippets], dtype=torch.long)
     offsets = torch.cat([torch.zeros(1, dtype=torch.long), counts.cumsum(0)])
-    from steerlab.sites import site_width
-
     acts = {s: torch.zeros(int(offsets[-1]), site_width(handle, s), dtype=dtype) for s in sites}
     todo = sorted(
         (i for i in range(len(snippets)) if counts[i] > 0), key=lambda i: len(snippets[i].code)
@@ -339,7 +415,8 @@ def capture_leaf_features(
     n_straddle = 0
     for k in range(0, len(todo), chunk_size):
         ids = todo[k : k + chunk_size]
-        pooled, n_s = _pool_batch(handle, [snippets[i] for i in ids], sites, batch_size)
+        pooled, n_s = _pool_batch(handle, [snippets[i] for i in ids], sites, batch_size,
+                                  tokenization)  # fmt: skip
         n_straddle += n_s
         dst = torch.cat([torch.arange(int(offsets[i]), int(offsets[i + 1])) for i in ids])
         for site in sites:
@@ -360,7 +437,10 @@ def capture_leaf_features(
     meta = {
         "model_id": handle.model_id,
         "tokenizer": handle.tokenizer_fingerprint(),
-        "key": features_key(handle.model_id, handle.tokenizer_fingerprint(), snippets, sites),
+        "key": features_key(
+            handle.model_id, handle.tokenizer_fingerprint(), snippets, sites, tokenization
+        ),
+        "tokenization": tokenization,
         "n_leaves": int(offsets[-1]),
         "straddling_tokens": n_straddle,
         "no_leaves": no_leaves,
@@ -407,7 +487,8 @@ def cached_leaf_features(
         **kwargs: passed to :func:`capture_leaf_features`.
     """
     sites = layer_sites(handle.n_layers) if sites is None else list(sites)
-    key = features_key(handle.model_id, handle.tokenizer_fingerprint(), snippets, sites)
+    key = features_key(handle.model_id, handle.tokenizer_fingerprint(), snippets, sites,
+                       kwargs.get("tokenization", "leaves"))  # fmt: skip
     path = Path(path)
     if (path / "cfg.json").is_file():
         try:

@@ -16,11 +16,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from steerlab.datasets.corpora import stdlib_dir
-from steerlab.probes.ast.data import AstSnippet, extract_snippets, leaf_token_alignment
+from steerlab.probes.ast.data import (
+    AstSnippet,
+    extract_snippets,
+    leaf_token_alignment,
+    straddling_tokens,
+)
 from steerlab.probes.ast.features import (
     LeafFeatures,
     cached_leaf_features,
     capture_leaf_features,
+    encode_leaves,
     layer_sites,
     random_init_model,
     snippet_from_code,
@@ -341,20 +347,31 @@ def test_layer_sites_and_subsample():
     assert a == subsample_splits(DS, 4, None, 99, seed=1)
 
 
-def test_leaf_vectors_match_hf_hidden_states(model, snippets, tmp_path):
-    """Mean of each leaf's tokens in HF's own ``output_hidden_states``, one snippet at a time."""
+@pytest.mark.parametrize("tokenization", ["leaves", "text"])
+def test_leaf_vectors_match_hf_hidden_states(model, snippets, tmp_path, tokenization):
+    """Mean of each leaf's tokens in HF's own ``output_hidden_states``, one snippet at a time,
+    on the tokens of that tokenization (leaf by leaf, or the whole string)."""
     sn = sorted(snippets, key=lambda s: len(s.code))[:3]
     sites = ["resid_pre.0", "resid_post.1"]
-    feats = capture_leaf_features(model, sn, sites, batch_size=2, dtype=torch.float32)
+    feats = capture_leaf_features(model, sn, sites, batch_size=2, dtype=torch.float32,
+                                  tokenization=tokenization)  # fmt: skip
     assert feats.n_snippets == 3 and feats.n_leaves == sum(len(s.leaf_spans) for s in sn)
+    assert feats.meta["tokenization"] == tokenization
     tok = model.tokenizer
     for i, s in enumerate(sn):
-        enc = tok(
-            s.code, return_offsets_mapping=True, add_special_tokens=False, return_tensors="pt"
-        )
+        if tokenization == "leaves":
+            enc = encode_leaves(model, [s])
+            ids, offsets = enc.input_ids, enc.offsets[0]
+        else:
+            e = tok(s.code, return_offsets_mapping=True, add_special_tokens=False,
+                    return_tensors="pt")  # fmt: skip
+            ids, offsets = e["input_ids"], e["offset_mapping"][0]
+            if model.add_bos:  # steerlab's BOS policy (steerlab.tokens)
+                ids = torch.cat([torch.tensor([[tok.bos_token_id]]), ids], 1)
+                offsets = torch.cat([torch.zeros(1, 2, dtype=torch.long), offsets])
         with torch.no_grad():
-            hs = model.model(input_ids=enc["input_ids"], output_hidden_states=True).hidden_states
-        groups = leaf_token_alignment(s.leaf_spans, enc["offset_mapping"][0])
+            hs = model.model(input_ids=ids, output_hidden_states=True).hidden_states
+        groups = leaf_token_alignment(s.leaf_spans, offsets)
         for site, k in (("resid_pre.0", 0), ("resid_post.1", 2)):
             want = torch.stack([hs[k][0, g].mean(0) for g in groups])
             # batched with right padding vs alone: float32 kernels differ in summation order
@@ -365,6 +382,54 @@ def test_leaf_vectors_match_hf_hidden_states(model, snippets, tmp_path):
         back["resid_post.1"], feats["resid_post.1"]
     )
     assert torch.equal(back.offsets, feats.offsets) and back.meta == feats.meta
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    """The embedded bidirectional encoder (all-MiniLM-L6-v2, WordPiece with [CLS]/[SEP])."""
+    from steerlab.models import load_model
+
+    return load_model("minilm-l6", device="cpu")
+
+
+@pytest.mark.parametrize("which", ["smollm2", "minilm"])
+def test_no_token_straddles_two_leaves(model, minilm, snippets, which):
+    """Leaf-by-leaf tokens never overlap two leaves, every leaf gets a token, and the tokens
+    are the source text with its spacing (byte-level BPE decodes back to it exactly)."""
+    h = model if which == "smollm2" else minilm
+    enc = encode_leaves(h, snippets)
+    shared = 0
+    for b, s in enumerate(snippets):
+        real = enc.attention_mask[b].bool()
+        off = enc.offsets[b][real]
+        assert straddling_tokens(s.leaf_spans, off) == []
+        groups = leaf_token_alignment(s.leaf_spans, off, straddling="refuse")
+        assert all(groups)  # raises above if a leaf had no token
+        ids = enc.input_ids[b][real & ~enc.special_mask[b]]
+        if which == "smollm2":
+            text = h.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
+            assert text == s.code
+        else:  # WordPiece drops whitespace and lower-cases: every token is inside one leaf
+            spans = off[~enc.special_mask[b][real]]
+            assert all(any(a <= i and j <= e for a, e in s.leaf_spans) for i, j in spans.tolist())
+        # the same snippet tokenised as one string: BPE merges such as "()" straddle leaves
+        whole = h.tokenizer(s.code, add_special_tokens=False, return_offsets_mapping=True)
+        shared += len(straddling_tokens(s.leaf_spans, whole["offset_mapping"]))
+    added = enc.special_mask.sum(1)
+    n_added = int(h.add_bos) if which == "smollm2" else 2  # steerlab's BOS, or [CLS] and [SEP]
+    assert bool((added == n_added).all())
+    if which == "smollm2":
+        assert shared > 0  # so the check above is not vacuous for this tokenizer
+
+
+def test_straddling_tokens_are_refused_on_request():
+    # "f():" with leaves f ( ) : and the BPE tokens "f" "()" ":" (as one string tokenises it)
+    leaves, offsets = [(0, 1), (1, 2), (2, 3), (3, 4)], [(0, 1), (1, 3), (3, 4)]
+    assert leaf_token_alignment(leaves, offsets) == [[0], [1], [1], [2]]
+    with pytest.raises(ValueError, match="straddle two leaves"):
+        leaf_token_alignment(leaves, offsets, straddling="refuse")
+    with pytest.raises(ValueError, match="straddling"):
+        leaf_token_alignment(leaves, offsets, straddling="drop")
 
 
 def test_feature_cache_is_reused_and_invalidated(model, snippets, tmp_path, monkeypatch):

@@ -165,6 +165,9 @@ class MSRS(LowRankEdit):
         self.has_center = False
         if center is not None:
             self.set_center(center)
+        # inference mode until a trainer says otherwise: the mode decides whether the gates act
+        # (gates_at_inference=False) and whether edited inputs are kept for the gate loss
+        self.eval()
 
     # --- blocks and gates -------------------------------------------------------------------
 

@@ -29,8 +29,13 @@ def test_markers_counted_by_hand():
     assert (m.words, m.formal, m.informal) == (10, 4, 4)
     assert m.score == 0.0
     assert m.mean_word_length == pytest.approx(
-        sum(map(len, ["I", "think", "i", "dont", "have", "the", "information", "about", "the",
-                      "nation"])) / 10  # fmt: skip
+        sum(
+            map(
+                len,
+                ["I", "think", "i", "dont", "have", "the", "information", "about", "the", "nation"],
+            )
+        )
+        / 10  # fmt: skip
     )
 
 

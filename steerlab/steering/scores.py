@@ -16,6 +16,7 @@
   its prompt relative to the unsteered response's.
 - :func:`fluency_score` — ``min(1, PPL₀ / ppl_b) · (1 − rep_b)``, 0 for an empty response.
 - :func:`harmonic_mean` — AxBench's combination of judge scores: zero if any part is zero.
+- :func:`bootstrap_ci` — the mean of per-prompt values with a percentile bootstrap interval.
 - :func:`token_projections` — the projection of every token of a text on a direction.
 """
 
@@ -38,6 +39,8 @@ from steerlab.sites import hf_location, parse_site
 
 __all__ = [
     "ContinuationScores",
+    "Interval",
+    "bootstrap_ci",
     "TokenProjections",
     "continuation_scores",
     "cosine",
@@ -117,6 +120,37 @@ def harmonic_mean(parts: Float[Tensor, "... k"]) -> Float[Tensor, " *batch"]:
     zero = (parts == 0).any(-1)
     safe = torch.where(parts == 0, torch.ones_like(parts), parts)
     return torch.where(zero, torch.zeros_like(zero, dtype=parts.dtype), k / (1 / safe).sum(-1))
+
+
+class Interval(NamedTuple):
+    """A mean and its confidence interval."""
+
+    mean: float
+    lo: float
+    hi: float
+
+
+def bootstrap_ci(
+    values: Float[Tensor, " n"], *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> Interval:
+    """Mean of ``values`` with a percentile bootstrap interval (resampling the values).
+
+    For per-prompt score differences (paired by prompt) this is the interval of the mean
+    difference; it makes no normality assumption, which matters for scores clipped to
+    ``[0, 1]``. The generator is seeded, so an interval is reproducible.
+    """
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    x = x[~x.isnan()]
+    if len(x) == 0:
+        raise ValueError("bootstrap_ci needs at least one non-NaN value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(x), (n_boot, len(x)), generator=g)
+    means = x[idx].mean(1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(means, q).tolist()
+    return Interval(float(x.mean()), lo, hi)
 
 
 class ContinuationScores(NamedTuple):

@@ -22,6 +22,7 @@ from steerlab.steering.evals import (
     strength_sweep,
 )
 from steerlab.steering.scores import (
+    bootstrap_ci,
     continuation_scores,
     cosine,
     embed,
@@ -346,3 +347,28 @@ def test_sweep_best_uses_a_holdout_split(sweep):
     assert (r.lo, r.hi) == (-40.0, 40.0) and len(r.concepts) == 3
     d = sweep.to_dict()
     assert d["texts"]["prompt+1"] == sweep.baselines[1].texts and len(d["table"]) == 5
+
+
+# --- confidence intervals --------------------------------------------------------------------
+
+
+def test_bootstrap_ci_matches_the_normal_interval_for_a_large_sample():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, generator=g, dtype=torch.float64)
+    ci = bootstrap_ci(x, n_boot=4000)
+    half = 1.959964 * float(x.std()) / math.sqrt(len(x))  # ≈ 0.098
+    assert ci.mean == pytest.approx(float(x.mean()), abs=1e-12)
+    # the bootstrap distribution of a mean of 400 normals is close to normal; with 4000
+    # resamples its 2.5/97.5% quantiles sit within ~5% of the half-width of the normal ones
+    assert ci.lo == pytest.approx(ci.mean - half, abs=0.1 * half)
+    assert ci.hi == pytest.approx(ci.mean + half, abs=0.1 * half)
+
+
+def test_bootstrap_ci_edge_cases():
+    const = bootstrap_ci(torch.tensor([0.5, 0.5, float("nan"), 0.5]))
+    # constant values: every resample mean is 0.5 up to summation round-off
+    assert tuple(const) == pytest.approx((0.5, 0.5, 0.5), abs=1e-15)
+    with pytest.raises(ValueError, match="non-NaN"):
+        bootstrap_ci(torch.tensor([float("nan")]))
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(torch.ones(3), level=1.0)

@@ -249,14 +249,14 @@ class MSRS(LowRankEdit):
         """``s_{i,t}`` of every block (the shared block's too) under the token rule."""
         x = h.to(self.basis()).detach()
         if self.token_rule == "user":
-            self._require_user_rule()
+            self._require_user_rule(markers=False)
             x = x - self.center.to(x)
         R = self.basis().detach()
         return torch.stack([torch.linalg.vector_norm(x @ R[sl].T, dim=-1)
                             for sl in self.blocks()], -1)  # fmt: skip
 
-    def _require_user_rule(self) -> None:
-        if self.markers is None:
+    def _require_user_rule(self, *, markers: bool = True) -> None:
+        if markers and self.markers is None:
             raise ValueError(
                 "MSRS token_rule='user' needs the chat template's user markers: pass "
                 "markers=steerlab.steering.user_tokens.chat_markers(handle), or use "

@@ -2,14 +2,16 @@
 """Fit a steering vector from contrast pairs, sweep its strength on neutral prompts, and compare
 the best point with a prompting baseline (AxBench-style scores; see steerlab.steering.evals).
 
-    python steering/sentiment_sweep.py --pairs data/steering/sentiment.jsonl --layer 12 \\
-        --alphas=-0.6,-0.4,-0.2,0.2,0.4,0.6 --n-prompts 16 --max-new-tokens 40 \\
-        --out runs/steering/sentiment
+    python steering/sentiment_sweep.py --layer 9 --n-prompts 40 --max-new-tokens 32 \\
+        --alphas=-0.3,-0.2,-0.1,0.1,0.2,0.3 --threads 1 --out runs/steering/sentiment
 
 Writes ``<out>/vector/`` (the fitted vector), ``<out>/sweep.json`` (table, best points, every
 continuation) and ``<out>/sweep.html`` (the sweep figure and a token-by-token view). The fit's
 settings are VectorConfig's and the sweep's SweepConfig's (the library's defaults); the pairs
 are chat exchanges, so the vector is always read from the assistant's tokens (``chat``).
+Relevance is the response's MiniLM similarity to its prompt relative to the unsteered
+response's, fluency the perplexity after a generic prefix (``--fluency-prefix``) and
+repetition (see :mod:`steerlab.steering.evals`).
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from steerlab.steering.vectors import VectorConfig, fit_vector
 from steerlab.views import write_html
 from steerlab.views.steering import sweep_figure, token_projection_figure
 
-COLUMNS = ("concept", "perplexity", "repetition", "fluency", "relevance", "combined_pos",
-           "combined_neg")  # fmt: skip
+COLUMNS = ("concept", "perplexity", "repetition", "fluency", "similarity", "relevance",
+           "combined_pos", "combined_neg")  # fmt: skip
 
 
 def _table(rows: list[dict]) -> str:

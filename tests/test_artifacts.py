@@ -155,7 +155,8 @@ def _build(kind: str):
         "eraser_edit": lambda: EraserEdit(LeaceEraser.fit(x, labels), SITE, "last"),
         "replace": lambda: Replace(torch.randn(D, generator=g), SITE, "prompt:last_2"),
         "sae_splice": lambda: SaeSplice(build_sae(SaeConfig(d_in=D, d_sae=32, k=4, site=SITE))),
-        "msrs": lambda: MSRS(D, [1, 2, 1], ["x", "y"], SITE, hidden=4),
+        # synthetic activations have no chat template: the paper's rule over all prompt tokens
+        "msrs": lambda: MSRS(D, [1, 2, 1], ["x", "y"], SITE, hidden=4, token_rule="paper"),
     }
     iv = ivs[kind]()
     iv.meta = {"model_id": "test-model", "tokenizer_hash": "0123456789abcdef"}

@@ -79,7 +79,8 @@ VARIED = {
     VectorConfig: {"method": "pca_diff", "positions": "last", "chat": True, "center": False,
                    "batch_size": 4},
     SweepConfig: {"alphas": (-1.0, 0.25, 2.0), "max_new_tokens": 5, "batch_size": 2,
-                  "chat": False, "system": "Be brief.", "repetition_n": 3, "baseline": False},
+                  "chat": False, "system": "Be brief.", "repetition_n": 3, "baseline": False,
+                  "fluency_prefix": "Go on.", "relevance_floor": 0.2},
 }  # fmt: skip
 """For each library config, a valid instance whose every field differs from the default."""
 

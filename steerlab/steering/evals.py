@@ -6,27 +6,37 @@
     >>> sweep.best(+1)                     # best α for the positive pole vs the prompt baseline
 
 For every strength α (and α = 0, the unsteered reference) the prompts are generated with the
-intervention, and each continuation ``b`` gets (AxBench, Wu et al. 2025, judges concept,
-instruction relevance and fluency and takes their harmonic mean; here each judge is a metric
-from :mod:`steerlab.steering.scores`, normalised to ``[0, 1]``):
+intervention, and each response ``b`` gets three judges' scores (AxBench, Wu et al. 2025, asks
+an LM judge for concept, instruction relevance and fluency, 0–2 each, and takes their harmonic
+mean; here each judge is a metric from :mod:`steerlab.steering.scores`, normalised to
+``[0, 1]``):
 
 - **concept** ``c_b``: the concept's raw score (:class:`Sentiment`: VADER compound;
   :class:`KeywordConcept`: 1 if a keyword occurs; :class:`ProjectionConcept`: mean projection of
-  the continuation's tokens on the concept direction, read from the *unsteered* model), and its
+  the response's tokens on a concept direction, read from the *unsteered* model), and its
   normalisation towards a *pole* (+1 or −1: the concept or its opposite). See each class.
-- **fluency** ``f_b = min(1, PPL₀ / ppl_b) · (1 − rep_b)``: ``ppl_b`` is the perplexity of the
-  continuation under the unsteered model given the plain prompt, ``PPL₀`` the corpus perplexity
-  of the unsteered continuations (so unsteered text scores about 1), and ``rep_b`` the
-  seq-rep-n repetition rate. An empty continuation has ``f_b = 0``.
-- **relevance** ``r_b = max(0, cos(e(steered_b), e(unsteered_b)))`` with MiniLM embeddings ``e``.
+- **relevance** ``r_b = clip(s_b / max(s0_b, floor), 0, 1)`` (:func:`~steerlab.steering.scores.
+  relevance_ratio`): ``s_b`` is the cosine of the MiniLM embeddings of the response and of the
+  *prompt* (MiniLM is trained on question–answer pairs among others), ``s0_b`` the same for the
+  unsteered response. AxBench's judge asks whether the response "is related to the
+  instruction"; the unsteered response is the reference answer of a model that follows it.
+- **fluency** ``f_b = min(1, PPL₀ / ppl_b) · (1 − rep_b)`` (:func:`~steerlab.steering.scores.
+  fluency_score`): ``ppl_b`` is the perplexity of the response under the unsteered model after a
+  *generic* prefix (``SweepConfig.fluency_prefix``, the same for every prompt), ``PPL₀`` the
+  corpus perplexity of the unsteered responses after that prefix (so unsteered text scores
+  about 1), ``rep_b`` the seq-rep-n repetition rate. AxBench's fluency judge disregards
+  "relevance, coherence with any broader context"; scored after its own prompt, a negative
+  answer to a neutral question would count as disfluent. An empty response has ``f_b = 0``.
 - **combined** ``= H(c_b, f_b, r_b)``, the harmonic mean, zero if any part is zero, then
   averaged over prompts — computed for each pole.
 
+Concept projections (:class:`ProjectionConcept`) are read in the same forward as the fluency
+NLL, after the generic prefix: like VADER, the concept score then depends on the response only.
+
 The **prompting baseline** generates the prompts unsteered with a system message asking for
-the pole (``concept.system_prompt(pole)``). Its continuations are scored like the steered ones,
-in the same context — the plain prompt, without that system message — so that fluency and
-relevance compare like with like. :meth:`Sweep.best` picks α on one half of the prompts and
-reports it, and the baseline, on the other half (AxBench selects the factor on held-out data).
+the pole (``concept.system_prompt(pole)``), and is scored like the steered responses.
+:meth:`Sweep.best` picks α on one half of the prompts and reports it, and the baseline, on the
+other half (AxBench selects the factor on held-out data).
 """
 
 from __future__ import annotations
@@ -34,23 +44,33 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
+from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.config import check_positive, check_types, require
+from steerlab.models import ModelHandle, load_model
+from steerlab.steering.concepts import (
+    POLES,
+    KeywordConcept,
+    LexicalFormality,
+    ProjectionConcept,
+    Sentiment,
+)
 from steerlab.steering.generate import Generation, generate
 from steerlab.steering.scores import (
     continuation_scores,
     cosine,
     embed,
+    fluency_score,
     harmonic_mean,
-    keyword_hits,
+    relevance_ratio,
     repetition_rate,
-    vader_compound,
 )
+from steerlab.tokens import encode_texts
 
 logger = logging.getLogger(__name__)
 
@@ -58,114 +78,18 @@ __all__ = [
     "Best",
     "Condition",
     "KeywordConcept",
+    "LexicalFormality",
     "MonotoneRange",
     "ProjectionConcept",
+    "Responses",
     "Sentiment",
     "Summary",
     "Sweep",
     "SweepConfig",
+    "prefix_ids",
+    "score_responses",
     "strength_sweep",
 ]
-
-POLES = (1, -1)
-
-
-# --- concepts ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Sentiment:
-    """Sentiment: raw score = VADER compound ``s_b ∈ [-1, 1]``; ``c_b = max(0, pole · s_b)``.
-
-    A neutral text scores 0 for either pole, a fully positive one 1 for the positive pole.
-    """
-
-    name: str = "sentiment"
-    prompts: dict[int, str] = field(default_factory=lambda: {
-        1: "Always answer in a very positive, happy and enthusiastic tone.",
-        -1: "Always answer in a very negative, sad and gloomy tone.",
-    })  # fmt: skip
-    """The prompting baseline's system message for each pole."""
-    probe: tuple[str, Tensor] | None = None
-
-    def score(self, texts: Sequence[str], projections: Any = None) -> Tensor:
-        del projections
-        return vader_compound(texts)
-
-    def normalise(self, raw: Tensor, pole: int, reference: Tensor) -> Tensor:
-        del reference
-        return (pole * raw).clamp(0, 1)
-
-    def system_prompt(self, pole: int) -> str:
-        return self.prompts[pole]
-
-
-@dataclass(frozen=True)
-class KeywordConcept:
-    """A concept detected by keywords: raw = 1 if the text contains one, else 0.
-
-    ``c_b = raw`` for pole +1 and ``1 − raw`` for pole −1 (avoiding the concept).
-    """
-
-    name: str
-    keywords: tuple[str, ...]
-    prompts: dict[int, str] | None = None
-    """System messages per pole; default "Talk about <name>." / "Never mention <name>."."""
-    probe: tuple[str, Tensor] | None = None
-
-    def score(self, texts: Sequence[str], projections: Any = None) -> Tensor:
-        del projections
-        return keyword_hits(texts, self.keywords)
-
-    def normalise(self, raw: Tensor, pole: int, reference: Tensor) -> Tensor:
-        del reference
-        return raw if pole > 0 else 1 - raw
-
-    def system_prompt(self, pole: int) -> str:
-        if self.prompts is not None:
-            return self.prompts[pole]
-        return f"Talk about {self.name}." if pole > 0 else f"Never mention {self.name}."
-
-
-@dataclass(frozen=True, eq=False)
-class ProjectionConcept:
-    """A concept read off activations: raw ``p_b`` = mean over the continuation's tokens of
-    ``⟨h_t, v̂⟩`` at ``site``, under the unsteered model.
-
-    ``c_b = clip(pole · (p_b − μ₀) / (scale · σ₀), 0, 1)`` with ``μ₀, σ₀`` the mean and standard
-    deviation of ``p`` over the unsteered continuations: ``scale`` standard deviations towards
-    the pole count as the full concept. An empty continuation scores 0.
-    """
-
-    name: str
-    site: str
-    direction: Tensor
-    prompts: dict[int, str] | None = None
-    scale: float = 2.0
-
-    @property
-    def probe(self) -> tuple[str, Tensor]:
-        return self.site, self.direction
-
-    def score(self, texts: Sequence[str], projections: list[Tensor] | None) -> Tensor:
-        del texts
-        if projections is None:
-            raise ValueError("ProjectionConcept needs the continuations' projections")
-        return torch.stack([p.mean() if len(p) else torch.tensor(float("nan"), dtype=torch.float64)
-                            for p in projections])  # fmt: skip
-
-    def normalise(self, raw: Tensor, pole: int, reference: Tensor) -> Tensor:
-        ref = reference[~reference.isnan()]
-        mu = ref.mean() if len(ref) else torch.tensor(0.0, dtype=torch.float64)
-        sd = ref.std() if len(ref) > 1 else torch.tensor(1.0, dtype=torch.float64)
-        sd = sd.clamp_min(torch.finfo(torch.float64).eps ** 0.5)
-        c = (pole * (raw - mu) / (self.scale * sd)).clamp(0, 1)
-        return torch.nan_to_num(c, nan=0.0)
-
-    def system_prompt(self, pole: int) -> str:
-        if self.prompts is not None:
-            return self.prompts[pole]
-        return f"Talk about {self.name}." if pole > 0 else f"Never mention {self.name}."
 
 
 # --- results ----------------------------------------------------------------------------------
@@ -184,6 +108,8 @@ class Summary(NamedTuple):
     """Mean normalised fluency ``f_b``."""
     relevance: float
     """Mean ``r_b``."""
+    similarity: float
+    """Mean raw ``s_b``: cosine of the response's and the prompt's embeddings."""
     combined_pos: float
     """Mean harmonic mean towards pole +1."""
     combined_neg: float
@@ -208,6 +134,7 @@ class Condition:
     repetition: Tensor
     fluency: Tensor
     relevance: Tensor
+    similarity: Tensor
     concept_norm: dict[int, Tensor]
     combined: dict[int, Tensor]
 
@@ -223,6 +150,7 @@ class Condition:
             repetition=float(self.repetition[idx].mean()),
             fluency=float(self.fluency[idx].mean()),
             relevance=float(self.relevance[idx].mean()),
+            similarity=float(self.similarity[idx].mean()),
             combined_pos=float(self.combined[1][idx].mean()),
             combined_neg=float(self.combined[-1][idx].mean()),
         )
@@ -266,11 +194,17 @@ class SweepConfig:
     """n of the seq-rep-n repetition rate."""
     baseline: bool = True
     """Also run the prompting baseline for both poles."""
+    fluency_prefix: str = "Say something."
+    """The generic prefix every response is scored after for fluency (a user message, rendered
+    with the chat template when ``chat``)."""
+    relevance_floor: float = 0.1
+    """Lower bound on the unsteered response's prompt similarity in the relevance ratio."""
 
     def __post_init__(self) -> None:
         check_types(self)
         require(self, "alphas", len(self.alphas) > 0, "at least one strength")
-        check_positive(self, "max_new_tokens", "batch_size", "repetition_n")
+        check_positive(self, "max_new_tokens", "batch_size", "repetition_n", "relevance_floor")
+        require(self, "fluency_prefix", bool(self.fluency_prefix.strip()), "a non-empty text")
 
 
 @dataclass
@@ -285,7 +219,7 @@ class Sweep:
     baselines: dict[int, Condition]
     """Prompting baseline per pole."""
     ppl_reference: float
-    """``PPL₀``: corpus perplexity of the unsteered continuations."""
+    """``PPL₀``: corpus perplexity of the unsteered responses after the generic prefix."""
 
     @property
     def alphas(self) -> list[float]:
@@ -345,6 +279,82 @@ class Sweep:
         return out
 
 
+# --- scoring ----------------------------------------------------------------------------------
+
+
+class Responses(NamedTuple):
+    """Raw per-response scores of one condition (before any normalisation)."""
+
+    texts: list[str]
+    nll_sum: Float[Tensor, " n"]
+    """``Σ_t −log p(y_t | prefix, y_<t)`` under the model as it is (float64)."""
+    n_tokens: Float[Tensor, " n"]
+    """Tokens of each response."""
+    repetition: Float[Tensor, " n"]
+    """seq-rep-n of each response."""
+    similarity: Float[Tensor, " n"]
+    """Cosine of the response's and the prompt's MiniLM embeddings."""
+    projections: list[Tensor] | None
+    """Per-token projections on the probe direction (when a probe was given)."""
+
+    def perplexity(self) -> float:
+        """Corpus perplexity ``exp(Σ NLL / Σ tokens)`` (NaN without tokens)."""
+        n = float(self.n_tokens.sum())
+        return math.exp(float(self.nll_sum.sum()) / n) if n > 0 else float("nan")
+
+
+def prefix_ids(handle: ModelHandle, prefix: str, *, chat: bool = True) -> Tensor:
+    """Token ids of the generic fluency prefix (chat-rendered when ``chat``)."""
+    text = handle.chat(prefix) if chat else prefix
+    enc = encode_texts(handle, [text])
+    return enc.input_ids[0][enc.attention_mask[0].bool()]
+
+
+def score_responses(
+    handle: ModelHandle,
+    encoder: ModelHandle,
+    prompt_embeddings: Float[Tensor, "n d"],
+    token_ids: Sequence[Tensor],
+    texts: Sequence[str],
+    prefix: Tensor,
+    *,
+    probe: tuple[str, Tensor] | None = None,
+    repetition_n: int = 4,
+    batch_size: int = 16,
+) -> Responses:
+    """Score responses: NLL after ``prefix`` (and probe projections, same forward), repetition,
+    and similarity to their prompts (call outside any ``steer`` context).
+
+    Args:
+        handle: the causal LM (unsteered).
+        encoder: the sentence encoder (``load_model("minilm-l6")``).
+        prompt_embeddings: :func:`~steerlab.steering.scores.embed` of the prompts, one row per
+            response.
+        token_ids: each response's generated token ids.
+        texts: each response's text.
+        prefix: :func:`prefix_ids`, placed before every response.
+        probe: ``(site, direction)`` to also read per-token projections.
+        repetition_n: n of seq-rep-n.
+        batch_size: sequences per forward.
+    """
+    if not (len(token_ids) == len(texts) == len(prompt_embeddings)):
+        raise ValueError(f"{len(token_ids)} token lists, {len(texts)} texts and "
+                         f"{len(prompt_embeddings)} prompt embeddings: need one of each per "
+                         "response")  # fmt: skip
+    site, direction = probe if probe is not None else (None, None)
+    s = continuation_scores(handle, [prefix] * len(token_ids), token_ids, site=site,
+                            direction=direction, batch_size=batch_size)  # fmt: skip
+    emb = embed(encoder, list(texts), batch_size=batch_size)
+    return Responses(
+        list(texts),
+        torch.tensor([float(x.sum()) for x in s.nll], dtype=torch.float64),
+        torch.tensor([len(x) for x in s.nll], dtype=torch.float64),
+        torch.tensor([repetition_rate(t, repetition_n) for t in texts], dtype=torch.float64),
+        cosine(emb, prompt_embeddings),
+        s.projections,
+    )
+
+
 # --- the sweep --------------------------------------------------------------------------------
 
 
@@ -353,13 +363,13 @@ def _label(alpha: float) -> str:
 
 
 def strength_sweep(
-    handle: Any,
+    handle: ModelHandle,
     prompts: Sequence[str],
     interventions_for: Callable[[float], Any],
     concept: Any,
     config: SweepConfig,
     *,
-    encoder: Any = None,
+    encoder: ModelHandle | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Sweep:
     """Generate and score every strength (see the module docstring).
@@ -394,39 +404,28 @@ def strength_sweep(
             if progress:
                 progress(label)
 
-    plain = gens["unsteered"][2]
     if encoder is None:
-        from steerlab.models import load_model
-
         encoder = load_model("minilm-l6", device=handle.device)
-    site, direction = concept.probe if concept.probe is not None else (None, None)
+    prefix = prefix_ids(handle, config.fluency_prefix, chat=config.chat)
+    prompt_emb = embed(encoder, prompts, batch_size=config.batch_size)
     scored = {}
     for label, (_, _, g) in gens.items():
-        # every continuation is scored after the plain prompt (no baseline system message)
-        s = continuation_scores(handle, plain.prompt_ids, g.token_ids, site=site,
-                                direction=direction, batch_size=config.batch_size)  # fmt: skip
-        emb = embed(encoder, g.texts, batch_size=config.batch_size)
-        scored[label] = (s, emb, concept.score(g.texts, s.projections))
-    s0, e0, raw0 = scored["unsteered"]
-    tot = sum(float(x.sum()) for x in s0.nll)
-    n0 = sum(len(x) for x in s0.nll)
-    ppl0 = math.exp(tot / n0) if n0 else float("nan")
+        r = score_responses(handle, encoder, prompt_emb, g.token_ids, g.texts, prefix,
+                            probe=concept.probe, repetition_n=config.repetition_n,
+                            batch_size=config.batch_size)  # fmt: skip
+        scored[label] = (r, concept.score(g.texts, r.projections))
+    r0, raw0 = scored["unsteered"]
+    ppl0 = r0.perplexity()
 
     conds: dict[str, Condition] = {}
     for label, (alpha, pole, g) in gens.items():
-        s, emb, raw = scored[label]
-        n_tok = torch.tensor([len(x) for x in s.nll], dtype=torch.float64)
-        nll_sum = torch.stack([x.sum() for x in s.nll]).double()
-        ppl = s.perplexity()
-        rep = torch.tensor([repetition_rate(t, config.repetition_n) for t in g.texts],
-                           dtype=torch.float64)  # fmt: skip
-        flu = torch.where(n_tok > 0, (ppl0 / ppl).clamp(max=1) * (1 - rep), torch.zeros_like(rep))
-        flu = torch.nan_to_num(flu, nan=0.0)
-        rel = cosine(emb, e0).clamp(0, 1)
+        r, raw = scored[label]
+        flu = fluency_score(r.nll_sum, r.n_tokens, r.repetition, ppl0)
+        rel = relevance_ratio(r.similarity, r0.similarity, config.relevance_floor)
         cn = {p: concept.normalise(raw, p, raw0) for p in POLES}
         comb = {p: harmonic_mean(torch.stack([cn[p], flu, rel], -1)) for p in POLES}
-        conds[label] = Condition(label, alpha, pole, g.texts, raw, nll_sum, n_tok, rep, flu, rel,
-                                 cn, comb)  # fmt: skip
+        conds[label] = Condition(label, alpha, pole, g.texts, raw, r.nll_sum, r.n_tokens,
+                                 r.repetition, flu, rel, r.similarity, cn, comb)  # fmt: skip
     points = [conds[_label(a)] for a in alphas]
     baselines = {p: conds[f"prompt{p:+d}"] for p in POLES if f"prompt{p:+d}" in conds}
     return Sweep(concept.name, prompts, config, points, baselines, ppl0)

@@ -12,25 +12,35 @@ an *active* mask: an attribute switched off (:meth:`MSRS.set_active`) has gate e
 shared block is on while any attribute is. ``s`` (``scale``, default 1) is a strength knob.
 
 **Positions.** With the default rule ``scored(n=1)`` (token-level steering, as in the paper) each
-attribute block ``i`` is applied at the prompt token with the largest ``‖R_i h_t‖`` and the
-shared block at every token chosen by an active attribute; any other rule (``"last"``, ``"all"``,
-...) applies all blocks at the tokens it selects. The scored choice is over prompt tokens, so it
-is the same with and without the KV cache (see :mod:`steerlab.positions`).
+attribute block ``i`` is applied at the token ``p_i = argmax_t s_{i,t}`` and the shared block at
+every token chosen by an active attribute; any other rule (``"last"``, ``"all"``, ...) applies
+all blocks at the tokens it selects. ``token_rule`` says which tokens compete and how:
 
-**Initialisation** (:func:`init_bases`): the shared block is the top right-singular vectors of
-the stacked per-pair activation differences of all attributes (each attribute's differences
-scaled to unit Frobenius norm, so none dominates); attribute ``i``'s block is the top singular
-vectors of its differences after the shared span and the earlier attributes' blocks are
-projected out (so all blocks are mutually orthogonal). Per-pair differences rather than one
-mean vector per attribute: the SVD of a single vector has rank 1. ``W`` starts equal to ``R``
-and ``b`` at 0, so ``f(h) = R h`` and an untrained module is the identity.
+- ``"user"`` (default): the user message's own tokens (:mod:`steerlab.steering.user_tokens`:
+  never the system prompt, never a template marker), scored centred,
+  ``s_{i,t} = ‖R_i (h_t − μ)‖`` with ``μ`` the mean activation over user tokens
+  (:meth:`MSRS.set_center`). Uncentred, the norm is dominated by ``⟨h_t, μ⟩``-like terms and
+  picks the tokens with the largest activations, whatever their content.
+- ``"paper"``: the paper's literal rule, every prompt token, ``s_{i,t} = ‖R_i h_t‖``.
+
+The scored choice is over prompt tokens, so it is the same with and without the KV cache (see
+:mod:`steerlab.positions`).
+
+**Gates at inference.** The paper's code trains with the gates (they shape which block learns
+what, through the prior below) and applies the *ungated* edit at inference. With
+``gates_at_inference=False`` the module does the same: outside training every active block has
+gate 1 (times ``scale``); ``set_active`` still chooses the blocks.
+
+**Initialisation** (:func:`~steerlab.steering.msrs_init.init_bases`, re-exported here): shared
+and private blocks from the SVD of per-pair activation differences, mutually orthogonal. ``W``
+starts equal to ``R`` and ``b`` at 0, so ``f(h) = R h`` and an untrained module is the identity.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any, NamedTuple
+from collections.abc import Sequence
+from typing import Any, Literal, NamedTuple
 
 import torch
 from jaxtyping import Float
@@ -46,138 +56,26 @@ from steerlab.interventions.algebra import (
 )
 from steerlab.interventions.components import Affine, MLPGate
 from steerlab.positions import Positions, TokenView, scored
+from steerlab.steering.msrs_init import SHARED, BlockInit, init_bases, read_differences
+from steerlab.steering.user_tokens import ChatMarkers, user_content_mask
 from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
 
-SHARED = "shared"
+TokenRule = Literal["user", "paper"]
+TOKEN_RULES = ("user", "paper")
 
-__all__ = ["MSRS", "SHARED", "BlockInit", "GateTrace", "MSRSLoss", "init_bases", "read_differences"]
-
-
-# --- initialisation ---------------------------------------------------------------------------
-
-
-class BlockInit(NamedTuple):
-    """The initial bases of :func:`init_bases`."""
-
-    R: Float[Tensor, "r d"]
-    """All rows, ``[shared | attr_1 | …]``, orthonormal (float64)."""
-    names: list[str]
-    """Block names: ``"shared"`` then the attributes."""
-    sizes: list[int]
-    """Rows per block."""
-    energy: dict[str, dict[str, float]]
-    """``energy[block][attr]``: fraction of attribute ``attr``'s (unit-normalised) difference
-    energy ``‖D_attr V_blockᵀ‖² / ‖D_attr‖²`` captured by the block; ``energy["residual"]``
-    is the part of each attribute's energy left after the shared block that its own block
-    keeps (``‖D'_i V_iᵀ‖² / ‖D'_i‖²``)."""
-
-
-def _numerical_rank(x: Tensor) -> int:
-    s = torch.linalg.svdvals(x)
-    if len(s) == 0 or s[0] == 0:
-        return 0
-    return int((s > s[0] * max(x.shape) * torch.finfo(x.dtype).eps).sum())
-
-
-def init_bases(
-    differences: Mapping[str, Float[Tensor, "n d"]],
-    shared_rank: int,
-    attribute_ranks: int | Mapping[str, int],
-) -> BlockInit:
-    """Shared and private bases from per-attribute activation differences (see module doc).
-
-    Args:
-        differences: attribute name → ``[n_i, d]`` per-pair differences ``x⁺ − x⁻``.
-        shared_rank: rows of the shared block (0 for none).
-        attribute_ranks: rows per attribute block (one int for all, or per name).
-
-    Raises:
-        ValueError: no attributes, an attribute without data, mismatched widths, a NaN, or a
-            block larger than the rank its data can supply or than ``d``.
-    """
-    if not differences:
-        raise ValueError("MSRS needs at least one attribute")
-    names = list(differences)
-    if SHARED in names:
-        raise ValueError(f"{SHARED!r} is reserved for the shared block")
-    D: dict[str, Tensor] = {}
-    for a in names:
-        x = differences[a]
-        if not isinstance(x, Tensor) or x.ndim != 2 or x.shape[0] == 0:
-            raise ValueError(f"attribute {a!r} has no data (need [n >= 1, d] differences)")
-        D[a] = check_finite(x, f"differences of {a!r}", floating=True).double()
-    widths = {a: x.shape[1] for a, x in D.items()}
-    if len(set(widths.values())) != 1:
-        raise ValueError(f"attributes have mismatched widths: {widths}")
-    d = next(iter(widths.values()))
-    ranks = (
-        {a: int(attribute_ranks) for a in names}
-        if isinstance(attribute_ranks, int)
-        else {a: int(attribute_ranks[a]) for a in names}
-    )
-    if shared_rank < 0 or any(r < 1 for r in ranks.values()):
-        raise ValueError("shared_rank must be >= 0 and every attribute rank >= 1")
-    total = shared_rank + sum(ranks.values())
-    if total > d:
-        raise ValueError(f"blocks need {total} rows but d_model is {d}")
-    for a in names:
-        norm = torch.linalg.matrix_norm(D[a])
-        if norm == 0:
-            raise ValueError(f"attribute {a!r} has only zero differences")
-        D[a] = D[a] / norm  # each attribute contributes unit energy to the shared SVD
-    stacked = torch.cat([D[a] for a in names])
-    avail = _numerical_rank(stacked)
-    if shared_rank > avail:
-        raise ValueError(f"shared_rank {shared_rank} exceeds the rank {avail} of the differences")
-    rows = [torch.linalg.svd(stacked, full_matrices=False).Vh[:shared_rank]]
-    energy: dict[str, dict[str, float]] = {SHARED: {}, "residual": {}}
-    for a in names:
-        energy[SHARED][a] = float((D[a] @ rows[0].T).square().sum())
-    for a in names:
-        Q = torch.cat(rows)
-        resid = D[a] - (D[a] @ Q.T) @ Q  # project out the shared span and earlier blocks
-        avail = _numerical_rank(resid)
-        if ranks[a] > avail:
-            raise ValueError(
-                f"attribute {a!r}: block of {ranks[a]} rows exceeds the rank {avail} of its "
-                "differences after the shared block (more pairs, or a smaller block)"
-            )
-        V = torch.linalg.svd(resid, full_matrices=False).Vh[: ranks[a]]
-        V = V - (V @ Q.T) @ Q  # re-orthogonalise against round-off
-        V = torch.linalg.qr(V.T).Q.T
-        rows.append(V)
-        energy["residual"][a] = float((resid @ V.T).square().sum() / resid.square().sum())
-        energy[a] = {b: float((D[b] @ V.T).square().sum()) for b in names}
-    return BlockInit(torch.cat(rows), [SHARED, *names], [shared_rank, *ranks.values()], energy)
-
-
-def read_differences(
-    handle: Any, pairs: Mapping[str, Any], site: str, *, chat: bool = True, target: Any = None
-) -> dict[str, Float[Tensor, "n d"]]:
-    """Per-pair activation differences (target side − other side) at ``site``, per attribute.
-
-    Args:
-        handle: the model.
-        pairs: attribute → contrast pairs (path, PairSet or list) with prompts.
-        site: one site name.
-        chat: render the prompts with the chat template.
-        target: attribute → ``"positive"`` or ``"negative"`` (the side steered towards;
-            default positive).
-    """
-    from steerlab.datasets.pairs import as_pairs
-    from steerlab.steering.pairs import read_pairs
-
-    out = {}
-    for a, p in pairs.items():
-        ps = as_pairs(p)
-        if len(ps) == 0:
-            raise ValueError(f"attribute {a!r} has no pairs")
-        acts = read_pairs(handle, ps, site, chat=chat)
-        sign = -1.0 if (target or {}).get(a, "positive") == "negative" else 1.0
-        out[a] = sign * (acts.pos[:, 0] - acts.neg[:, 0])
-    return out
+__all__ = [
+    "MSRS",
+    "SHARED",
+    "TOKEN_RULES",
+    "BlockInit",
+    "GateTrace",
+    "MSRSLoss",
+    "TokenRule",
+    "init_bases",
+    "read_differences",
+]
 
 
 # --- the module -------------------------------------------------------------------------------
@@ -189,7 +87,8 @@ class GateTrace(NamedTuple):
     gates: Float[Tensor, "pos group"]
     """``m(h_t)`` per block (before the active mask)."""
     scores: Float[Tensor, "pos group"]
-    """``‖R_i h_t‖`` per block."""
+    """The token scores per block: ``‖R_i (h_t − μ)‖`` (token rule ``"user"``) or
+    ``‖R_i h_t‖`` (``"paper"``)."""
     names: list[str]
 
 
@@ -203,9 +102,14 @@ class MSRS(LowRankEdit):
         block_sizes: rows of ``[shared, attr_1, …]`` (shared may be 0).
         attributes: the attribute names (one per block after the shared one).
         site: where to apply it.
-        positions: default ``scored(n=1)``: token-level steering (argmax ``‖R_i h_t‖`` per block).
+        positions: default ``scored(n=1)``: token-level steering (one token per block).
         hidden: width of the gate MLP.
         init: initial ``[r, d]`` rows (e.g. :func:`init_bases`' ``R``); default random.
+        token_rule: ``"user"`` or ``"paper"`` (see the module docstring).
+        markers: the chat template's user markers
+            (:func:`steerlab.steering.user_tokens.chat_markers`); needed by ``"user"``.
+        center: ``[d]`` the centre ``μ`` of the ``"user"`` scores (or :meth:`set_center`).
+        gates_at_inference: False applies the ungated edit outside training (the paper's code).
     """
 
     def __init__(
@@ -217,6 +121,11 @@ class MSRS(LowRankEdit):
         positions: str | Positions | None = None,
         hidden: int = 64,
         init: Tensor | None = None,
+        *,
+        token_rule: TokenRule = "user",
+        markers: ChatMarkers | None = None,
+        center: Tensor | None = None,
+        gates_at_inference: bool = True,
     ) -> None:
         sizes = [int(s) for s in block_sizes]
         attributes = list(attributes)
@@ -229,6 +138,8 @@ class MSRS(LowRankEdit):
         r = sum(sizes)
         if r > d:
             raise ValueError(f"blocks need {r} rows but d_model is {d}")
+        if token_rule not in TOKEN_RULES:
+            raise ValueError(f"token_rule must be one of {TOKEN_RULES}, got {token_rule!r}")
         Intervention.__init__(self, site, positions if positions is not None else scored(), d)
         self.sizes, self.attributes = sizes, attributes
         self.R = nn.utils.parametrizations.orthogonal(nn.Linear(d, r, bias=False))
@@ -247,6 +158,16 @@ class MSRS(LowRankEdit):
         self.gate = MLPGate(d, hidden, sizes)
         self.scale = 1.0
         self.active: list[str] = list(attributes)
+        self.token_rule: TokenRule = token_rule
+        self.markers = None if markers is None else ChatMarkers(*markers)
+        self.gates_at_inference = bool(gates_at_inference)
+        self.register_buffer("center", torch.zeros(d))
+        self.has_center = False
+        if center is not None:
+            self.set_center(center)
+        # inference mode until a trainer says otherwise: the mode decides whether the gates act
+        # (gates_at_inference=False) and whether edited inputs are kept for the gate loss
+        self.eval()
 
     # --- blocks and gates -------------------------------------------------------------------
 
@@ -275,6 +196,18 @@ class MSRS(LowRankEdit):
         B = self.block(name).detach().double()
         return Subspace.from_vectors(B, meta={"method": "msrs", "block": name})
 
+    def set_center(self, center: Float[Tensor, " d"]) -> MSRS:
+        """Set ``μ``, the centre of the ``"user"`` token scores (e.g.
+        :func:`steerlab.steering.user_tokens.user_token_mean` of the training prompts). In place.
+        """
+        c = check_finite(torch.as_tensor(center), "center", floating=True)
+        if c.shape != (self.d_in,):
+            raise ValueError(f"center has shape {tuple(c.shape)}, expected ({self.d_in},)")
+        with torch.no_grad():
+            self.center.copy_(c.to(self.center))
+        self.has_center = True
+        return self
+
     def set_active(self, attributes: Sequence[str]) -> MSRS:
         """Steer only these attributes (others get gate 0; shared is on if any is). In place."""
         unknown = [a for a in attributes if a not in self.attributes]
@@ -293,7 +226,10 @@ class MSRS(LowRankEdit):
         return torch.sigmoid(self.gate.net(h))
 
     def gate_value(self, h: Float[Tensor, "... d"]) -> Float[Tensor, "... r"]:
-        g = self.group_gates(h) * self.group_mask(h)
+        if self.training or self.gates_at_inference:
+            g = self.group_gates(h) * self.group_mask(h)
+        else:  # the reference's inference: the ungated edit of the active blocks
+            g = self.group_mask(h).expand(*h.shape[:-1], len(self.sizes))
         g = g.repeat_interleave(torch.tensor(self.sizes, device=h.device), dim=-1)
         return g * self.scale
 
@@ -309,12 +245,53 @@ class MSRS(LowRankEdit):
             delta = delta * rows.to(x)
         return h + (delta @ B).type_as(h)
 
+    def token_scores(self, h: Float[Tensor, "... d"]) -> Float[Tensor, "... group"]:
+        """``s_{i,t}`` of every block (the shared block's too) under the token rule."""
+        x = h.to(self.basis()).detach()
+        if self.token_rule == "user":
+            self._require_user_rule(markers=False)
+            x = x - self.center.to(x)
+        R = self.basis().detach()
+        return torch.stack([torch.linalg.vector_norm(x @ R[sl].T, dim=-1)
+                            for sl in self.blocks()], -1)  # fmt: skip
+
+    def _require_user_rule(self, *, markers: bool = True) -> None:
+        if markers and self.markers is None:
+            raise ValueError(
+                "MSRS token_rule='user' needs the chat template's user markers: pass "
+                "markers=steerlab.steering.user_tokens.chat_markers(handle), or use "
+                "token_rule='paper'"
+            )
+        if not self.has_center:
+            raise ValueError(
+                "MSRS token_rule='user' scores ‖R_i (h_t − μ)‖ and needs μ: call "
+                "set_center(user_token_mean(handle, prompts, site, markers)) "
+                "(steerlab.steering.user_tokens), or use token_rule='paper'"
+            )
+
+    def _user_choice(self, view: TokenView, h: Tensor) -> list[Tensor]:
+        """Per attribute block, its top-n user-message tokens by centred score."""
+        self._require_user_rule()
+        assert self.markers is not None
+        part = user_content_mask(view, self.markers)
+        scores = self.token_scores(h)[..., 1:].masked_fill(~part[..., None], float("-inf"))
+        k = min(int(self.positions.n or 1), part.shape[1])
+        out = []
+        for i in range(scores.shape[-1]):
+            m = torch.zeros_like(part)
+            m.scatter_(1, scores[..., i].topk(k, dim=1).indices, True)
+            out.append(m & part)  # rows with fewer than k user tokens keep only real ones
+        return out
+
     def block_masks(self, view: TokenView, h: Tensor) -> Tensor:
         """``[batch, pos, r]``: where each row acts (see the module docstring)."""
         blocks = self.blocks()
         R = self.basis().detach()
         if self.positions.tokens == "scored" and self.positions.basis is None:
-            per = [self.positions.mask(view, h, R[sl]) for sl in blocks[1:]]
+            if self.token_rule == "user":
+                per = self._user_choice(view, h)
+            else:
+                per = [self.positions.mask(view, h, R[sl]) for sl in blocks[1:]]
             on = [a in self.active for a in self.attributes]
             shared = torch.zeros_like(view.real)
             for m, a_on in zip(per, on):
@@ -343,12 +320,27 @@ class MSRS(LowRankEdit):
 
     @torch.no_grad()
     def trace(self, h: Float[Tensor, "pos d"]) -> GateTrace:
-        """Gates and block projections of one text's activations (for plots)."""
+        """Gates and token scores (:meth:`token_scores`) of one text's activations (for plots)."""
         x = h.to(self.basis())
-        R = self.basis()
-        scores = torch.stack([torch.linalg.vector_norm(x @ R[sl].T, dim=-1)
-                              for sl in self.blocks()], -1)  # fmt: skip
-        return GateTrace(self.group_gates(x).cpu(), scores.cpu(), self.names)
+        return GateTrace(self.group_gates(x).cpu(), self.token_scores(x).cpu(), self.names)
+
+    @torch.no_grad()
+    def selected_gates(self, view: TokenView, h: Float[Tensor, "batch pos d"]) -> Tensor:
+        """``[batch, group]``: each block's gate ``m(h)`` at the token(s) where it acts (their
+        mean; NaN where a block acts nowhere), before the active mask. With ``"last"`` every
+        block reads the last prompt token; with the scored rule each its own token."""
+        masks = self.block_masks(view, h)  # [batch, pos, r]
+        starts = [sl.start for sl in self.blocks()]
+        gates = self.group_gates(h.to(self.basis()))  # [batch, pos, group]
+        out = torch.full((h.shape[0], len(starts)), float("nan"), dtype=gates.dtype)
+        for g, s in enumerate(starts):
+            if self.sizes[g] == 0:
+                continue
+            m = masks[..., s]
+            for b in range(h.shape[0]):
+                if bool(m[b].any()):
+                    out[b, g] = gates[b, m[b], g].mean().cpu()
+        return out
 
     # --- training terms ---------------------------------------------------------------------
 
@@ -383,22 +375,36 @@ class MSRS(LowRankEdit):
             "hidden": self.gate.net[0].out_features,
             "active": self.active,
             "scale": self.scale,
+            "token_rule": self.token_rule,
+            "markers": None if self.markers is None else self.markers.to_config(),
+            "has_center": self.has_center,
+            "gates_at_inference": self.gates_at_inference,
         }
 
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:
+        mk = cfg.get("markers")
+        # artifacts saved before token_rule existed used the paper's literal rule
         obj = cls(cfg["d_in"], cfg["block_sizes"], cfg["attributes"], cfg["site"],
-                  positions_from_config(cfg, tensors), cfg["hidden"])  # fmt: skip
+                  positions_from_config(cfg, tensors), cfg["hidden"],
+                  token_rule=cfg.get("token_rule", "paper"),
+                  markers=None if mk is None else ChatMarkers.from_config(mk),
+                  gates_at_inference=cfg.get("gates_at_inference", True))  # fmt: skip
         obj.set_active(cfg["active"])
         obj.scale = float(cfg["scale"])
-        return obj._finish_load(cfg, tensors)
+        tensors = dict(tensors)
+        tensors.setdefault("center", torch.zeros(cfg["d_in"]))
+        obj._finish_load(cfg, tensors)
+        obj.has_center = bool(cfg.get("has_center", False))
+        return obj
 
     @classmethod
     def from_init(cls, init: BlockInit, site: str, positions: str | Positions | None = None,
-                  hidden: int = 64) -> MSRS:  # fmt: skip
-        """Build from :func:`init_bases`; records the energies in ``meta``."""
+                  hidden: int = 64, **kwargs: Any) -> MSRS:  # fmt: skip
+        """Build from :func:`init_bases` (``kwargs``: ``token_rule``, ``markers``, ``center``,
+        ``gates_at_inference``); records the energies in ``meta``."""
         obj = cls(init.R.shape[1], init.sizes, init.names[1:], site, positions, hidden,
-                  init=init.R)  # fmt: skip
+                  init=init.R, **kwargs)  # fmt: skip
         obj.meta["init_energy"] = init.energy
         return obj
 

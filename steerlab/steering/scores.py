@@ -5,14 +5,18 @@
 - :func:`keyword_hits` — whether a text mentions any keyword (whole words, case-insensitive).
 - :func:`repetition_rate` — ``seq-rep-n = 1 − |unique n-grams| / |n-grams|`` of one text's
   words (Welleck et al. 2019, "Neural text generation with unlikelihood training").
-- :func:`continuation_scores` — per-token negative log-likelihood of a continuation given its
-  prompt under the (unsteered) model (:func:`steerlab.interventions.loss.lm_loss` with a loss
+- :func:`continuation_scores` — per-token negative log-likelihood of a continuation given a
+  prefix (its prompt, or a generic prefix) under the (unsteered) model (:func:`steerlab.interventions.loss.lm_loss` with a loss
   mask), and optionally each continuation token's projection on a direction at a site;
   perplexity is ``exp(mean NLL)``.
 - :func:`embed` / :func:`cosine` — sentence embeddings as sentence-transformers computes them
   for all-MiniLM-L6-v2: mean of the last layer over the attended tokens ([CLS] and [SEP]
   included), L2-normalised.
+- :func:`relevance_ratio` — ``clip(s_b / max(s0_b, floor), 0, 1)``: a response's similarity to
+  its prompt relative to the unsteered response's.
+- :func:`fluency_score` — ``min(1, PPL₀ / ppl_b) · (1 − rep_b)``, 0 for an empty response.
 - :func:`harmonic_mean` — AxBench's combination of judge scores: zero if any part is zero.
+- :func:`bootstrap_ci` — the mean of per-prompt values with a percentile bootstrap interval.
 - :func:`token_projections` — the projection of every token of a text on a direction.
 """
 
@@ -35,12 +39,16 @@ from steerlab.sites import hf_location, parse_site
 
 __all__ = [
     "ContinuationScores",
+    "Interval",
+    "bootstrap_ci",
     "TokenProjections",
     "continuation_scores",
     "cosine",
     "embed",
+    "fluency_score",
     "harmonic_mean",
     "keyword_hits",
+    "relevance_ratio",
     "repetition_rate",
     "token_projections",
     "vader_compound",
@@ -112,6 +120,37 @@ def harmonic_mean(parts: Float[Tensor, "... k"]) -> Float[Tensor, " *batch"]:
     zero = (parts == 0).any(-1)
     safe = torch.where(parts == 0, torch.ones_like(parts), parts)
     return torch.where(zero, torch.zeros_like(zero, dtype=parts.dtype), k / (1 / safe).sum(-1))
+
+
+class Interval(NamedTuple):
+    """A mean and its confidence interval."""
+
+    mean: float
+    lo: float
+    hi: float
+
+
+def bootstrap_ci(
+    values: Float[Tensor, " n"], *, level: float = 0.95, n_boot: int = 2000, seed: int = 0
+) -> Interval:
+    """Mean of ``values`` with a percentile bootstrap interval (resampling the values).
+
+    For per-prompt score differences (paired by prompt) this is the interval of the mean
+    difference; it makes no normality assumption, which matters for scores clipped to
+    ``[0, 1]``. The generator is seeded, so an interval is reproducible.
+    """
+    x = torch.as_tensor(values, dtype=torch.float64).flatten()
+    x = x[~x.isnan()]
+    if len(x) == 0:
+        raise ValueError("bootstrap_ci needs at least one non-NaN value")
+    if not 0 < level < 1:
+        raise ValueError(f"level must be in (0, 1), got {level}")
+    g = torch.Generator().manual_seed(seed)
+    idx = torch.randint(len(x), (n_boot, len(x)), generator=g)
+    means = x[idx].mean(1)
+    q = torch.tensor([(1 - level) / 2, (1 + level) / 2], dtype=torch.float64)
+    lo, hi = torch.quantile(means, q).tolist()
+    return Interval(float(x.mean()), lo, hi)
 
 
 class ContinuationScores(NamedTuple):
@@ -236,6 +275,43 @@ def embed(
 def cosine(a: Float[Tensor, "n d"], b: Float[Tensor, "n d"]) -> Float[Tensor, " n"]:
     """Row-wise cosine similarity."""
     return torch.nn.functional.cosine_similarity(a.double(), b.double(), dim=-1)
+
+
+def relevance_ratio(
+    similarity: Float[Tensor, " n"], reference: Float[Tensor, " n"], floor: float = 0.1
+) -> Float[Tensor, " n"]:
+    """``r_b = clip(s_b / max(s0_b, floor), 0, 1)``: prompt similarity relative to a reference.
+
+    ``s_b`` is the cosine of a response's embedding with its prompt's, ``s0_b`` the same for
+    the unsteered response to that prompt. The unsteered response scores 1 (when ``s0_b >=
+    floor``), a response as related to the prompt as it scores 1, an unrelated one about 0.
+    ``floor`` keeps the ratio finite when the unsteered response is itself unrelated to the
+    prompt (MiniLM cosines of unrelated sentences lie around 0–0.1).
+    """
+    if not floor > 0:
+        raise ValueError(f"floor must be > 0, got {floor}")
+    s, s0 = torch.as_tensor(similarity).double(), torch.as_tensor(reference).double()
+    if s.shape != s0.shape:
+        raise ValueError(f"similarity {tuple(s.shape)} and reference {tuple(s0.shape)} differ")
+    return (s / s0.clamp_min(floor)).clamp(0, 1)
+
+
+def fluency_score(
+    nll_sum: Float[Tensor, " n"],
+    n_tokens: Float[Tensor, " n"],
+    repetition: Float[Tensor, " n"],
+    ppl_reference: float,
+) -> Float[Tensor, " n"]:
+    """``f_b = min(1, PPL₀ / ppl_b) · (1 − rep_b)`` with ``ppl_b = exp(nll_sum_b / n_b)``.
+
+    ``PPL₀`` is a reference perplexity (the unsteered responses' corpus perplexity), so
+    unsteered text scores about 1. A response without tokens scores 0.
+    """
+    nll, n = torch.as_tensor(nll_sum).double(), torch.as_tensor(n_tokens).double()
+    rep = torch.as_tensor(repetition).double()
+    ppl = torch.where(n > 0, (nll / n.clamp_min(1)).exp(), torch.full_like(nll, float("inf")))
+    f = (ppl_reference / ppl).clamp(max=1) * (1 - rep)
+    return torch.where(n > 0, f, torch.zeros_like(f))
 
 
 class TokenProjections(NamedTuple):

@@ -2,7 +2,7 @@
 
     >>> iv = LoReFT(handle.d_model, 4, "resid_post.9")
     >>> res = train_intervention(handle, iv, [TrainExample("How was your day?", "Awful.")],
-    ...                          TrainConfig(epochs=3))
+    ...                          TrainConfig(epochs=4))
 
 The model is frozen; only the intervention's parameters get gradients. During training the
 intervention acts at ``TrainConfig.positions`` (default the last prompt token, as pyreft's
@@ -64,16 +64,17 @@ class TrainExample(NamedTuple):
 class TrainConfig:
     """Settings of :func:`train_intervention`."""
 
-    epochs: int = 3
-    """Passes over the examples."""
-    batch_size: int = 8
-    """Examples per step."""
-    lr: float = 4e-3
-    """AdamW learning rate."""
+    epochs: int = 4
+    """Passes over the examples (the MSRS reference, waitxian/MSRS ``train.py``: 4)."""
+    batch_size: int = 2
+    """Examples per step (the MSRS reference: 2)."""
+    lr: float = 5e-3
+    """AdamW learning rate (the MSRS reference's default: 5e-3)."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
-    max_target_tokens: int = 16
-    """Target tokens kept per example."""
+    max_target_tokens: int = 64
+    """Target tokens kept per example (the reference keeps whole targets; 64 covers every
+    target in ``data/steering``)."""
     add_eos: bool = True
     """Append end-of-sequence to targets that were not cut."""
     chat: bool = True

@@ -197,7 +197,8 @@ def _all_kinds(d: int = 16):
         ),
         "replace": Replace(torch.randn(d, generator=g), SITE, "prompt:last_2"),
         "sae_splice": SaeSplice(build_sae(SaeConfig(d_in=d, d_sae=32, k=4, site=SITE))),
-        "msrs": MSRS(d, [1, 2, 1], ["x", "y"], SITE, hidden=4),
+        # synthetic activations have no chat template: the paper's rule over all prompt tokens
+        "msrs": MSRS(d, [1, 2, 1], ["x", "y"], SITE, hidden=4, token_rule="paper"),
     }
 
 

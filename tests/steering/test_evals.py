@@ -13,17 +13,23 @@ from scipy.stats import hmean
 from steerlab.interventions import AddVector
 from steerlab.steering.evals import (
     KeywordConcept,
+    LexicalFormality,
     ProjectionConcept,
     Sentiment,
     SweepConfig,
+    prefix_ids,
+    score_responses,
     strength_sweep,
 )
 from steerlab.steering.scores import (
+    bootstrap_ci,
     continuation_scores,
     cosine,
     embed,
+    fluency_score,
     harmonic_mean,
     keyword_hits,
+    relevance_ratio,
     repetition_rate,
     token_projections,
     vader_compound,
@@ -96,6 +102,31 @@ def test_harmonic_mean_matches_scipy_and_is_below_the_mean(xs):
     assert min(xs) - 1e-12 <= h <= sum(xs) / len(xs) + 1e-12
 
 
+# --- relevance and fluency formulas ------------------------------------------------------------
+
+
+def test_relevance_ratio_closed_form():
+    s = torch.tensor([0.30, 0.60, -0.2, 0.05], dtype=torch.float64)
+    s0 = torch.tensor([0.60, 0.30, 0.5, 0.02], dtype=torch.float64)
+    # 0.3/0.6; above the reference clips to 1; negative clips to 0; s0 below the floor -> floor
+    want = torch.tensor([0.5, 1.0, 0.0, 0.05 / 0.1], dtype=torch.float64)
+    torch.testing.assert_close(relevance_ratio(s, s0, floor=0.1), want, rtol=0, atol=1e-15)
+    with pytest.raises(ValueError, match="floor"):
+        relevance_ratio(s, s0, floor=0.0)
+    with pytest.raises(ValueError, match="differ"):
+        relevance_ratio(s, s0[:2])
+
+
+def test_fluency_score_closed_form():
+    nll = torch.tensor([2.0, 6.0, 0.0, 3.0], dtype=torch.float64)
+    n = torch.tensor([2.0, 3.0, 0.0, 3.0], dtype=torch.float64)
+    rep = torch.tensor([0.0, 0.5, 0.0, 0.25], dtype=torch.float64)
+    ppl0 = math.e**1.5
+    # ppl = e^1 (below PPL0: capped at 1), e^2, empty -> 0, e^1 with repetition 0.25
+    want = torch.tensor([1.0, math.e**-0.5 * 0.5, 0.0, 0.75], dtype=torch.float64)
+    torch.testing.assert_close(fluency_score(nll, n, rep, ppl0), want, rtol=1e-12, atol=0)
+
+
 # --- perplexity and projections ----------------------------------------------------------------
 
 
@@ -162,6 +193,65 @@ def test_cosine_orders_meaning(encoder):
     assert float(cosine(e[:1], e[:1])) == pytest.approx(1.0)
 
 
+# Hand-made relevance set: each prompt with the answer a helpful assistant would give and an
+# answer to a different question (fluent and on a definite topic, so only relevance differs).
+RELEVANCE_SET = [
+    ("What do you usually eat for breakfast?",
+     "I usually have porridge with fruit and a cup of coffee in the morning.",
+     "The train to the airport leaves every twenty minutes from platform four."),
+    ("Tell me about your weekend.",
+     "My weekend was relaxing: I went hiking on Saturday and saw friends on Sunday.",
+     "Photosynthesis turns sunlight, water and carbon dioxide into glucose and oxygen."),
+    ("Describe the weather today.",
+     "It is cloudy and cool today, with a light rain expected this afternoon.",
+     "My favourite board game is chess because every match is different."),
+    ("What kind of music do you listen to?",
+     "I mostly listen to jazz and some classical music while I work.",
+     "To change a flat tyre, loosen the nuts, lift the car and swap the wheel."),
+    ("How do you usually get to work?",
+     "I usually take the bus to work, and on sunny days I cycle.",
+     "The recipe needs two eggs, a cup of flour and a pinch of salt."),
+    ("Tell me about the last book you read.",
+     "The last book I read was a mystery novel about a detective in Venice.",
+     "Our dentist recommends brushing twice a day and flossing every night."),
+]  # fmt: skip
+
+
+def test_relevance_prefers_the_ideal_answer_to_an_off_topic_one(encoder):
+    prompts = [p for p, _, _ in RELEVANCE_SET]
+    ideal = embed(encoder, [a for _, a, _ in RELEVANCE_SET])
+    off = embed(encoder, [b for _, _, b in RELEVANCE_SET])
+    q = embed(encoder, prompts)
+    s_ideal, s_off = cosine(ideal, q), cosine(off, q)
+    assert (s_ideal > s_off).all(), (s_ideal, s_off)
+    # normalised by a reference that is the ideal answer itself: the ideal scores 1, the
+    # off-topic answer less (strictly below 1 wherever its raw similarity is lower)
+    r_ideal = relevance_ratio(s_ideal, s_ideal)
+    r_off = relevance_ratio(s_off, s_ideal)
+    assert torch.equal(r_ideal, torch.ones_like(r_ideal))
+    assert (r_off < r_ideal).all()
+
+
+def test_response_scores_do_not_depend_on_the_prompt(model, encoder):
+    # fluency is scored after one generic prefix: the same response to two different prompts
+    # gets the same NLL (bit-identical batches), while its similarity follows the prompt
+    tok = model.tokenizer
+    resp = torch.tensor(tok(" It rained all day, so I stayed home and read.")["input_ids"])
+    q = embed(encoder, ["Describe the weather today.", "Explain how compilers optimise loops."])
+    pre = prefix_ids(model, "Say something.")
+    r = score_responses(model, encoder, q, [resp, resp], ["It rained all day."] * 2, pre)
+    assert r.nll_sum[0] == r.nll_sum[1] and r.n_tokens.tolist() == [len(resp)] * 2
+    assert r.similarity[0] > r.similarity[1]
+    # the NLL is the model's own after the chat-rendered prefix
+    seq = torch.cat([pre, resp])
+    with torch.no_grad():
+        logits = model.model(input_ids=seq[None]).logits[0].double()
+    manual = sum(-logits[t - 1].log_softmax(-1)[seq[t]] for t in range(len(pre), len(seq)))
+    # float32 logits of a batch of two vs one sequence agree to ~1e-5 per token
+    assert float(r.nll_sum[0]) == pytest.approx(float(manual), abs=1e-3)
+    assert tok.decode(pre).endswith("<|im_start|>assistant\n")
+
+
 # --- concept normalisations ------------------------------------------------------------------
 
 
@@ -180,6 +270,13 @@ def test_concept_normalisations():
     got = p.normalise(torch.tensor([2.0, 2.0 + math.sqrt(2), 10.0, float("nan")],
                                    dtype=torch.float64), 1, ref)  # fmt: skip
     assert got.tolist() == pytest.approx([0.0, 0.5, 1.0, 0.0])
+    lex = LexicalFormality(scale=1.0)
+    raw = lex.score(["The committee approved the proposal.", "sure lol, gonna help ya"])
+    assert raw.tolist() == pytest.approx([0.4, -0.8])  # see tests/steering/test_formality.py
+    ref = torch.tensor([0.0, 0.2], dtype=torch.float64)  # mean 0.1, std sqrt(0.02)
+    want = [min(1.0, (0.4 - 0.1) / math.sqrt(0.02)), 0.0]
+    assert lex.normalise(raw, 1, ref).tolist() == pytest.approx(want)
+    assert lex.normalise(raw, -1, ref).tolist() == pytest.approx([0.0, 1.0])
 
 
 def test_sweep_config_validation():
@@ -189,6 +286,10 @@ def test_sweep_config_validation():
         SweepConfig(alphas=(1.0, float("nan")))
     with pytest.raises(ValueError):
         SweepConfig(alphas=(1.0,), max_new_tokens=0)
+    with pytest.raises(ValueError, match="fluency_prefix"):
+        SweepConfig(alphas=(1.0,), fluency_prefix="  ")
+    with pytest.raises(ValueError, match="relevance_floor"):
+        SweepConfig(alphas=(1.0,), relevance_floor=0.0)
 
 
 # --- one small sweep -------------------------------------------------------------------------
@@ -204,18 +305,27 @@ def sweep(model, encoder):
                           Sentiment(), cfg, encoder=encoder)  # fmt: skip
 
 
-def test_sweep_parts_follow_their_definitions(sweep):
+def test_sweep_parts_follow_their_definitions(sweep, model, encoder):
     assert sweep.alphas == [-40.0, 0.0, 40.0]
     ref = sweep.points[1]
     assert ref.label == "unsteered"
-    torch.testing.assert_close(ref.relevance, torch.ones(3, dtype=torch.float64))
+    floor = sweep.config.relevance_floor
+    torch.testing.assert_close(ref.relevance, (ref.similarity / ref.similarity.clamp_min(floor))
+                               .clamp(0, 1))  # fmt: skip
     ppl0 = math.exp(float(ref.nll_sum.sum() / ref.n_tokens.sum()))
     assert sweep.ppl_reference == pytest.approx(ppl0)
+    q = embed(encoder, sweep.prompts)
     for c in [*sweep.points, *sweep.baselines.values()]:
         ppl = (c.nll_sum / c.n_tokens).exp()
         want_f = (ppl0 / ppl).clamp(max=1) * (1 - c.repetition)
         torch.testing.assert_close(c.fluency, torch.where(c.n_tokens > 0, want_f, 0.0))
         torch.testing.assert_close(c.concept_raw, vader_compound(c.texts))
+        # relevance: the response's similarity to its prompt over the unsteered response's
+        sim = cosine(embed(encoder, c.texts), q)
+        # batches of 4 vs one batch: padding moves float32 embeddings by ~1e-6
+        torch.testing.assert_close(c.similarity, sim, rtol=0, atol=1e-5)
+        want_r = (sim / ref.similarity.clamp_min(floor)).clamp(0, 1)
+        torch.testing.assert_close(c.relevance, want_r, rtol=0, atol=1e-4)  # ratio of the above
         for pole in (1, -1):
             parts = torch.stack([(pole * c.concept_raw).clamp(0, 1), c.fluency, c.relevance], -1)
             want = torch.tensor([hmean(r) if min(r) > 0 else 0.0 for r in parts.tolist()],
@@ -223,7 +333,7 @@ def test_sweep_parts_follow_their_definitions(sweep):
             torch.testing.assert_close(c.combined[pole], want)
     row = {r["label"]: r for r in sweep.table()}
     assert set(row) == {"alpha=-40", "unsteered", "alpha=+40", "prompt+1", "prompt-1"}
-    assert row["unsteered"]["relevance"] == pytest.approx(1.0)
+    assert row["unsteered"]["similarity"] == pytest.approx(float(ref.similarity.mean()))
 
 
 def test_sweep_best_uses_a_holdout_split(sweep):
@@ -237,3 +347,28 @@ def test_sweep_best_uses_a_holdout_split(sweep):
     assert (r.lo, r.hi) == (-40.0, 40.0) and len(r.concepts) == 3
     d = sweep.to_dict()
     assert d["texts"]["prompt+1"] == sweep.baselines[1].texts and len(d["table"]) == 5
+
+
+# --- confidence intervals --------------------------------------------------------------------
+
+
+def test_bootstrap_ci_matches_the_normal_interval_for_a_large_sample():
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(400, generator=g, dtype=torch.float64)
+    ci = bootstrap_ci(x, n_boot=4000)
+    half = 1.959964 * float(x.std()) / math.sqrt(len(x))  # ≈ 0.098
+    assert ci.mean == pytest.approx(float(x.mean()), abs=1e-12)
+    # the bootstrap distribution of a mean of 400 normals is close to normal; with 4000
+    # resamples its 2.5/97.5% quantiles sit within ~5% of the half-width of the normal ones
+    assert ci.lo == pytest.approx(ci.mean - half, abs=0.1 * half)
+    assert ci.hi == pytest.approx(ci.mean + half, abs=0.1 * half)
+
+
+def test_bootstrap_ci_edge_cases():
+    const = bootstrap_ci(torch.tensor([0.5, 0.5, float("nan"), 0.5]))
+    # constant values: every resample mean is 0.5 up to summation round-off
+    assert tuple(const) == pytest.approx((0.5, 0.5, 0.5), abs=1e-15)
+    with pytest.raises(ValueError, match="non-NaN"):
+        bootstrap_ci(torch.tensor([float("nan")]))
+    with pytest.raises(ValueError, match="level"):
+        bootstrap_ci(torch.ones(3), level=1.0)

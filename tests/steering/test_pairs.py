@@ -18,6 +18,7 @@ from steerlab.datasets.pairs import (
     load_prompts,
     make_pairs,
 )
+from steerlab.steering.scores import vader_compound
 
 DATA = Path(__file__).resolve().parents[2] / "data" / "steering"
 
@@ -137,3 +138,24 @@ def test_shipped_neutral_prompts_and_keywords():
     assert all(words(p.positive) & set(kw) for p in ocean)
     assert not any(words(p.negative) & set(kw) for p in ocean)
     assert not any(words(p) & set(kw) for p in prompts)
+
+
+def test_heldout_formality_pairs_are_disjoint_from_the_training_pairs():
+    held = load_pairs(DATA / "formality_heldout.jsonl")
+    train = load_pairs(DATA / "formality.jsonl")
+    assert len(held) == 40 and held.has_prompts
+    texts = lambda ps: {t for p in ps for t in (p.prompt, p.positive, p.negative)}  # noqa: E731
+    assert not texts(held) & texts(train)  # the scorer never sees a training text
+
+
+def test_task_frames_are_concept_free():
+    frames = json.loads((DATA / "task_frames.json").read_text())["frames"]
+    assert set(frames) == {"sentiment", "formality", "topic_ocean"}
+    assert len(set(frames.values())) == 3 and all("{prompt}" in f for f in frames.values())
+    kw = set(json.loads((DATA / "topic_ocean_keywords.json").read_text())["keywords"])
+    framed = [f.format(prompt=p) for f in frames.values()
+              for p in load_prompts(DATA / "neutral_prompts.jsonl")]  # fmt: skip
+    words = lambda t: set(t.lower().replace(",", " ").replace(".", " ").replace(":", " ").split())  # noqa: E731
+    # no framed prompt mentions the ocean, and the frames carry no sentiment (VADER 0)
+    assert not any(words(p) & kw for p in framed)
+    assert vader_compound(list(frames.values())).abs().max() == 0

@@ -35,9 +35,11 @@ half-written artifact under the final name, and the previous version stays intac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -51,11 +53,13 @@ from steerlab.errors import FormatError, MissingFileError
 from steerlab.io import atomic_dir
 from steerlab.validation import (
     check_fields,
+    json_matches,
     json_view,
     load_tensors,
     read_json,
     reading,
     require,
+    show,
 )
 
 __all__ = [
@@ -371,6 +375,15 @@ def load(path: str | os.PathLike, **kwargs: Any) -> Any:
 # --- the shared base of frozen artifacts ----------------------------------------------------------
 
 
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a dataclass's fields ({} if they cannot be resolved)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation naming what only type checkers import: check nothing
+        return {}
+
+
 def _str_or_none(value: Any) -> str | None:
     return value if isinstance(value, str) else None
 
@@ -431,21 +444,27 @@ class FrozenArtifact:
         cfg, tensors = load_artifact(path, cls._kind(), device=device)  # type: ignore[attr-defined]
         where = Path(path) / CFG_NAME
         kwargs: dict[str, Any] = {}
-        # the class's own checks (__post_init__, codecs) are the rest of its schema: whatever
-        # they refuse becomes a FormatError naming the file
+        hints = _field_types(cls)
+        # the fields' types are the schema of cfg.json; the class's own checks (__post_init__,
+        # codecs) are the rest of it: whatever they refuse becomes a FormatError naming the file
         with reading(path, cls.__name__):
             for f in dataclasses.fields(cls):  # type: ignore[arg-type]
                 if f.name in tensors:
                     kwargs[f.name] = tensors[f.name]
                 elif f.name in cfg:
                     codec = cls.CODECS.get(f.name)  # type: ignore[attr-defined]
-                    kwargs[f.name] = codec[1](cfg[f.name]) if codec else cfg[f.name]
+                    value = cfg[f.name]
+                    known = codec is None and f.name in hints
+                    if known and json_matches(value, hints[f.name]) is False:
+                        raise FormatError(where, f"field {f.name!r} must be "
+                                          f"{hints[f.name]}, got {show(value)}", field=f.name)  # fmt: skip
+                    kwargs[f.name] = codec[1](value) if codec else value
                 elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                     raise FormatError(path, f"{cls.__name__} needs {f.name!r}, found neither in "
                                       f"{CFG_NAME} nor in {tensors_name(cfg['kind'])}",
                                       field=f.name)  # fmt: skip
             obj = cls(**kwargs)
-        width = obj.artifact_header()["d_in"]  # type: ignore[attr-defined]
+            width = obj.artifact_header()["d_in"]  # type: ignore[attr-defined]
         if cfg["d_in"] is not None and width != cfg["d_in"]:
             raise FormatError(where, f"d_in is {cfg['d_in']}, but the tensors have width {width}",
                               field="d_in")  # fmt: skip

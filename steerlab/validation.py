@@ -25,13 +25,16 @@ Reading never writes: none of these functions creates, changes or removes a file
 
 from __future__ import annotations
 
+import collections.abc
 import json
 import math
 import os
+import types
+import typing
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
@@ -50,6 +53,7 @@ __all__ = [
     "check_fields",
     "check_tensor",
     "check_type",
+    "json_matches",
     "json_view",
     "load_tensors",
     "open_tensors",
@@ -177,11 +181,11 @@ def check_fields(
     if not isinstance(obj, dict):
         what = f"{label} {where!r} must be a JSON object" if where else "must hold a JSON object"
         raise FormatError(file, f"{what}, got {type(obj).__name__}", field=where or None)
-    for name, types in schema.items():
+    for name, allowed in schema.items():
         field = f"{prefix}{name}"
         if name not in obj:
             raise FormatError(file, f"missing {label} {field!r}", field=field)
-        check_type(obj[name], types, file, field, label=label)
+        check_type(obj[name], allowed, file, field, label=label)
 
 
 def require(
@@ -192,6 +196,38 @@ def require(
     if not ok:
         raise FormatError(file, f"{label} {field!r} must be {expected}, got {show(got)}",
                           field=field)  # fmt: skip
+
+
+_OBJECTS = (dict, Mapping, collections.abc.Mapping)
+_ARRAYS = (list, tuple, collections.abc.Sequence)
+
+
+def json_matches(value: Any, annotation: Any) -> bool | None:
+    """Whether a parsed JSON ``value`` fits a field's type ``annotation``.
+
+    Understood: ``int``, ``float``, ``str``, ``bool``, ``None``, ``Literal[...]``, unions
+    (``X | None``), ``dict``/``Mapping`` (a JSON object), ``list``/``tuple``/``Sequence`` (a
+    JSON array); their contents are not looked into.
+
+    Returns:
+        True or False; None where the annotation is not one of those (nothing to check).
+    """
+    origin = typing.get_origin(annotation)
+    if origin is typing.Union or isinstance(annotation, types.UnionType):
+        results = [json_matches(value, a) for a in typing.get_args(annotation)]
+        return True if True in results else None if None in results else False
+    if annotation is None or annotation is type(None):
+        return value is None
+    if origin is Literal:
+        return any(_is(value, type(c)) and value == c for c in typing.get_args(annotation))
+    base = origin or annotation
+    if base in _OBJECTS:
+        return isinstance(value, dict)
+    if base in _ARRAYS:
+        return isinstance(value, list)
+    if base in (int, float, str, bool):
+        return _is(value, base)
+    return None
 
 
 class JsonObject(dict):
@@ -295,9 +331,12 @@ def read_safetensors_header(file: str | os.PathLike) -> dict[str, TensorInfo]:
         ok = all(_is(s, int) and s >= 0 for s in shape)
         require(ok, file, name, "of a shape of integers >= 0", shape, label=label)
         ok = len(offsets) == 2 and all(_is(o, int) for o in offsets)
-        ok = ok and 0 <= offsets[0] <= offsets[1] <= data_size
-        require(ok, file, name, f"at data offsets within the {data_size} data bytes "
-                "(truncated?)", offsets, label=label)  # fmt: skip
+        ok = ok and 0 <= offsets[0] <= offsets[1]
+        require(ok, file, name, "at data offsets [begin, end], 0 <= begin <= end", offsets,
+                label=label)  # fmt: skip
+        if offsets[1] > data_size:
+            raise FormatError(file, f"truncated: tensor {name!r} needs data bytes {offsets[0]}.."
+                                    f"{offsets[1]}, the file holds {data_size}", field=name)  # fmt: skip
         need = math.prod(shape) * DTYPE_SIZES[dtype]
         require(offsets[1] - offsets[0] == need, file, name,
                 f"{need} bytes long ({dtype} {shape})", offsets, label=label)  # fmt: skip

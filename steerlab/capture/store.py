@@ -58,6 +58,7 @@ from steerlab.capture.integrity import (
 from steerlab.capture.integrity import (
     CorruptShardError as CorruptShardError,  # re-exported: raised by the readers here
 )
+from steerlab.checks import check_int, check_real
 from steerlab.io import atomic_write_bytes, fsync_dir
 from steerlab.validation import open_tensors
 
@@ -149,15 +150,12 @@ class StoreWriter:
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
-        if shard_tokens < 1:
-            raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
-        if sink_norm_ratio < 0:
-            raise ValueError(f"sink_norm_ratio must be >= 0, got {sink_norm_ratio}")
+        check_int(shard_tokens, "shard_tokens")
+        check_real(sink_norm_ratio, "sink_norm_ratio", low=0)
         for name, d in sites.items():
             if name in META_DTYPES or name == SINK or not name:
                 raise ValueError(f"invalid site name {name!r}")
-            if int(d) < 1:
-                raise ValueError(f"site {name!r}: width must be >= 1, got {d}")
+            check_int(d, f"site {name!r}: width")
         self.path = Path(path)
         self.sites = {name: int(d) for name, d in sites.items()}
         self.dtype = dtype
@@ -716,8 +714,11 @@ class ActivationStore:
         """
         names = [site] if isinstance(site, str) else list(site)
         self._check_names(names)
-        if batch_size < 1 or shards_in_memory < 1:
-            raise ValueError("batch_size and shards_in_memory must be >= 1")
+        check_int(batch_size, "batch_size")
+        check_int(shards_in_memory, "shards_in_memory")
+        check_int(skip_batches, "skip_batches", low=0)
+        check_int(epoch, "epoch", low=0)
+        check_int(seed, "seed", low=-(2**63))
         gen = torch.Generator().manual_seed(_mix_seed(seed, epoch))
         order = (
             torch.randperm(self.n_shards, generator=gen) if shuffle else torch.arange(self.n_shards)

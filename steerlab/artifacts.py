@@ -35,19 +35,32 @@ half-written artifact under the final name, and the previous version stays intac
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 import json
 import os
+import typing
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor
 
 from steerlab import __version__
+from steerlab.errors import FormatError, MissingFileError
 from steerlab.io import atomic_dir
+from steerlab.validation import (
+    check_fields,
+    json_matches,
+    json_view,
+    load_tensors,
+    read_json,
+    reading,
+    require,
+    show,
+)
 
 __all__ = [
     "CFG_NAME",
@@ -187,42 +200,26 @@ def tensors_name(kind: str) -> str:
 
 
 def check_header(cfg: Any, where: str | os.PathLike) -> None:
-    """Validate the header fields of a ``cfg.json`` (:data:`HEADER`).
+    """Validate the header fields of a ``cfg.json`` (:data:`HEADER`), the schema every kind
+    shares (:func:`steerlab.validation.check_fields`).
 
     Args:
         cfg: the parsed ``cfg.json``.
         where: the file, named in the error.
 
     Raises:
-        ValueError: not a JSON object, a missing field, a field of the wrong type, a width
+        FormatError: not a JSON object, a missing field, a field of the wrong type, a width
             below 1, or a ``format_version`` newer than this steerlab reads.
     """
-    if not isinstance(cfg, dict):
-        raise ValueError(f"{where}: must hold a JSON object, got {type(cfg).__name__}")
-    for name, types in HEADER.items():
-        if name not in cfg:
-            raise ValueError(f"{where}: missing header field {name!r}")
-        value = cfg[name]
-        ok = any(value is None if t is None else _is(value, t) for t in types)
-        if not ok:
-            want = " or ".join("null" if t is None else t.__name__ for t in types)
-            raise ValueError(
-                f"{where}: header field {name!r} must be {want}, got {json.dumps(value)}"
-            )
-    if not cfg["kind"]:
-        raise ValueError(f"{where}: header field 'kind' is empty")
-    if cfg["d_in"] is not None and cfg["d_in"] < 1:
-        raise ValueError(f"{where}: header field 'd_in' must be >= 1, got {cfg['d_in']}")
+    check_fields(cfg, HEADER, where, label="header field")
+    require(bool(cfg["kind"]), where, "kind", "a non-empty string", cfg["kind"],
+            label="header field")  # fmt: skip
+    d_in = cfg["d_in"]
+    require(d_in is None or d_in >= 1, where, "d_in", ">= 1", d_in, label="header field")
     if not 0 <= cfg["format_version"] <= FORMAT_VERSION:
-        raise ValueError(
-            f"{where}: format_version {cfg['format_version']} is not one this steerlab "
-            f"({__version__}) reads (0..{FORMAT_VERSION}); upgrade steerlab"
-        )
-
-
-def _is(value: Any, t: type) -> bool:
-    # JSON true/false are Python bools, which are ints too: never accept them as a width
-    return isinstance(value, t) and not (t is int and isinstance(value, bool))
+        raise FormatError(where, f"format_version {cfg['format_version']} is not one this "
+                                 f"steerlab ({__version__}) reads (0..{FORMAT_VERSION}); upgrade "
+                                 "steerlab", field="format_version")  # fmt: skip
 
 
 def _upgrade(cfg: Any, where: Path) -> Any:
@@ -233,7 +230,9 @@ def _upgrade(cfg: Any, where: Path) -> Any:
     if _LEGACY_WIDTH in out:
         width = out.pop(_LEGACY_WIDTH)
         if out.get("d_in", width) != width:
-            raise ValueError(f"{where}: d_in={out['d_in']} and d_model={width} disagree")
+            raise FormatError(
+                where, f"d_in={out['d_in']} and d_model={width} disagree", field="d_in"
+            )
         out["d_in"] = width
     meta = out.get("meta")
     meta = meta if isinstance(meta, dict) else {}
@@ -314,24 +313,25 @@ def save_artifact(
 def read_cfg(path: str | os.PathLike) -> dict[str, Any]:
     """Read and check ``cfg.json`` of an artifact directory (older formats upgraded).
 
+    Returns:
+        The config as a :class:`~steerlab.validation.JsonObject`: reading a key it lacks
+        raises a :class:`~steerlab.errors.FormatError` naming the file and the field.
+
     Raises:
-        FileNotFoundError: no ``cfg.json`` in ``path``.
-        ValueError: the file is not JSON, or its header fails :func:`check_header`.
+        MissingFileError: no ``cfg.json`` in ``path`` (a ``FileNotFoundError`` too).
+        FormatError: the file is not JSON, or its header fails :func:`check_header`.
     """
     path = Path(path)
     f = path / CFG_NAME
     if not f.is_file():
-        raise FileNotFoundError(f"{path} is not a steerlab artifact: no {CFG_NAME} inside")
-    try:
-        cfg = json.loads(f.read_text())
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{f}: not valid JSON ({e})") from None
+        raise MissingFileError(path, f"not a steerlab artifact: no {CFG_NAME} inside")
+    cfg = read_json(f, "an artifact config (a JSON object)")
     if isinstance(cfg, dict) and "kind" not in cfg and "architecture" in cfg:
-        raise ValueError(f"{f}: no 'kind' but an 'architecture': a SAELens directory? Read it "
-                         "with steerlab.saes.formats.load_saelens")  # fmt: skip
+        raise FormatError(f, "no 'kind' but an 'architecture': a SAELens directory? Read it "
+                             "with steerlab.saes.formats.load_saelens", field="kind")  # fmt: skip
     cfg = _upgrade(cfg, f)
     check_header(cfg, f)
-    return cfg
+    return json_view(cfg, f)
 
 
 def load_artifact(
@@ -340,24 +340,48 @@ def load_artifact(
     """Read an artifact directory; check its kind if ``kind`` is given.
 
     Returns:
-        ``(cfg, tensors)``: the checked ``cfg.json`` and the tensors on ``device``.
+        ``(cfg, tensors)``: the checked ``cfg.json`` and the tensors on ``device`` (a
+        :class:`~steerlab.validation.TensorDict`: reading a missing tensor names it).
+
+    Raises:
+        MissingFileError: no ``cfg.json`` or no ``<kind>.safetensors``.
+        FormatError: either file is damaged, or the kind is not ``kind``.
     """
     path = Path(path)
     cfg = read_cfg(path)
     if kind is not None and cfg["kind"] != kind:
-        raise ValueError(f"{path} holds a {cfg['kind']!r} artifact, expected {kind!r}")
+        raise FormatError(path / CFG_NAME, f"holds a {cfg['kind']!r} artifact, expected {kind!r}",
+                          field="kind")  # fmt: skip
     tfile = path / tensors_name(cfg["kind"])
     if not tfile.is_file():
-        raise FileNotFoundError(f"{path}: missing {tfile.name}")
-    return cfg, load_file(str(tfile), device=str(device))
+        raise MissingFileError(path, f"missing {tfile.name}")
+    return cfg, load_tensors(tfile, device=str(device))
 
 
 def load(path: str | os.PathLike, **kwargs: Any) -> Any:
-    """Load any artifact by the ``kind`` in its ``cfg.json`` (``kwargs`` go to its ``load``)."""
-    return kind_class(read_cfg(path)["kind"]).load(path, **kwargs)
+    """Load any artifact by the ``kind`` in its ``cfg.json`` (``kwargs`` go to its ``load``).
+
+    Raises:
+        FormatError: a damaged or unreadable artifact, or an unknown kind (named in the error).
+    """
+    cfg = read_cfg(path)
+    try:
+        cls = kind_class(cfg["kind"])
+    except ValueError as e:
+        raise FormatError(Path(path) / CFG_NAME, str(e), field="kind") from None
+    return cls.load(path, **kwargs)
 
 
 # --- the shared base of frozen artifacts ----------------------------------------------------------
+
+
+@functools.cache
+def _field_types(cls: type) -> dict[str, Any]:
+    """The resolved annotations of a dataclass's fields ({} if they cannot be resolved)."""
+    try:
+        return typing.get_type_hints(cls)
+    except Exception:  # an annotation naming what only type checkers import: check nothing
+        return {}
 
 
 def _str_or_none(value: Any) -> str | None:
@@ -420,20 +444,28 @@ class FrozenArtifact:
         cfg, tensors = load_artifact(path, cls._kind(), device=device)  # type: ignore[attr-defined]
         where = Path(path) / CFG_NAME
         kwargs: dict[str, Any] = {}
-        for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-            if f.name in tensors:
-                kwargs[f.name] = tensors[f.name]
-            elif f.name in cfg:
-                codec = cls.CODECS.get(f.name)  # type: ignore[attr-defined]
-                kwargs[f.name] = codec[1](cfg[f.name]) if codec else cfg[f.name]
-            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                raise ValueError(f"{path}: {cls.__name__} needs {f.name!r}, found neither in "
-                                 f"{CFG_NAME} nor in {tensors_name(cfg['kind'])}")  # fmt: skip
-        try:
+        hints = _field_types(cls)
+        # the fields' types are the schema of cfg.json; the class's own checks (__post_init__,
+        # codecs) are the rest of it: whatever they refuse becomes a FormatError naming the file
+        with reading(path, cls.__name__):
+            for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+                if f.name in tensors:
+                    kwargs[f.name] = tensors[f.name]
+                elif f.name in cfg:
+                    codec = cls.CODECS.get(f.name)  # type: ignore[attr-defined]
+                    value = cfg[f.name]
+                    known = codec is None and f.name in hints
+                    if known and json_matches(value, hints[f.name]) is False:
+                        raise FormatError(where, f"field {f.name!r} must be "
+                                          f"{hints[f.name]}, got {show(value)}", field=f.name)  # fmt: skip
+                    kwargs[f.name] = codec[1](value) if codec else value
+                elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise FormatError(path, f"{cls.__name__} needs {f.name!r}, found neither in "
+                                      f"{CFG_NAME} nor in {tensors_name(cfg['kind'])}",
+                                      field=f.name)  # fmt: skip
             obj = cls(**kwargs)
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{path}: not a valid {cls.__name__}: {e}") from e
-        width = obj.artifact_header()["d_in"]  # type: ignore[attr-defined]
+            width = obj.artifact_header()["d_in"]  # type: ignore[attr-defined]
         if cfg["d_in"] is not None and width != cfg["d_in"]:
-            raise ValueError(f"{where}: d_in is {cfg['d_in']}, but the tensors have width {width}")
+            raise FormatError(where, f"d_in is {cfg['d_in']}, but the tensors have width {width}",
+                              field="d_in")  # fmt: skip
         return obj

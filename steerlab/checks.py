@@ -1,12 +1,21 @@
-"""Input validation shared by the interventions, probe and erasure modules.
+"""Input validation at the boundary of the public library API.
 
 Every check raises :class:`ValueError` with a message that names the argument and the problem
-(shape, NaN/inf, number of classes), so a user sees *what* is wrong before any linear algebra
-runs. The functions are generic: features are ``[..., d]`` floating tensors, labels are class
-indices ``[n]`` (integer or bool) or per-sample target columns ``[n, k]``.
+(shape, NaN/inf, number of classes, a count below 1), so a user sees *what* is wrong before any
+linear algebra runs and before any file is created. Tensors: features are ``[..., d]`` floating
+tensors, labels are class indices ``[n]`` (integer or bool) or per-sample target columns
+``[n, k]``. Numbers: :func:`check_int` for counts (batch sizes, steps, token counts, widths,
+``k``) and :func:`check_real` for reals (strengths, learning rates, tolerances), one line at
+the top of each public entry point. (Config dataclasses check their fields with
+:func:`steerlab.config.check_types` and friends; files read from disk are checked by
+:mod:`steerlab.validation`.)
 """
 
 from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
 
 import torch
 from jaxtyping import Float, Int
@@ -15,10 +24,77 @@ from torch import Tensor
 __all__ = [
     "check_features",
     "check_finite",
+    "check_int",
     "check_labels",
+    "check_real",
     "check_targets",
     "check_width",
 ]
+
+
+def _got(value: Any) -> str:
+    return f"{value!r} (a bool)" if isinstance(value, bool) else repr(value)
+
+
+def check_int(value: Any, name: str, *, low: int = 1, optional: bool = False) -> Any:
+    """Raise unless ``value`` is an integer ``>= low`` (None too if ``optional``).
+
+    Floats (``8.0`` included: a count is never fractional), strings, bools and NaN are refused.
+
+    Returns:
+        ``value`` itself.
+    """
+    if value is None and optional:
+        return value
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+    if not ok:
+        none = " or None" if optional else ""
+        raise ValueError(f"{name} must be an integer >= {low}{none}, got {_got(value)}")
+    return value
+
+
+def check_real(
+    value: Any,
+    name: str,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    optional: bool = False,
+) -> Any:
+    """Raise unless ``value`` is a finite real number within the bounds given.
+
+    Args:
+        value: the argument.
+        name: its name, for the message.
+        low: lowest value allowed (None: no bound).
+        high: highest value allowed (None: no bound).
+        low_open: ``low`` itself is refused (``> low`` instead of ``>= low``).
+        optional: None is allowed.
+
+    NaN, infinities, strings and bools are refused (no steerlab setting means "not a number").
+
+    Returns:
+        ``value`` itself.
+    """
+    if value is None and optional:
+        return value
+    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    ok = ok and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        bounds = []
+        if low is not None:
+            bounds.append(f"{'>' if low_open else '>='} {low:g}")
+        if high is not None:
+            bounds.append(f"<= {high:g}")
+        where = f" {' and '.join(bounds)}" if bounds else ""
+        none = " or None" if optional else ""
+        raise ValueError(f"{name} must be a finite number{where}{none}, got {_got(value)}")
+    return value
 
 
 def check_finite(t: Tensor, name: str, *, floating: bool = False) -> Tensor:

@@ -1,4 +1,18 @@
-"""Shared fixtures: seeds, the embedded model (session-scoped), tiny GPT-2 / BERT models."""
+"""Shared fixtures: seeds, the embedded model (session-scoped), tiny GPT-2 / BERT models; the
+hypothesis profiles and the ``property`` marker.
+
+Property tests (every ``@given`` test; they get the ``property`` marker automatically) run
+under one of two hypothesis profiles, chosen by ``$STEERLAB_HYPOTHESIS_PROFILE``:
+
+- ``derandomized`` (the default): the examples are a fixed function of each test, so the suite
+  passes or fails the same way on every clone and every run;
+- ``random``: fresh examples each run; ``.ci/run`` runs ``pytest -m property`` a second time
+  with it and a ``--hypothesis-seed`` it prints, so a failure found there replays with
+  ``STEERLAB_HYPOTHESIS_PROFILE=random pytest -m property --hypothesis-seed=<seed>``.
+
+Neither keeps an example database (``.hypothesis/``): what runs depends only on the profile,
+the seed and the code. Tests that set ``max_examples`` themselves keep their own count.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +22,36 @@ import random
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 # Keep the two cores of CI machines for torch's intra-op pool, not for oversubscription.
 torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+PROFILE_ENV = "STEERLAB_HYPOTHESIS_PROFILE"
+_COMMON = {
+    "max_examples": 50,
+    "deadline": None,  # wall-clock limits fail on a loaded machine, not on wrong code
+    "database": None,
+    "print_blob": True,  # a failure prints @reproduce_failure(...) to replay it exactly
+    # generation speed depends on the machine's load, never on the code's correctness
+    "suppress_health_check": [HealthCheck.too_slow],
+}
+settings.register_profile("derandomized", derandomize=True, **_COMMON)
+settings.register_profile("random", derandomize=False, **_COMMON)
+settings.load_profile(os.environ.get(PROFILE_ENV, "derandomized"))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "property: a hypothesis property test (added to every @given test)"
+    )
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m selects by markers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if getattr(getattr(item, "obj", None), "is_hypothesis_test", False):
+            item.add_marker(pytest.mark.property)
 
 
 @pytest.fixture(autouse=True)

@@ -24,6 +24,7 @@ from torch import Tensor
 
 from steerlab.capture.backends import BACKENDS, RUNNERS
 from steerlab.capture.store import ActivationStore, StoreWriter
+from steerlab.checks import check_int
 from steerlab.models import ModelHandle
 from steerlab.positions import Positions, SpanTokens, as_positions, spans, view_of
 from steerlab.sites import Site, parse_sites, site_width
@@ -222,8 +223,8 @@ def capture(
         progress: called with the number of tokens processed after each batch.
     """
     _check_backend(backend)
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size")
+    check_int(max_length, "max_length", optional=True)
     site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
     enc = _encode(handle, inputs, attention_mask, max_length, padding_side)
     rule = _rule(positions, span_tokens, enc)
@@ -248,6 +249,27 @@ def capture(
     )
 
 
+def _rewrite_damaged(
+    writer: StoreWriter,
+    handle: ModelHandle,
+    enc: Encoded,
+    sites: Sequence[Site],
+    rule: Positions | Tensor,
+    batch_size: int,
+) -> None:
+    """Capture the sequences of each damaged shard of ``writer``'s store again and rewrite it."""
+    if writer.damaged:
+        names = ", ".join(d.file for d in writer.damaged)
+        logger.warning("%s: rewriting damaged shard(s) %s", writer.path, names)
+    for d in list(writer.damaged):
+        seqs = writer.shard_sequences(d.index)
+        with writer.rewrite_shard(d.index) as sub:
+            for rows in _batches(len(seqs), batch_size):
+                rows = range(rows.start + seqs.start, rows.stop + seqs.start)
+                acts, tok, doc, pos, _, _ = _run_batch(handle, enc, rows, sites, rule, "hf", None)
+                sub.add(acts, tok, doc, pos, n_sequences=len(rows))
+
+
 def capture_to_store(
     handle: ModelHandle,
     chunks: Any,
@@ -269,6 +291,10 @@ def capture_to_store(
     shard (atomically) every ~``shard_tokens`` rows. Rerunning with the same arguments after an
     interruption skips the sequences already in complete shards and finishes the store.
 
+    Every rerun over an existing store (complete or not) first verifies each listed shard's
+    sha256; damaged or missing shards are logged by name (a warning) and captured again from
+    their sequences, which rewrites exactly those shard files and nothing else.
+
     Args:
         handle: the model.
         chunks: :class:`steerlab.datasets.TokenChunks` (or anything with ``input_ids [n, seq]``).
@@ -286,8 +312,8 @@ def capture_to_store(
     Returns:
         The finished :class:`steerlab.capture.store.ActivationStore`.
     """
-    if not (isinstance(batch_size, int) and batch_size >= 1):
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    check_int(batch_size, "batch_size")
+    check_int(shard_tokens, "shard_tokens")
     site_list = parse_sites(sites if isinstance(sites, str) else list(sites), handle.n_layers)
     ids = chunks.input_ids if hasattr(chunks, "input_ids") else chunks
     enc = encode_tokens(handle, ids)
@@ -314,6 +340,7 @@ def capture_to_store(
         overwrite=overwrite,
     )
     with writer:
+        _rewrite_damaged(writer, handle, enc, site_list, rule, batch_size)
         start = writer.n_sequences
         if start:
             logger.info("resuming %s after %d of %d sequences", path, start, len(ids))

@@ -6,6 +6,12 @@ site name, e.g. ``"resid_post.6"``) plus ``token_ids`` (int32 ``[N]``), ``doc_id
 ``[N]``, attention-sink rows, see :func:`sink_rows`). The manifest lists the shards with their
 sha256; a shard exists for readers only once the manifest lists it.
 
+Integrity (docs/store_integrity.md): the manifest and every shard's safetensors header are
+checked against a schema before use, and a shard's sha256 is checked before its rows are first
+served in a process (:meth:`ActivationStore._read_shard`) and on every resume or rerun of a
+capture (:class:`StoreWriter`); a damaged shard raises :class:`CorruptShardError` naming it, and
+:meth:`StoreWriter.rewrite_shard` replaces exactly that shard.
+
 :class:`StoreWriter` appends batches that end at sequence boundaries and flushes a shard
 atomically (temp file, fsync, ``os.replace``, then an atomic manifest rewrite) once its buffer
 holds ``shard_tokens`` rows, so a crashed capture resumes exactly after the last listed shard.
@@ -20,40 +26,51 @@ import json
 import logging
 import os
 import re
+import secrets
+import shutil
 from collections import OrderedDict
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
 from safetensors.torch import save as st_save
 from torch import Tensor
 
 from steerlab import __version__
-from steerlab.io import atomic_write_bytes
+from steerlab.capture.integrity import (
+    DTYPES,
+    FORMAT,
+    MANIFEST_NAME,
+    META_DTYPES,
+    SINK,
+    SINK_NORM_RATIO,
+    ShardProblem,
+    check_shard_header,
+    check_shards_exist,
+    damage_error,
+    find_damaged,
+    read_manifest,
+    shard_problem,
+)
+from steerlab.capture.integrity import (
+    CorruptShardError as CorruptShardError,  # re-exported: raised by the readers here
+)
+from steerlab.checks import check_int, check_real
+from steerlab.io import atomic_write_bytes, fsync_dir
+from steerlab.validation import open_tensors
 
 logger = logging.getLogger(__name__)
 
-FORMAT = "steerlab.store/1"
-MANIFEST_NAME = "manifest.json"
 _SHARD_RE = re.compile(r"^shard-\d{5,}\.safetensors$")
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-META_DTYPES = {"token_ids": torch.int32, "doc_ids": torch.int64, "positions": torch.int32}
-SINK = "sink"
-"""Bool column marking attention-sink rows (:func:`sink_rows`), computed when a batch is added."""
-SINK_NORM_RATIO = 4.0
-"""Default of :func:`sink_rows`: a later row is a sink above this multiple of the median norm."""
+_REWRITE_PREFIX = ".rewrite-"
 Index = int | slice | Tensor | Sequence[int]
 
 
 class StoreMismatchError(ValueError):
     """An existing store was written with other settings than the ones requested."""
-
-
-class CorruptShardError(ValueError):
-    """A shard listed in the manifest is missing or its checksum differs."""
 
 
 def shard_name(i: int) -> str:
@@ -90,32 +107,6 @@ def _json_norm(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
-def _sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    f = path / MANIFEST_NAME
-    if not f.is_file():
-        raise FileNotFoundError(f"{path} is not an activation store: no {MANIFEST_NAME} inside")
-    manifest = json.loads(f.read_text())
-    if manifest.get("format") != FORMAT:
-        raise ValueError(f"{f}: format {manifest.get('format')!r}, expected {FORMAT!r}")
-    return manifest
-
-
-def _check_shards_exist(path: Path, manifest: dict[str, Any]) -> None:
-    for s in manifest["shards"]:
-        if not (path / s["file"]).is_file():
-            raise CorruptShardError(
-                f"{path}: shard {s['file']} is listed in the manifest but missing"
-            )
-
-
 class StoreWriter:
     """Append activations to a sharded store, resuming an interrupted one with the same settings.
 
@@ -133,9 +124,15 @@ class StoreWriter:
         sink_norm_ratio: the norm multiple of :func:`sink_rows` that marks a later row as an
             attention sink (recorded in the manifest's ``sinks``; 0: only position 0).
 
+    On resume (and on a complete store) every listed shard is verified first (its sha256,
+    unless this process verified it unchanged before): the damaged ones are in
+    :attr:`damaged`, stay as they are until :meth:`rewrite_shard` replaces them, and keep
+    :meth:`finish` from marking the store complete.
+
     Raises:
         StoreMismatchError: ``path`` holds a store written with other settings.
         FileExistsError: ``path`` is a non-empty directory without a manifest (never deleted).
+        FormatError: the existing manifest is damaged (pass ``overwrite=True`` to replace it).
     """
 
     def __init__(
@@ -153,15 +150,12 @@ class StoreWriter:
     ) -> None:
         if dtype not in DTYPES:
             raise ValueError(f"dtype {dtype!r} not supported; choose one of {sorted(DTYPES)}")
-        if shard_tokens < 1:
-            raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
-        if sink_norm_ratio < 0:
-            raise ValueError(f"sink_norm_ratio must be >= 0, got {sink_norm_ratio}")
+        check_int(shard_tokens, "shard_tokens")
+        check_real(sink_norm_ratio, "sink_norm_ratio", low=0)
         for name, d in sites.items():
             if name in META_DTYPES or name == SINK or not name:
                 raise ValueError(f"invalid site name {name!r}")
-            if int(d) < 1:
-                raise ValueError(f"site {name!r}: width must be >= 1, got {d}")
+            check_int(d, f"site {name!r}: width")
         self.path = Path(path)
         self.sites = {name: int(d) for name, d in sites.items()}
         self.dtype = dtype
@@ -171,6 +165,8 @@ class StoreWriter:
         self.buffered_tokens = 0
         self._buffered_seqs = 0
         self._closed = False
+        self.damaged: list[ShardProblem] = []
+        """Listed shards found missing or damaged on resume, not rewritten yet."""
         requested = {
             "model_id": model_id,
             "sites": self.sites,
@@ -189,7 +185,7 @@ class StoreWriter:
         if has_manifest and overwrite:  # only the store's own files; others stay
             self._remove_store_files(listed=set(), manifest_too=True)
         if has_manifest and not overwrite:
-            self.manifest = _read_manifest(self.path)
+            self.manifest = read_manifest(self.path)
             diffs = [
                 f"  {k}: stored {self.manifest.get(k)!r}, requested {v!r}"
                 for k, v in requested.items()
@@ -201,8 +197,11 @@ class StoreWriter:
                     + "\n".join(diffs)
                     + "\nChoose another directory or pass overwrite=True to replace it."
                 )
-            _check_shards_exist(self.path, self.manifest)
             self._remove_store_files(listed={s["file"] for s in self.manifest["shards"]})
+            _remove_stale_rewrites(self.path)
+            self.damaged = find_damaged(self.path, self.manifest)
+            if self.damaged:
+                logger.warning("%s", damage_error(self.path, self.damaged))
             logger.info(
                 "resuming %s: %d sequences, %d tokens done",
                 self.path,
@@ -210,6 +209,7 @@ class StoreWriter:
                 self.manifest["n_tokens"],
             )
         else:
+            created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
             self.manifest = {
                 "format": FORMAT,
@@ -222,7 +222,12 @@ class StoreWriter:
                 "created": datetime.now(timezone.utc).isoformat(),
                 "steerlab_version": __version__,
             }
-            self._write_manifest()
+            try:
+                self._write_manifest()
+            except BaseException:
+                if created:  # leave no empty store folder behind (a full disk, no permission)
+                    shutil.rmtree(self.path, ignore_errors=True)
+                raise
 
     def _remove_store_files(self, listed: set[str], manifest_too: bool = False) -> None:
         """Delete temp files and shard files not in ``listed`` (incomplete writes)."""
@@ -319,7 +324,28 @@ class StoreWriter:
             self.flush()
 
     def flush(self) -> None:
-        """Write the buffer as one shard (if it holds rows) and update the manifest."""
+        """Write the buffer as one shard (if it holds rows) and update the manifest.
+
+        All or nothing: if a write fails (disk full, permission denied, an interrupt), the
+        store on disk is left as it was before the flush (a shard written before the manifest
+        update failed is removed again) and the writer is closed; its buffered rows are lost,
+        and a rerun of the capture resumes after the last listed shard.
+        """
+        before = json.loads(json.dumps(self.manifest))
+        try:
+            self._write_buffer()
+        except BaseException:
+            listed = {s["file"] for s in before["shards"]}
+            for entry in self.manifest["shards"]:
+                if entry["file"] not in listed:
+                    (self.path / entry["file"]).unlink(missing_ok=True)
+            self.manifest = before
+            self._buffer.clear()
+            self.buffered_tokens = self._buffered_seqs = 0
+            self._closed = True
+            raise
+
+    def _write_buffer(self) -> None:
         if not self._buffer and not self._buffered_seqs:
             return
         m = self.manifest
@@ -354,13 +380,83 @@ class StoreWriter:
             return
         self.flush()
         if complete and not self.complete:
+            if self.damaged:
+                raise damage_error(self.path, self.damaged)
             self.manifest["complete"] = True
-            self._write_manifest()
+            try:
+                self._write_manifest()
+            except BaseException:
+                self.manifest["complete"] = False  # the file on disk still says so
+                raise
         self._closed = True
 
     def finish(self) -> None:
-        """Flush and mark the store complete: the capture consumed its whole corpus."""
+        """Flush and mark the store complete: the capture consumed its whole corpus.
+
+        Raises:
+            CorruptShardError: shards found damaged on resume were not rewritten.
+        """
         self.close(complete=True)
+
+    def shard_sequences(self, index: int) -> range:
+        """The sequences (global indices) whose rows shard ``index`` holds."""
+        entry = self.manifest["shards"][index]
+        return range(entry["seq_start"], entry["seq_end"])
+
+    @contextmanager
+    def rewrite_shard(self, index: int) -> Iterator[StoreWriter]:
+        """Rewrite listed shard ``index`` (a damaged one) from its sequences, captured again.
+
+        Yields a writer with this store's settings in a temporary folder inside the store;
+        ``add`` to it the rows of exactly the sequences :meth:`shard_sequences` names, in
+        order. On leaving the block the new shard must hold the listed number of rows and
+        sequences; it then replaces the old file (``os.replace``) and, if its sha256 differs
+        (another thread count may round differently), the manifest entry's sha256 is updated.
+        No other file is touched. On an exception (disk full, a wrong row count) the
+        temporary folder is removed and the store is left as it was.
+
+        Raises:
+            IndexError: no shard ``index``.
+            ValueError: the rows added do not match the listed shard's row or sequence count.
+        """
+        if not 0 <= index < len(self.manifest["shards"]):
+            raise IndexError(f"{self.path} lists {len(self.manifest['shards'])} shards, no {index}")
+        entry = self.manifest["shards"][index]
+        m = self.manifest
+        tmp = self.path / f"{_REWRITE_PREFIX}{entry['file']}.{secrets.token_hex(4)}.tmp"
+        try:
+            sub = StoreWriter(
+                tmp, model_id=m["model_id"], sites=self.sites, dtype=self.dtype,
+                shard_tokens=max(1, entry["n_tokens"]) + 1, fingerprints=m["fingerprints"],
+                config=m["config"],
+                sink_norm_ratio=m.get("sinks", {}).get("norm_ratio", SINK_NORM_RATIO),
+            )  # fmt: skip
+            yield sub
+            sub.close()
+            got = (sub.manifest["n_tokens"], sub.manifest["n_sequences"])
+            want = (entry["n_tokens"], entry["seq_end"] - entry["seq_start"])
+            if got != want:
+                raise ValueError(f"rewriting {entry['file']} of {self.path}: got {got[0]} rows "
+                                 f"of {got[1]} sequences, the manifest lists {want[0]} rows of "
+                                 f"{want[1]} (sequences {entry['seq_start']}..{entry['seq_end']})")  # fmt: skip
+            new = sub.manifest["shards"][0] if sub.manifest["shards"] else None
+            if new is None:  # a shard of zero rows: write the same empty layout
+                raise ValueError(f"{entry['file']}: a shard without rows cannot be rewritten")
+            os.replace(tmp / new["file"], self.path / entry["file"])
+            fsync_dir(self.path)
+            if new["sha256"] != entry["sha256"]:
+                logger.info("%s: rewritten with sha256 %s (was %s)", entry["file"],
+                            new["sha256"], entry["sha256"])  # fmt: skip
+                old_sha = entry["sha256"]
+                entry["sha256"] = new["sha256"]
+                try:
+                    self._write_manifest()
+                except BaseException:
+                    entry["sha256"] = old_sha
+                    raise
+            self.damaged = [d for d in self.damaged if d.index != index]
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     def __enter__(self) -> StoreWriter:
         return self
@@ -377,6 +473,14 @@ class StoreWriter:
         self.close()
 
 
+def _remove_stale_rewrites(path: Path) -> None:
+    """Delete the temporary folders of :meth:`StoreWriter.rewrite_shard` runs that crashed."""
+    for d in path.glob(f"{_REWRITE_PREFIX}*.tmp"):
+        if d.is_dir():
+            logger.info("removing %s", d)
+            shutil.rmtree(d, ignore_errors=True)
+
+
 def _mix_seed(seed: int, epoch: int) -> int:
     """A 63-bit generator seed, well mixed from ``(seed, epoch)``."""
     digest = hashlib.sha256(f"steerlab.store:{seed}:{epoch}".encode()).digest()
@@ -386,20 +490,27 @@ def _mix_seed(seed: int, epoch: int) -> int:
 class ActivationStore:
     """Read a sharded activation store by global row index, or as a stream of batches.
 
+    The manifest is checked against the store's schema on open (:func:`check_manifest`). Each
+    shard is verified before its rows are first served in this process: its sha256 against the
+    manifest's (once per process while the file stays unchanged, see :data:`RACY_NS`) and its
+    safetensors header against the manifest (sites, widths, dtypes, row count). A damaged
+    shard raises :class:`CorruptShardError` naming it; no row of it is ever returned.
+
     Args:
         path: store directory.
-        verify: check every shard's sha256 on open (slow for big stores).
+        verify: check every shard's sha256 on open, whether verified before or not.
         cache_shards: shards kept in the LRU cache used by indexing.
 
     Raises:
-        FileNotFoundError: no manifest.
+        MissingFileError: no manifest (also a ``FileNotFoundError``).
+        FormatError: a damaged manifest, naming the field.
         CorruptShardError: a listed shard is missing (or, with ``verify``, differs).
     """
 
     def __init__(self, path: str | os.PathLike, *, verify: bool = False, cache_shards: int = 4):
         self.path = Path(path)
-        self.manifest = _read_manifest(self.path)
-        _check_shards_exist(self.path, self.manifest)
+        self.manifest = read_manifest(self.path)
+        check_shards_exist(self.path, self.manifest)
         self.sites: dict[str, int] = dict(self.manifest["sites"])
         self.dtype: str = self.manifest["dtype"]
         self.model_id: str = self.manifest["model_id"]
@@ -409,6 +520,7 @@ class ActivationStore:
         self._starts = self._ends - sizes
         self._cache: OrderedDict[int, dict[str, Tensor]] = OrderedDict()
         self._cache_shards = max(1, cache_shards)
+        self._layout_checked: set[int] = set()
         if not self.manifest["complete"]:
             logger.warning("%s is not complete (%d tokens so far)", self.path, self.n_tokens)
         if verify:
@@ -434,19 +546,25 @@ class ActivationStore:
         return len(self.manifest["shards"])
 
     def verify(self) -> None:
-        """Check that every shard exists and has the sha256 the manifest lists.
+        """Hash every shard now (verified before or not) and compare with the manifest.
 
         Raises:
-            CorruptShardError: naming the first shard that is missing or differs.
+            CorruptShardError: naming every shard that is missing or differs.
         """
-        _check_shards_exist(self.path, self.manifest)
-        for s in self.manifest["shards"]:
-            digest = _sha256_file(self.path / s["file"])
-            if digest != s["sha256"]:
-                raise CorruptShardError(
-                    f"{self.path}: shard {s['file']} has sha256 {digest}, "
-                    f"the manifest says {s['sha256']}"
-                )
+        damaged = find_damaged(self.path, self.manifest, recheck=True)
+        if damaged:
+            raise damage_error(self.path, damaged)
+
+    def _check_shard(self, i: int) -> None:
+        """Verify shard ``i`` before its rows are served: its sha256 (once per process while
+        unchanged) and, once per store object, its header against the manifest."""
+        entry = self.manifest["shards"][i]
+        problem = shard_problem(self.path, entry)
+        if problem is not None:
+            raise damage_error(self.path, [ShardProblem(i, entry["file"], problem)])
+        if i not in self._layout_checked:
+            check_shard_header(self.path / entry["file"], entry, self.sites, self.dtype)
+            self._layout_checked.add(i)
 
     def info(self) -> dict[str, Any]:
         """A summary for ``steerlab store info``: model, sites, dtype, sizes, fingerprints."""
@@ -474,8 +592,9 @@ class ActivationStore:
                 )
 
     def _read_shard(self, i: int, names: Sequence[str]) -> dict[str, Tensor]:
-        with safe_open(str(self.path / self.manifest["shards"][i]["file"]), framework="pt") as f:
-            keys = set(f.keys())
+        self._check_shard(i)
+        with open_tensors(self.path / self.manifest["shards"][i]["file"]) as (f, infos):
+            keys = set(infos)
             out = {name: f.get_tensor(name) for name in names if name in keys}
             if SINK in names and SINK not in keys:
                 # Written before sink marking: the same rule, with the shard's median.
@@ -595,8 +714,11 @@ class ActivationStore:
         """
         names = [site] if isinstance(site, str) else list(site)
         self._check_names(names)
-        if batch_size < 1 or shards_in_memory < 1:
-            raise ValueError("batch_size and shards_in_memory must be >= 1")
+        check_int(batch_size, "batch_size")
+        check_int(shards_in_memory, "shards_in_memory")
+        check_int(skip_batches, "skip_batches", low=0)
+        check_int(epoch, "epoch", low=0)
+        check_int(seed, "seed", low=-(2**63))
         gen = torch.Generator().manual_seed(_mix_seed(seed, epoch))
         order = (
             torch.randperm(self.n_shards, generator=gen) if shuffle else torch.arange(self.n_shards)

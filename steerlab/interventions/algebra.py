@@ -33,6 +33,7 @@ from steerlab.interventions.components import Constant, component_config, from_c
 from steerlab.positions import Positions, TokenView, _rows, as_positions
 from steerlab.sites import parse_site, site_width
 from steerlab.subspace import ORTHO_CAP, ORTHO_FACTOR
+from steerlab.validation import reading
 
 logger = logging.getLogger(__name__)
 
@@ -206,7 +207,8 @@ class Intervention(nn.Module):
     def load(cls, path: str | os.PathLike, device: str | torch.device = "cpu") -> Intervention:
         """Read an intervention saved by :meth:`save` (of this class or, from the base, any)."""
         cfg, tensors = load_artifact(path, None if cls is Intervention else cls.KIND, device)
-        return from_saved(cfg, tensors)
+        with reading(path, "intervention"):  # what the constructors refuse names the file
+            return from_saved(cfg, tensors)
 
     @classmethod
     def _from_saved(cls, cfg: dict[str, Any], tensors: dict[str, Tensor]) -> Intervention:

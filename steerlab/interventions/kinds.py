@@ -23,7 +23,6 @@ any kind, and other packages add kinds with :func:`register_intervention`.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import Any, Literal
 
@@ -31,7 +30,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerlab.checks import check_finite
+from steerlab.checks import check_finite, check_real
 from steerlab.interventions.algebra import (
     KINDS,
     Compose,
@@ -95,10 +94,8 @@ class AddVector(LowRankEdit):
         norm = torch.linalg.vector_norm(v.double()).item()
         if norm == 0:
             raise ValueError("steering vector is zero")
-        if not math.isfinite(alpha):
-            raise ValueError(f"alpha must be finite, got {alpha}")
-        if relative_to is not None and not (math.isfinite(relative_to) and relative_to > 0):
-            raise ValueError(f"relative_to must be a positive norm, got {relative_to}")
+        check_real(alpha, "alpha")
+        check_real(relative_to, "relative_to (a norm)", low=0, low_open=True, optional=True)
         super().__init__((v / norm)[None], None, None, site=site, positions=positions)
         self.register_buffer("vector", v.detach().clone())
         self.alpha = float(alpha)

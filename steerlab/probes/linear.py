@@ -35,7 +35,14 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, check_json, register
-from steerlab.checks import check_features, check_labels, check_targets, check_width
+from steerlab.checks import (
+    check_features,
+    check_int,
+    check_labels,
+    check_real,
+    check_targets,
+    check_width,
+)
 from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types, require
 from steerlab.probes.pls import split_ids
 from steerlab.subspace import Subspace
@@ -193,6 +200,7 @@ def fit_ridge(
 ) -> LinearProbe:
     """Ridge regression in closed form (float64): ``w = (XᵀX + αI)⁻¹ Xᵀ(y − ȳ)`` on the
     standardised (or only centred) ``x``; the intercept is not penalised."""
+    check_real(alpha, "alpha", low=0, low_open=True)
     x2 = check_features(x, min_samples=2).double()
     Y = check_targets(torch.as_tensor(y), x2.shape[0], "y").to(x2)
     return _ridge_path(x2, Y, [alpha], standardize)[0]
@@ -264,6 +272,9 @@ def fit_logistic(
     Two classes: one sigmoid weight row; more: multinomial softmax. ``labels`` are class
     indices ``[n]`` with at least two distinct classes.
     """
+    check_real(C, "C", low=0, low_open=True)
+    check_int(max_iter, "max_iter")
+    check_real(tol, "tol", low=0, low_open=True)
     x2 = check_features(x, min_samples=2).double()
     y, k = check_labels(labels, x2.shape[0], "labels")
     y = y.to(x2.device)

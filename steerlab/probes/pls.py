@@ -43,7 +43,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, check_json, register
-from steerlab.checks import check_features, check_finite, check_width
+from steerlab.checks import check_features, check_finite, check_int, check_width
 from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types, require
 from steerlab.subspace import Subspace
 
@@ -657,6 +657,7 @@ def fit_pls_store(
         batch_size: rows read at a time.
         meta: extra JSON info stored on the probe.
     """
+    check_int(batch_size, "batch_size")
     yt = torch.as_tensor(y).reshape(-1)
     if yt.shape[0] != len(store):
         raise ValueError(f"y has {yt.shape[0]} values for a store of {len(store)} rows")

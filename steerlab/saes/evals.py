@@ -39,6 +39,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.capture.store import SINK
+from steerlab.checks import check_int, check_real
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore
@@ -173,6 +174,9 @@ def evaluate(
         exclude_sinks: leave a store's attention-sink rows out (the default; ``n_tokens``
             counts the rows kept). A tensor has no marks: pass only the rows to score.
     """
+    check_int(n_tokens, "n_tokens", optional=True)
+    check_int(batch_size, "batch_size")
+    check_real(dense_threshold, "dense_threshold", low=0, high=1, low_open=True)
     fitter = MetricsFitter(sae.d_in, sae.d_sae, dense_threshold)
     n_sinks = 0
     if isinstance(source, Tensor):

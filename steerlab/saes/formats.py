@@ -32,6 +32,7 @@ from steerlab.artifacts import HEADER, load_artifact, register, save_artifact
 from steerlab.io import atomic_dir, previous_version
 from steerlab.saes.io.common import fill_sae, sae_tensors
 from steerlab.saes.sae import Sae, SaeConfig, build_sae
+from steerlab.validation import check_tensor, reading
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +74,11 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae
     cfg_dict, tensors = load_artifact(path, SAE_KIND, device=device)
     # the header fields that are not SaeConfig fields (d_in, site and model_id are both)
     own = {k: v for k, v in cfg_dict.items() if k not in _HEADER_ONLY}
-    return fill_sae(build_sae(SaeConfig.from_dict(own), device=device), tensors, str(path))
+    with reading(path, "SAE"):  # the config's own checks name the field
+        cfg = SaeConfig.from_dict(own)
+        # the widths against the file before building (a damaged d_sae must not allocate)
+        check_tensor(tensors["W_enc"], path, "W_enc", (cfg.d_in, cfg.d_sae))
+        return fill_sae(build_sae(cfg, device=device), tensors, str(path))
 
 
 # --- training checkpoints ----------------------------------------------------------------------

@@ -29,6 +29,7 @@ from jaxtyping import Float
 from torch import Tensor
 
 from steerlab.capture.store import SINK
+from steerlab.checks import check_int
 from steerlab.subspace import Subspace
 
 if TYPE_CHECKING:
@@ -187,6 +188,8 @@ def activation_stats(
         exclude_sinks: leave a store's sink rows out (``n_tokens`` counts the rows kept). A
             tensor has no marks: pass only the rows to use.
     """
+    check_int(n_tokens, "n_tokens", optional=True)
+    check_int(batch_size, "batch_size")
     if isinstance(source, Tensor):
         X = source.reshape(-1, source.shape[-1])
         X = X if n_tokens is None else X[:n_tokens]

@@ -31,6 +31,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from steerlab.checks import check_int, check_real
 from steerlab.interventions.run import generate_tokens
 from steerlab.models import ModelHandle
 from steerlab.tokens import left_pad
@@ -139,8 +140,11 @@ def generate(
     """
     if not handle.is_causal:
         raise ValueError(f"{handle.model_id} is an encoder; generation needs a causal LM")
-    if max_new_tokens < 1 or batch_size < 1:
-        raise ValueError("max_new_tokens and batch_size must be >= 1")
+    check_int(max_new_tokens, "max_new_tokens")
+    check_int(batch_size, "batch_size")
+    check_int(seed, "seed", low=0)
+    check_real(temperature, "temperature", low=0, low_open=True)
+    check_real(top_p, "top_p", low=0, high=1, low_open=True)
     rendered = render(handle, prompts, chat=chat, system=system)
     if per_example and len(list(interventions)) != len(rendered):
         raise ValueError(
@@ -247,6 +251,7 @@ def load_steering(
             sv = SteeringVector.load(path)
         if alpha is None:
             raise ValueError("a steering vector needs a strength: pass alpha")
+        check_real(alpha, "alpha")
         if layer is None and len(sv.layers) > 1:
             raise ValueError(f"this vector has layers {list(sv.layers)}: choose one, or 'all'")
         if layer == "all":
@@ -261,6 +266,7 @@ def load_steering(
     if alpha is not None:
         if not isinstance(iv, AddVector):
             raise ValueError(f"a {iv.KIND} intervention has no strength alpha to set")
+        check_real(alpha, "alpha")
         iv.alpha = float(alpha)
     if layer is not None:
         raise ValueError("layer applies to steering vectors; an intervention has its own site")

@@ -227,7 +227,7 @@ def test_lm_cost_of_identity_is_zero(model, prose, leace):
     assert cost.increase == 0.0 and cost.ce_base == cost.ce_edited  # exact: h − 0 is h
     assert cost.n_tokens == prose.input_ids[:, 1:].numel()
     empty = lm_cost(model, prose, [], base=cost.ce_base)
-    assert empty.increase == 0.0
+    assert empty.increase == 0.0  # exact: the same unedited forward as the base, same kernels
     # a closed form check of the base: HF's own loss over the same windows
     with torch.no_grad():
         hf = model.model(input_ids=prose.input_ids, labels=prose.input_ids).loss

@@ -67,7 +67,7 @@ def test_logistic_matches_sklearn(k):
     # both solve the same strictly convex problem; L-BFGS stops at |grad| <= 1e-11 of the mean
     # loss, so the coefficients agree to ~1e-6 relative
     np.testing.assert_allclose(W, sk.coef_, atol=1e-6 * np.abs(sk.coef_).max())
-    assert (p.predict(X).numpy() == sk.predict(sc.transform(X.numpy()))).mean() == 1.0
+    assert (p.predict(X).numpy() == sk.predict(sc.transform(X.numpy()))).all()
     logits = p(X).numpy()
     np.testing.assert_allclose(logits, sk.decision_function(sc.transform(X.numpy())).reshape(
         logits.shape), atol=1e-5)  # fmt: skip

@@ -245,7 +245,7 @@ def test_k_annealing_and_dead_latents():
     assert ks[:6] == [8.0, 6.0, 5.0, 4.0, 2.0, 2.0]  # round(8 − 6 s / 4): 8, 6.5→6, 5, 3.5→4, 2
     dead = [p.metrics[cfg.name]["dead_frac"] for p in seen]
     aux = [p.metrics[cfg.name]["auxk_loss"] for p in seen]
-    assert dead[0] == 0.0  # nothing is dead before the 128-token window has passed
+    assert dead[0] == 0.0  # exact (0 / d_sae): nothing is dead before the 128-token window
     assert max(dead) > 0 and max(aux) > 0  # random init leaves dead latents; AuxK engages
 
 
@@ -256,11 +256,12 @@ def test_lr_schedule_closed_form():
     want = [min(1.0, (s + 1) / 5) * min(1.0, (100 - s) / 20) for s in range(100)]
     got = [sched(s) for s in range(100)]
     assert got == pytest.approx(want, rel=0, abs=1e-15)  # the same float ops in another order
+    # exact at 4 and 79: min(1.0, 5/5) * min(1.0, 95/20 or 21/20) is 1.0 * 1.0
     assert got[4] == 1.0 and got[79] == 1.0 and got[80] == pytest.approx(1.0) and got[99] > 0
     # a 44-step run warms up over 3 steps (the old default, 1,000 steps, never got past 4.4%)
     assert LrSchedule.of(TrainConfig(), 44).warmup == 3
     assert LrSchedule.of(TrainConfig(warmup_steps=7, decay_frac=0.0), 44) == LrSchedule(7, 0, 44)
-    assert LrSchedule(0, 0, 10)(3) == 1.0
+    assert LrSchedule(0, 0, 10)(3) == 1.0  # exact: no warm-up, no decay: 1.0 * 1.0
     with pytest.raises(ValueError, match="warmup_frac"):
         TrainConfig(warmup_frac=1.5)
     with pytest.raises(ValueError, match="sinks"):

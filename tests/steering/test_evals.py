@@ -67,8 +67,8 @@ def test_repetition_rate_on_constructed_strings():
     assert repetition_rate("the the the the the", n=2) == pytest.approx(0.75)
     # punctuation is a token: [hi ! hi ! hi !] has bigrams (hi !)x3 and (! hi)x2 -> 1 - 2/5
     assert repetition_rate("Hi! Hi! Hi!", n=2) == pytest.approx(0.6)
-    assert repetition_rate("all different words here now", n=2) == 0.0
-    assert repetition_rate("too short", n=4) == 0.0
+    assert repetition_rate("all different words here now", n=2) == 0.0  # exact: 0 / n
+    assert repetition_rate("too short", n=4) == 0.0  # exact: no n-gram at all
     assert words("Don't STOP!") == ["don", "'", "t", "stop", "!"]
     with pytest.raises(ValueError):
         repetition_rate("x", n=0)

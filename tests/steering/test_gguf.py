@@ -69,7 +69,7 @@ def test_baked_strength_matches_intervention(tmp_path):
         # one float32 rounding of α·s·v̂ on each side
         torch.testing.assert_close(f.directions[layer], added, rtol=1e-6, atol=1e-6)
     back = import_gguf(tmp_path / "v.gguf")
-    assert back.meta["gguf_alpha"] == 0.25
+    assert back.meta["gguf_alpha"] == 0.25  # exact: a stored value read back (0.25 = 2⁻²)
 
 
 def _write_foreign(path, hint="llama", tensors=None, arch="controlvector", extra=None):

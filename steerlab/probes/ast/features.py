@@ -40,12 +40,12 @@ from typing import Any, Literal
 
 import torch
 from jaxtyping import Float, Int
-from safetensors import safe_open
 from torch import Tensor
 from transformers import AutoModel, AutoModelForCausalLM
 
 from steerlab.artifacts import read_cfg, register, save_artifact, tensors_name
 from steerlab.capture import capture
+from steerlab.errors import FormatError
 from steerlab.models import from_hf
 from steerlab.probes.ast.data import (
     AstSnippet,
@@ -55,6 +55,7 @@ from steerlab.probes.ast.data import (
 )
 from steerlab.sites import site_width
 from steerlab.tokens import Encoded, encode_texts, model_context, pad
+from steerlab.validation import open_tensors, reading
 
 logger = logging.getLogger(__name__)
 
@@ -305,18 +306,19 @@ class LeafFeatures:
         """Read features written by :meth:`save`; only ``sites`` (default all) are read."""
         cfg = read_cfg(path)
         if cfg["kind"] != KIND:
-            raise ValueError(f"{path} holds a {cfg['kind']!r} artifact, expected {KIND!r}")
-        wanted = list(cfg["sites"]) if sites is None else list(sites)
-        missing = [s for s in wanted if s not in cfg["sites"]]
+            raise FormatError(path, f"holds a {cfg['kind']!r} artifact, expected {KIND!r}")
+        with reading(path, "LeafFeatures"):
+            stored = [str(s) for s in cfg["sites"]]
+        wanted = stored if sites is None else list(sites)
+        missing = [s for s in wanted if s not in stored]
         if missing:
-            raise KeyError(f"{path} has no sites {missing}; it holds {cfg['sites']}")
+            raise KeyError(f"{path} has no sites {missing}; it holds {stored}")
         # safe_open reads only the requested tensors: one site of 31 is 1/31 of the file
-        with safe_open(
-            str(Path(path) / tensors_name(KIND)), framework="pt", device=str(device)
-        ) as f:
+        tfile = Path(path) / tensors_name(KIND)
+        with reading(path, "LeafFeatures"), open_tensors(tfile, str(device)) as (f, _):
             offsets = f.get_tensor(_OFFSETS)
             acts = {s: f.get_tensor(s) for s in wanted}
-        return cls(acts, offsets, cfg["meta"])
+            return cls(acts, offsets, cfg["meta"])
 
 
 def _pool_batch(

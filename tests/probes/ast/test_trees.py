@@ -178,7 +178,7 @@ def test_rebuild_accepts_tensors_and_deep_chains():
     t = debinarize(b)
     assert len(t.leaves()) == n
     assert tree_to_targets(b).d == list(range(n - 1, 0, -1))
-    assert labelled_f1(t, t).f1 == 1.0
+    assert labelled_f1(t, t).f1 == 1.0  # exact: n / n and 2·1·1 / (1 + 1) in floating point
 
 
 # --------------------------------------------------------------------------- bad input
@@ -288,7 +288,7 @@ def test_any_distances_give_a_tree_over_the_same_leaves(d, data):
     assert targets_to_tree(*tree_to_targets(b)) == b
     t = debinarize(b)
     assert t.leaves() == leaves
-    assert labelled_f1(t, t).f1 == 1.0
+    assert labelled_f1(t, t).f1 == 1.0  # exact: n / n and 2·1·1 / (1 + 1) in floating point
 
 
 @PROPS
@@ -296,6 +296,7 @@ def test_any_distances_give_a_tree_over_the_same_leaves(d, data):
 def test_precision_and_recall_swap_with_arguments(a, b):
     p, r, f = labelled_f1(a, b)
     p2, r2, f2 = labelled_f1(b, a)
+    # exact: the same two divisions, swapped; 2pr/(p+r) is symmetric (+ and * commute exactly)
     assert (p, r, f) == (r2, p2, f2)
     assert 0.0 <= f <= 1.0
 

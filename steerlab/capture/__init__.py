@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steerlab import distributed as dist
 from steerlab.capture.backends import BACKENDS, RUNNERS
+from steerlab.capture.ranks import RankStoreWriter, commit
 from steerlab.capture.store import ActivationStore, StoreWriter
 from steerlab.models import ModelHandle
 from steerlab.positions import Positions, SpanTokens, as_positions, spans, view_of
@@ -262,12 +264,20 @@ def capture_to_store(
     config: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    distributed: bool | None = None,
 ) -> ActivationStore:
     """Stream activations of a token corpus into an on-disk store, resumably.
 
     The corpus is processed in order, ``batch_size`` sequences at a time; the store flushes a
     shard (atomically) every ~``shard_tokens`` rows. Rerunning with the same arguments after an
     interruption skips the sequences already in complete shards and finishes the store.
+
+    **Distributed** (under ``torchrun``, after :func:`steerlab.distributed.init`): each rank
+    captures a contiguous run of whole batches (:func:`steerlab.distributed.split_range`) into
+    its own shards of the one store (:mod:`steerlab.capture.ranks`); after a barrier rank 0
+    commits the manifest. The store holds the rows of a one-process capture, in the same order;
+    an interrupted run resumes per rank when rerun with the same number of ranks. Every rank
+    returns the committed store.
 
     Args:
         handle: the model.
@@ -281,7 +291,10 @@ def capture_to_store(
         fingerprints: extra fingerprints to record (the corpus and tokenizer ones are added).
         config: extra settings to record; must match on resume.
         overwrite: replace an existing store at ``path``.
-        progress: called with tokens processed after each batch (skipped ones included once).
+        progress: called with tokens processed after each batch (skipped ones included once);
+            in a distributed run, with this rank's tokens.
+        distributed: split the sequences over the ranks of the open process group; None (the
+            default) does so whenever one with more than one rank is open.
 
     Returns:
         The finished :class:`steerlab.capture.store.ActivationStore`.
@@ -303,24 +316,35 @@ def capture_to_store(
         "tokenizer": handle.tokenizer_settings(),
         **(config or {}),
     }
-    writer = StoreWriter(
-        path,
-        model_id=handle.model_id,
-        sites={s.name: site_width(handle, s) for s in site_list},
-        dtype=dtype,
-        shard_tokens=shard_tokens,
-        fingerprints=fps,
-        config=cfg,
-        overwrite=overwrite,
-    )
+    if distributed and not dist.is_distributed():
+        raise ValueError(
+            "distributed=True needs an open torch.distributed process group: launch with "
+            "torchrun and call steerlab.distributed.init() first"
+        )
+    world = dist.world_size() if distributed is not False else 1
+    share = dist.split_range(len(ids), unit=batch_size) if world > 1 else range(len(ids))
+    kw: dict[str, Any] = {
+        "model_id": handle.model_id,
+        "sites": {s.name: site_width(handle, s) for s in site_list},
+        "dtype": dtype, "shard_tokens": shard_tokens, "fingerprints": fps, "config": cfg,
+        "overwrite": overwrite,
+    }  # fmt: skip
+    if world > 1:
+        writer: StoreWriter = RankStoreWriter(
+            path, rank=dist.rank(), world_size=world, sequences=share, **kw
+        )
+    else:
+        writer = StoreWriter(path, **kw)
     with writer:
-        start = writer.n_sequences
-        if start:
-            logger.info("resuming %s after %d of %d sequences", path, start, len(ids))
+        # a committed distributed store lists every rank's rows: this rank's share is done
+        done = len(share) if getattr(writer, "committed", False) else writer.n_sequences
+        start = share.start + done
+        if done:
+            logger.info("resuming %s after %d of %d sequences", path, done, len(share))
             if progress is not None:
-                progress(int(enc.attention_mask[:start].sum()))
+                progress(int(enc.attention_mask[share.start : start].sum()))
         if not writer.complete:
-            for rows in _batches(len(ids) - start, batch_size):
+            for rows in _batches(share.stop - start, batch_size):
                 rows = range(rows.start + start, rows.stop + start)
                 acts, tok, doc, pos, _, n_tok = _run_batch(
                     handle, enc, rows, site_list, rule, "hf", None
@@ -329,4 +353,9 @@ def capture_to_store(
                 if progress is not None:
                     progress(n_tok)
             writer.finish()
+    if world > 1:
+        dist.barrier()  # every part is complete on disk
+        if dist.rank() == 0 and not getattr(writer, "committed", False):
+            commit(path, world)
+        dist.barrier()  # the manifest is committed before any rank opens the store
     return ActivationStore(path)

@@ -163,9 +163,7 @@ class DataParallel(Parallel):
                     "distribute='modules'"
                 )
             on_cuda = m.sae.device.type == "cuda"
-            m.ddp = DistributedDataParallel(
-                m.sae, device_ids=[m.sae.device] if on_cuda else None, broadcast_buffers=False
-            )
+            m.ddp = DistributedDataParallel(m.sae, device_ids=[m.sae.device] if on_cuda else None)
 
     def rows(self, x: Tensor) -> Tensor:
         share = dist.split_range(x.shape[0], self.rank, self.world)

@@ -130,9 +130,11 @@ def capture_store(o: CaptureOptions, *, config: dict[str, Any] | None = None) ->
 def run(args: argparse.Namespace) -> int:
     o: CaptureOptions = args.options.build(args, parser=args.parser)
     t0 = time.perf_counter()
+    opened = not dist.is_distributed()  # close only a process group this command opened
     store = capture_store(o)
     if dist.is_main():
         say(f"done: {store.n_tokens:,} tokens in {store.n_shards} shards, "
             f"{time.perf_counter() - t0:.1f} s")  # fmt: skip
-    dist.shutdown()
+    if opened:
+        dist.shutdown()
     return 0

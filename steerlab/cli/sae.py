@@ -159,9 +159,19 @@ def _truncate_log(path: Path, step: int) -> None:
 def train_command(args: argparse.Namespace) -> int:
     """Train one SAE on a store site; rerun with the same arguments to resume."""
     o: TrainOptions = args.options.build(args, parser=args.parser)
+    opened = not dist.is_distributed()  # close only a process group this command opened
     info = dist.init()  # a no-op outside torchrun; then every rank trains, rank 0 reports
     if info.rank != 0:
-        return _train_rank(args, o)
+        _train_rank(args, o)
+    else:
+        _train_main(args, o)
+    if opened:
+        dist.shutdown()
+    return 0
+
+
+def _train_main(args: argparse.Namespace, o: TrainOptions) -> None:
+    """Rank 0 (or the only process): train, report, write the SAE and its summary."""
     out = Path(o.out)
     check_writable(out)
     tcfg: TrainConfig = args.train_config.build(args, parser=args.parser, checkpoint_dir=str(out))
@@ -211,11 +221,9 @@ def train_command(args: argparse.Namespace) -> int:
     tail = "  ".join(f"{k} {v}" for k, v in _postfix(m).items()) if m else ""
     say(f"done: {result.tokens:,} tokens, {result.steps} steps  {tail}")
     say(f"wrote {out / 'sae'} (steerlab) and {out / 'saelens'} (SAELens)")
-    dist.shutdown()
-    return 0
 
 
-def _train_rank(args: argparse.Namespace, o: TrainOptions) -> int:
+def _train_rank(args: argparse.Namespace, o: TrainOptions) -> None:
     """A torchrun rank other than 0: train alongside rank 0, silently; rank 0 writes."""
     tcfg: TrainConfig = args.train_config.build(args, parser=args.parser, checkpoint_dir=o.out)
     store = ActivationStore(o.store)
@@ -225,8 +233,6 @@ def _train_rank(args: argparse.Namespace, o: TrainOptions) -> int:
         args, parser=args.parser, d_in=store.sites[o.site], site=o.site, model_id=store.model_id
     )
     train(store, [sae_cfg], tcfg, resume=not o.restart)
-    dist.shutdown()
-    return 0
 
 
 def load_any_sae(path: Path) -> Sae:

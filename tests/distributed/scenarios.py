@@ -100,3 +100,17 @@ def train_config(checkpoint_dir: Path | None, distribute: str = "data") -> Train
         checkpoint_dir=None if checkpoint_dir is None else str(checkpoint_dir),
         checkpoint_every=3, distribute=distribute,  # type: ignore[arg-type]
     )  # fmt: skip
+
+
+def cli_capture(model_dir: Path, out: Path) -> list[str]:
+    """``steerlab capture`` arguments: 384 prose tokens, 6 batches of 4 windows of 16."""
+    return ["capture", "--sites", "resid_post.1", "--model", str(model_dir), "--corpus", "prose",
+            "--tokens", "384", "--seq-len", "16", "--batch-size", "4", "--shard-tokens", "64",
+            "--out", str(out)]  # fmt: skip
+
+
+def cli_sae(store: Path, out: Path) -> list[str]:
+    """``steerlab sae train`` arguments: a float64 TopK SAE, 4 steps of 64 rows."""
+    return ["sae", "train", "--store", str(store), "--site", "resid_post.1", "--width", "32",
+            "--k", "4", "--dtype", "float64", "--tokens", "256", "--batch-size", "64",
+            "--init-tokens", "128", "--warmup-steps", "0", "--out", str(out)]  # fmt: skip

@@ -98,13 +98,17 @@ def reference_training(run_all):
                  callback=lambda p: None)  # fmt: skip
 
 
-def assert_same_store(store: ActivationStore, ref: ActivationStore) -> None:
+def assert_same_store(
+    store: ActivationStore,
+    ref: ActivationStore,
+    sites: tuple[str, ...] = tuple(sc.SITES.split(",")),
+) -> None:
     assert store.n_tokens == ref.n_tokens and store.manifest["complete"]
     assert store.manifest["n_sequences"] == ref.manifest["n_sequences"]
     for k in ("model_id", "sites", "dtype", "fingerprints", "config"):
         assert store.manifest[k] == ref.manifest[k], k
     got, want = store[:], ref[:]
-    for name in (*sc.SITES.split(","),):
+    for name in sites:
         torch.testing.assert_close(got[name], want[name], **F32)
     for name in ("token_ids", "doc_ids", "positions", SINK):
         assert torch.equal(got[name], want[name]), name
@@ -201,3 +205,19 @@ def test_killed_capture_resumes_per_rank(run_all, model_dir, reference_store):
     for name, st in kept.items():  # rank 1's finished shards were kept, not captured again
         now = (store_dir / name).stat()
         assert (now.st_ino, now.st_mtime_ns) == (st.st_ino, st.st_mtime_ns), name
+
+
+def test_commands_under_torchrun_equal_one_process(run_all, model_dir, tmp_path, capsys):
+    """``torchrun -m steerlab capture`` and ``sae train`` (data-parallel) == the plain commands."""
+    from steerlab.cli import main as cli
+
+    out, _ = run_all
+    assert cli(sc.cli_capture(model_dir, tmp_path / "store")) == 0
+    assert_same_store(ActivationStore(out / "cli_store"), ActivationStore(tmp_path / "store"),
+                      sites=("resid_post.1",))  # fmt: skip
+    assert cli(sc.cli_sae(tmp_path / "store", tmp_path / "sae")) == 0
+    capsys.readouterr()
+    got, want = load_sae(out / "cli_sae" / "sae"), load_sae(tmp_path / "sae" / "sae")
+    for n, w in _params(want).items():
+        # the stores agree to float32 round-off (see F32), so the SAEs trained on them to ~1e-5
+        torch.testing.assert_close(_params(got)[n], w, rtol=1e-4, atol=1e-5)

@@ -4,7 +4,8 @@ Scenarios (each rank runs the same code; rank 0 writes the results the test comp
 one-process references):
 
 - ``all MODEL_DIR SAE_STORE``: the distributed fits, a distributed capture into ``OUT/store``,
-  DDP / modules SAE training (interrupted once, then resumed), a ``done`` marker, and last a
+  DDP / modules SAE training (interrupted once, then resumed), ``steerlab capture`` and
+  ``steerlab sae train`` into ``OUT/cli_store`` and ``OUT/cli_sae``, a ``done`` marker, and last a
   capture into ``OUT/killed`` during which rank 1 kills itself (SIGKILL) after 2 batches, so
   the launch fails;
 - ``capture MODEL_DIR``: the distributed capture into ``OUT/killed`` again (it resumes).
@@ -28,6 +29,7 @@ import scenarios as sc  # noqa: E402
 from steerlab import distributed as dist  # noqa: E402
 from steerlab.capture import capture_to_store  # noqa: E402
 from steerlab.capture.store import ActivationStore  # noqa: E402
+from steerlab.cli import main as cli  # noqa: E402
 from steerlab.erasure.leace import LeaceFitter  # noqa: E402
 from steerlab.models import load_model  # noqa: E402
 from steerlab.probes.pls import PLSFitter  # noqa: E402
@@ -132,6 +134,9 @@ def main() -> None:
         fits(out)
         capture(out / "store", Path(sys.argv[3]))
         saes(out, Path(sys.argv[4]))
+        # the commands, as `torchrun -m steerlab capture ...` runs them
+        assert cli(sc.cli_capture(Path(sys.argv[3]), out / "cli_store")) == 0
+        assert cli(sc.cli_sae(out / "cli_store", out / "cli_sae")) == 0
         dist.barrier()
         if dist.rank() == 0:
             (out / "done").write_text("ok")

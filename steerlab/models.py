@@ -195,11 +195,23 @@ class ModelHandle:
     d_model: int
     add_bos: bool = False
     is_causal: bool = True
+    remote: bool = False
+    """Run nnsight traces remotely (NDIF, ``trace(..., remote=True)``): the weights are not
+    here, ``model`` holds them on the ``meta`` device (see :func:`from_nnsight`)."""
     _views: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        """Where inputs go: the device of the input embeddings (their execution device when
+        accelerate dispatched the model with a device map; CPU for a model whose weights are
+        remote or on the meta device)."""
+        return input_device(self.model)
+
+    @property
+    def dispatched(self) -> bool:
+        """Whether accelerate placed the model's layers with a device map (``hf_device_map``):
+        its layers may sit on several devices, or be offloaded to CPU or disk."""
+        return bool(getattr(self.model, "hf_device_map", None))
 
     @property
     def dtype(self) -> torch.dtype:
@@ -250,10 +262,18 @@ class ModelHandle:
         )
 
     def fresh_hf_model(self) -> Any:
-        """A second, independent copy of the HF model (for wrappers that edit modules)."""
+        """A second, independent copy of the HF model (for wrappers that edit modules).
+
+        A dispatched model's copy gets the same device map (and offload folder)."""
         from transformers import AutoModel, AutoModelForCausalLM
 
         cls = AutoModelForCausalLM if self.is_causal else AutoModel
+        device_map = getattr(self.model, "hf_device_map", None)
+        if device_map:
+            folder = self._views.get("offload_folder")
+            m = cls.from_pretrained(self.source, dtype=self.dtype, device_map=dict(device_map),
+                                    offload_folder=folder)  # fmt: skip
+            return m.eval()
         m = cls.from_pretrained(self.source, dtype=self.dtype)
         return m.to(self.device).eval()
 
@@ -294,6 +314,38 @@ class ModelHandle:
         return self._views["nnsight"]
 
 
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """A torch dtype from itself or its name (``"bfloat16"``, ``"float32"``, ``"torch.float16"``)."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = str(dtype).removeprefix("torch.")
+    out = getattr(torch, name, None)
+    if not isinstance(out, torch.dtype) or not out.is_floating_point:
+        raise ValueError(f"dtype {dtype!r} is not a floating-point torch dtype; use float32, "
+                         "bfloat16 or float16")  # fmt: skip
+    return out
+
+
+def module_device(module: Any, default: torch.device | None = None) -> torch.device:
+    """The device a module computes on: the execution device of accelerate's hook when the
+    model was dispatched (an offloaded module's weights sit on ``meta`` or CPU between calls),
+    else the device of its first parameter that is not ``meta``, else ``default`` (CPU)."""
+    hook = getattr(module, "_hf_hook", None)
+    dev = getattr(hook, "execution_device", None)
+    if dev is not None:
+        return torch.device("cuda", dev) if isinstance(dev, int) else torch.device(dev)
+    for p in module.parameters():
+        if p.device.type != "meta":
+            return p.device
+    return default if default is not None else torch.device("cpu")
+
+
+def input_device(model: Any) -> torch.device:
+    """Where a model's inputs go: the compute device of its input embeddings."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    return module_device(emb if emb is not None else model)
+
+
 def from_hf(
     model: Any, tokenizer: Any, model_id: str | None = None, *, add_bos: bool = False
 ) -> ModelHandle:
@@ -322,6 +374,39 @@ def from_hf(
     )
 
 
+def from_nnsight(
+    lm: Any, model_id: str | None = None, *, remote: bool = False, add_bos: bool = False
+) -> ModelHandle:
+    """Wrap an nnsight ``LanguageModel``: the path for models that fit no local machine.
+
+    With ``remote=True`` every nnsight trace steerlab runs (``capture(..., backend="nnsight")``,
+    :func:`steerlab.interventions.apply_nnsight` inside your own trace) executes on NDIF
+    (``lm.trace(..., remote=True)``); the local model holds its weights on the ``meta`` device,
+    and steerlab never reads them: sites map by module path, inputs stay on the CPU and the
+    activations come back as ordinary tensors. See ``docs/scaling_out.md`` for the whole recipe.
+
+        >>> from nnsight import CONFIG, LanguageModel
+        >>> CONFIG.set_default_api_key("...")                 # NDIF key
+        >>> lm = LanguageModel("meta-llama/Llama-3.1-405B")   # meta weights, no download
+        >>> handle = from_nnsight(lm, remote=True)
+        >>> cap = capture(handle, ["The year was 1999."], "resid_post.40", backend="nnsight")
+
+    Args:
+        lm: the ``LanguageModel`` (its wrapped HF model and tokenizer are used).
+        model_id: recorded in artifacts; default the config's ``_name_or_path``.
+        remote: run traces on NDIF.
+        add_bos: as in :func:`load_model`.
+    """
+    model = getattr(lm, "_module", None)
+    if model is None or getattr(lm, "tokenizer", None) is None:
+        raise TypeError("from_nnsight needs an nnsight LanguageModel (with a tokenizer)")
+    # the handle's tokenizer gets steerlab's settings (right padding); nnsight keeps its own
+    handle = from_hf(model, copy.deepcopy(lm.tokenizer), model_id, add_bos=add_bos)
+    handle._views["nnsight"] = lm
+    handle.remote = remote
+    return handle
+
+
 def load_tokenizer(name: str = DEFAULT_MODEL) -> Any:
     """The tokenizer of a model, set up as :func:`load_model` sets it, without the weights.
 
@@ -346,33 +431,61 @@ def load_model(
     name: str = DEFAULT_MODEL,
     *,
     device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
+    dtype: torch.dtype | str = torch.float32,
     add_bos: bool = False,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, int | str] | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> ModelHandle:
     """Load a model and tokenizer by name.
+
+    A model that does not fit one device loads with a device map (accelerate places the
+    layers; ``capture`` and ``steer`` follow the activations from device to device):
+
+        >>> handle = load_model("meta-llama/Llama-3.1-70B", device_map="auto",
+        ...                     dtype=torch.bfloat16, offload_folder="offload")
 
     Args:
         name: ``"smollm2-135m-instruct"`` (default, embedded), ``"minilm-l6"`` (embedded
             encoder), a local HF directory, or a hub id.
-        device: "cpu", "cuda", ...; default CUDA when available.
-        dtype: parameter dtype (float32 by default; activations are captured in this dtype).
+        device: "cpu", "cuda", ...; default CUDA when available. Not with ``device_map``.
+        dtype: parameter dtype, or its name (float32 by default; activations are captured in
+            this dtype).
         add_bos: prepend the tokenizer's BOS token when tokenising text. Off by default, as in
             transformers 5 for SmolLM2; recorded in :meth:`ModelHandle.tokenizer_settings`.
+        device_map: ``"auto"`` (fill the GPUs, then CPU, then disk), ``"balanced"``,
+            ``"sequential"``, or a dict module name -> device / ``"cpu"`` / ``"disk"``; passed
+            to transformers' ``from_pretrained`` (needs ``accelerate``).
+        max_memory: per-device limits for ``device_map="auto"``, e.g. ``{0: "20GiB",
+            "cpu": "60GiB"}``.
+        offload_folder: where layers mapped to ``"disk"`` are kept.
 
     Returns:
         A :class:`ModelHandle` in eval mode with gradients disabled on its parameters.
     """
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoTokenizer
 
+    dtype = as_dtype(dtype)
     model_id, source = resolve(name)
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     config = AutoConfig.from_pretrained(source)
     cls = AutoModel if _is_encoder(_architecture(config)) else AutoModelForCausalLM
-    model = cls.from_pretrained(source, dtype=dtype).to(device).eval()
+    if device_map is not None:
+        if device is not None:
+            raise ValueError("pass device or device_map, not both (device_map places every layer)")
+        folder = None if offload_folder is None else str(offload_folder)
+        model = cls.from_pretrained(source, dtype=dtype, device_map=device_map,
+                                    max_memory=max_memory, offload_folder=folder).eval()  # fmt: skip
+    else:
+        if max_memory is not None or offload_folder is not None:
+            raise ValueError("max_memory and offload_folder apply with a device_map only")
+        device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        model = cls.from_pretrained(source, dtype=dtype).to(device).eval()
     model.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(source)
     if add_bos and tok.bos_token_id is None:
         raise ValueError(f"{model_id}'s tokenizer has no BOS token; use add_bos=False")
     handle = from_hf(model, tok, model_id, add_bos=add_bos)
     handle.source = source
+    if offload_folder is not None:
+        handle._views["offload_folder"] = str(offload_folder)
     return handle

@@ -17,6 +17,7 @@ from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.checks import check_finite
+from steerlab.distributed import all_reduce_moments_
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +257,7 @@ class Subspace(FrozenArtifact):
         center: bool = True,
         max_k: int | None = None,
         meta: dict[str, Any] | None = None,
+        distributed: bool = False,
     ) -> Subspace:
         """Top principal directions of ``x`` (Pearson 1901), from a float64 covariance.
 
@@ -270,50 +272,148 @@ class Subspace(FrozenArtifact):
             center: subtract the mean (which then becomes the origin).
             max_k: upper bound on the ``k`` chosen by ``var`` (ignored when ``k`` is given).
             meta: extra JSON-serialisable info.
+            distributed: ``x`` is this rank's share of the rows of a ``torch.distributed`` run:
+                the mean and covariance are merged over ranks (:class:`PCAFitter`), and every
+                rank gets the PCA of all rows (equal to one process to float64 round-off).
         """
         if x.ndim < 2:
             raise ValueError(f"x must be [n, d_model] (or [..., d_model]), got {tuple(x.shape)}")
         d = x.shape[-1]
         X = x.reshape(-1, d).double()
+        check_finite(X, "x")
+        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
+        if distributed:
+            fitter = PCAFitter(d, center=center, device=X.device).update(X).all_reduce_()
+            return fitter.subspace(var=var, k=k, max_k=max_k, meta=meta, dtype=dtype)
         n = X.shape[0]
         if n < 2:
             raise ValueError(f"PCA needs at least 2 samples, got {n}")
-        check_finite(X, "x")
         mu = X.mean(0) if center else torch.zeros_like(X[0])
         Xc = X - mu
         sigma = Xc.T @ Xc / (n - 1)
-        sigma = (sigma + sigma.T) / 2  # round-off can leave it slightly non-symmetric
-        lam, vecs = torch.linalg.eigh(sigma)  # ascending
-        lam, vecs = lam.flip(0).clamp_min(0.0), vecs.flip(1)
-        total = lam.sum()
-        if total <= 0:
-            raise ValueError("x has zero variance; PCA is undefined")
-        # eigenvalues of a float64 covariance carry absolute error ~ eps·d·λ_max: smaller is noise
-        rank = int((lam > lam[0] * d * torch.finfo(torch.float64).eps).sum())
-        ratio = lam / total
-        if k is None:
-            if not 0 < var <= 1:
-                raise ValueError(f"var must be in (0, 1], got {var}")
-            # tolerate the round-off of the cumulative sum, so var=1.0 reaches the full rank
-            reach = ratio.cumsum(0) >= var - d * torch.finfo(torch.float64).eps
-            k_var = int(reach.nonzero()[0]) + 1 if reach.any() else rank
-            k = min(k_var, rank, max_k if max_k is not None else d)
-        if not 1 <= k <= rank:
-            raise ValueError(
-                f"k={k} must be in [1, rank={rank}] (n={n}, d_model={d}, center={center})"
-            )
-        basis = vecs[:, :k]
-        idx = basis.abs().argmax(0)
-        basis = basis * basis.gather(0, idx[None]).sign()
-        dtype = x.dtype if x.is_floating_point() else torch.get_default_dtype()
-        info = {
-            "method": "pca",
-            "n_samples": n,
-            "center": center,
-            "explained_variance_ratio": ratio[:k].tolist(),
-            **(meta or {}),
-        }
-        return cls(basis.to(dtype), mu.to(dtype), info)
+        return _pca(mu, sigma, n, var=var, k=k, center=center, max_k=max_k, meta=meta,
+                    dtype=dtype)  # fmt: skip
+
+
+def _pca(
+    mu: Tensor,
+    sigma: Tensor,
+    n: int,
+    *,
+    var: float,
+    k: int | None,
+    center: bool,
+    max_k: int | None,
+    meta: dict[str, Any] | None,
+    dtype: torch.dtype,
+) -> Subspace:
+    """The PCA subspace of a float64 mean and (co)variance (see :meth:`Subspace.from_pca`)."""
+    d = sigma.shape[0]
+    sigma = (sigma + sigma.T) / 2  # round-off can leave it slightly non-symmetric
+    lam, vecs = torch.linalg.eigh(sigma)  # ascending
+    lam, vecs = lam.flip(0).clamp_min(0.0), vecs.flip(1)
+    total = lam.sum()
+    if total <= 0:
+        raise ValueError("x has zero variance; PCA is undefined")
+    # eigenvalues of a float64 covariance carry absolute error ~ eps·d·λ_max: smaller is noise
+    rank = int((lam > lam[0] * d * torch.finfo(torch.float64).eps).sum())
+    ratio = lam / total
+    if k is None:
+        if not 0 < var <= 1:
+            raise ValueError(f"var must be in (0, 1], got {var}")
+        # tolerate the round-off of the cumulative sum, so var=1.0 reaches the full rank
+        reach = ratio.cumsum(0) >= var - d * torch.finfo(torch.float64).eps
+        k_var = int(reach.nonzero()[0]) + 1 if reach.any() else rank
+        k = min(k_var, rank, max_k if max_k is not None else d)
+    if not 1 <= k <= rank:
+        raise ValueError(f"k={k} must be in [1, rank={rank}] (n={n}, d_model={d}, center={center})")
+    basis = vecs[:, :k]
+    idx = basis.abs().argmax(0)
+    basis = basis * basis.gather(0, idx[None]).sign()
+    info = {
+        "method": "pca",
+        "n_samples": n,
+        "center": center,
+        "explained_variance_ratio": ratio[:k].tolist(),
+        **(meta or {}),
+    }
+    return Subspace(basis.to(dtype), mu.to(dtype), info)
+
+
+class PCAFitter:
+    """Streams the float64 mean and scatter of rows for PCA, mergeable across ranks.
+
+    The streaming form of :meth:`Subspace.from_pca`: Chan et al.'s batched update
+    (``S ← S + S_b + δδᵀ · n n_b / (n + n_b)``) keeps ``S = Σ (x − x̄)(x − x̄)ᵀ`` exact for any
+    batch split, and :meth:`all_reduce_` merges the ranks of a ``torch.distributed`` run, so
+    :meth:`subspace` equals ``Subspace.from_pca`` on all rows to float64 round-off.
+
+    Args:
+        d: row width (d_model).
+        center: subtract the mean (as ``from_pca(center=True)``); False takes the second
+            moment about 0, ``Σ x xᵀ / (n − 1)``.
+        device: where the float64 accumulators live.
+    """
+
+    def __init__(self, d: int, *, center: bool = True, device: str | torch.device | None = None):
+        if d < 1:
+            raise ValueError(f"d must be >= 1, got {d}")
+        self.d, self.center = int(d), center
+        self.n = 0
+        self.mean = torch.zeros(d, dtype=torch.float64, device=device)
+        self.scatter = torch.zeros(d, d, dtype=torch.float64, device=device)
+
+    @torch.no_grad()
+    def update(self, x: Float[Tensor, "... d_model"]) -> PCAFitter:
+        """Add the rows of ``x`` (leading dims flattened); returns ``self``."""
+        if x.shape[-1] != self.d:
+            raise ValueError(f"x has width {x.shape[-1]}, the fitter {self.d}")
+        X = check_finite(x.reshape(-1, self.d).to(self.mean), "x")
+        nb = X.shape[0]
+        if nb == 0:
+            return self
+        mb = X.mean(0)
+        Xc = X - mb
+        delta = mb - self.mean
+        n = self.n + nb
+        self.scatter += Xc.T @ Xc + torch.outer(delta, delta) * (self.n * nb / n)
+        self.mean += delta * (nb / n)
+        self.n = n
+        return self
+
+    @torch.no_grad()
+    def all_reduce_(self) -> PCAFitter:
+        """Merge every rank's statistics in place (Chan's rule,
+        :func:`steerlab.distributed.all_reduce_moments_`); call once, on every rank, after the
+        last update. A no-op in one process."""
+        self.n = all_reduce_moments_(self.n, [self.mean], [(self.scatter, 0, 0)])
+        return self
+
+    def covariance(self) -> Float[Tensor, "d_model d_model"]:
+        """``S / (n − 1)``, or without centring ``(S + n x̄ x̄ᵀ) / (n − 1)``."""
+        if self.n < 2:
+            raise ValueError(f"PCA needs at least 2 samples, got {self.n}")
+        S = (
+            self.scatter
+            if self.center
+            else self.scatter + self.n * torch.outer(self.mean, self.mean)
+        )
+        return S / (self.n - 1)
+
+    def subspace(
+        self,
+        *,
+        var: float = 0.99,
+        k: int | None = None,
+        max_k: int | None = None,
+        meta: dict[str, Any] | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Subspace:
+        """The top principal subspace (arguments as :meth:`Subspace.from_pca`), in ``dtype``."""
+        sigma = self.covariance()
+        mu = self.mean if self.center else torch.zeros_like(self.mean)
+        return _pca(mu, sigma, self.n, var=var, k=k, center=self.center, max_k=max_k, meta=meta,
+                    dtype=dtype)  # fmt: skip
 
 
 def _default_rtol(dtype: torch.dtype, d: int) -> float:

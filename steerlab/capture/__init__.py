@@ -22,7 +22,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from steerlab import distributed as dist
 from steerlab.capture.backends import BACKENDS, RUNNERS
+from steerlab.capture.ranks import RankStoreWriter, commit
 from steerlab.capture.store import ActivationStore, StoreWriter
 from steerlab.checks import check_int
 from steerlab.models import ModelHandle
@@ -284,6 +286,7 @@ def capture_to_store(
     config: dict[str, Any] | None = None,
     overwrite: bool = False,
     progress: Callable[[int], None] | None = None,
+    distributed: bool | None = None,
 ) -> ActivationStore:
     """Stream activations of a token corpus into an on-disk store, resumably.
 
@@ -294,6 +297,13 @@ def capture_to_store(
     Every rerun over an existing store (complete or not) first verifies each listed shard's
     sha256; damaged or missing shards are logged by name (a warning) and captured again from
     their sequences, which rewrites exactly those shard files and nothing else.
+
+    **Distributed** (under ``torchrun``, after :func:`steerlab.distributed.init`): each rank
+    captures a contiguous run of whole batches (:func:`steerlab.distributed.split_range`) into
+    its own shards of the one store (:mod:`steerlab.capture.ranks`); after a barrier rank 0
+    commits the manifest. The store holds the rows of a one-process capture, in the same order;
+    an interrupted run resumes per rank when rerun with the same number of ranks. Every rank
+    returns the committed store.
 
     Args:
         handle: the model.
@@ -307,7 +317,10 @@ def capture_to_store(
         fingerprints: extra fingerprints to record (the corpus and tokenizer ones are added).
         config: extra settings to record; must match on resume.
         overwrite: replace an existing store at ``path``.
-        progress: called with tokens processed after each batch (skipped ones included once).
+        progress: called with tokens processed after each batch (skipped ones included once);
+            in a distributed run, with this rank's tokens.
+        distributed: split the sequences over the ranks of the open process group; None (the
+            default) does so whenever one with more than one rank is open.
 
     Returns:
         The finished :class:`steerlab.capture.store.ActivationStore`.
@@ -329,25 +342,37 @@ def capture_to_store(
         "tokenizer": handle.tokenizer_settings(),
         **(config or {}),
     }
-    writer = StoreWriter(
-        path,
-        model_id=handle.model_id,
-        sites={s.name: site_width(handle, s) for s in site_list},
-        dtype=dtype,
-        shard_tokens=shard_tokens,
-        fingerprints=fps,
-        config=cfg,
-        overwrite=overwrite,
-    )
+    if distributed and not dist.is_distributed():
+        raise ValueError(
+            "distributed=True needs an open torch.distributed process group: launch with "
+            "torchrun and call steerlab.distributed.init() first"
+        )
+    world = dist.world_size() if distributed is not False else 1
+    share = dist.split_range(len(ids), unit=batch_size) if world > 1 else range(len(ids))
+    kw: dict[str, Any] = {
+        "model_id": handle.model_id,
+        "sites": {s.name: site_width(handle, s) for s in site_list},
+        "dtype": dtype, "shard_tokens": shard_tokens, "fingerprints": fps, "config": cfg,
+        "overwrite": overwrite,
+    }  # fmt: skip
+    if world > 1:
+        writer: StoreWriter = RankStoreWriter(
+            path, rank=dist.rank(), world_size=world, sequences=share, **kw
+        )
+    else:
+        writer = StoreWriter(path, **kw)
     with writer:
-        _rewrite_damaged(writer, handle, enc, site_list, rule, batch_size)
-        start = writer.n_sequences
-        if start:
-            logger.info("resuming %s after %d of %d sequences", path, start, len(ids))
+        if world == 1:  # a distributed store's parts are verified when rank 0 commits them
+            _rewrite_damaged(writer, handle, enc, site_list, rule, batch_size)
+        # a committed distributed store lists every rank's rows: this rank's share is done
+        done = len(share) if getattr(writer, "committed", False) else writer.n_sequences
+        start = share.start + done
+        if done:
+            logger.info("resuming %s after %d of %d sequences", path, done, len(share))
             if progress is not None:
-                progress(int(enc.attention_mask[:start].sum()))
+                progress(int(enc.attention_mask[share.start : start].sum()))
         if not writer.complete:
-            for rows in _batches(len(ids) - start, batch_size):
+            for rows in _batches(share.stop - start, batch_size):
                 rows = range(rows.start + start, rows.stop + start)
                 acts, tok, doc, pos, _, n_tok = _run_batch(
                     handle, enc, rows, site_list, rule, "hf", None
@@ -356,4 +381,9 @@ def capture_to_store(
                 if progress is not None:
                     progress(n_tok)
             writer.finish()
+    if world > 1:
+        dist.barrier()  # every part is complete on disk
+        if dist.rank() == 0 and not getattr(writer, "committed", False):
+            commit(path, world)
+        dist.barrier()  # the manifest is committed before any rank opens the store
     return ActivationStore(path)

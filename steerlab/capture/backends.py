@@ -67,7 +67,8 @@ def run_hf(
 
     def make_hook(site: Site, io: str):
         def grab(t: Tensor) -> None:
-            out[site.name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx)
+            # under a device map each layer's activations live on that layer's device
+            out[site.name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx.to(t.device))
             if site == last:
                 raise _StopForward
 
@@ -115,7 +116,7 @@ def run_transformer_lens(
     out = {}
     for name, site in names.items():
         t = cache[name]
-        out[site.name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx)
+        out[site.name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx.to(t.device))
     return out
 
 
@@ -126,11 +127,16 @@ def run_nnsight(
     sites: Sequence[Site],
     flat_idx: Tensor,
 ) -> dict[str, Tensor]:
-    """Capture through an nnsight trace (envoys read in execution order, then stop)."""
+    """Capture through an nnsight trace (envoys read in execution order, then stop).
+
+    Nothing here reads the local weights: with ``handle.remote`` (:func:`steerlab.models.
+    from_nnsight`) the trace runs on NDIF and only the saved activations come back.
+    """
     lm = handle.nnsight()
     ordered = sorted(sites)
     saved = {}
-    with lm.trace(_inputs(input_ids, attention_mask)) as tracer:
+    remote = {"remote": True} if handle.remote else {}
+    with lm.trace(_inputs(input_ids, attention_mask), **remote) as tracer:
         for site in ordered:
             saved[site.name] = nnsight_envoy(lm, handle, site).save()
         tracer.stop()  # nothing after the last site runs
@@ -139,7 +145,7 @@ def run_nnsight(
         t: Any = _first(value.value if hasattr(value, "value") else value)
         if isinstance(t, dict):  # an input envoy may give (args, kwargs)
             t = t["hidden_states"]
-        out[name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx)
+        out[name] = t.reshape(-1, t.shape[-1]).index_select(0, flat_idx.to(t.device))
     return out
 
 

@@ -64,7 +64,10 @@ from steerlab.validation import open_tensors
 
 logger = logging.getLogger(__name__)
 
-_SHARD_RE = re.compile(r"^shard-\d{5,}\.safetensors$")
+# one-process shards (shard-00000) and the rank-local shards of a distributed capture
+# (shard-r00001-00000, see steerlab.capture.ranks)
+_SHARD_RE = re.compile(r"^shard-(r\d{5,}-)?\d{5,}\.safetensors$")
+_RANK_MANIFEST_RE = re.compile(r"^manifest\.rank-\d{5,}\.json$")
 _REWRITE_PREFIX = ".rewrite-"
 Index = int | slice | Tensor | Sequence[int]
 
@@ -176,6 +179,8 @@ class StoreWriter:
         }
         if self.path.exists() and not self.path.is_dir():
             raise FileExistsError(f"{self.path} exists and is not a directory")
+        if self._open_part(requested, overwrite, sink_norm_ratio):
+            return  # a rank of a distributed capture (steerlab.capture.ranks) opened its part
         has_manifest = (self.path / MANIFEST_NAME).is_file()
         if not has_manifest and self.path.is_dir() and any(self.path.iterdir()):
             raise FileExistsError(
@@ -229,20 +234,34 @@ class StoreWriter:
                     shutil.rmtree(self.path, ignore_errors=True)
                 raise
 
+    def _open_part(
+        self, requested: dict[str, Any], overwrite: bool, sink_norm_ratio: float
+    ) -> bool:
+        """Open the part of a store one rank writes (see :mod:`steerlab.capture.ranks`); the
+        one-process writer owns the whole store, so here: nothing to do."""
+        del requested, overwrite, sink_norm_ratio
+        return False
+
+    @property
+    def _manifest_name(self) -> str:
+        return MANIFEST_NAME
+
+    def _shard_name(self, i: int) -> str:
+        return shard_name(i)
+
     def _remove_store_files(self, listed: set[str], manifest_too: bool = False) -> None:
         """Delete temp files and shard files not in ``listed`` (incomplete writes)."""
         for f in self.path.iterdir():
             stray_shard = _SHARD_RE.match(f.name) and f.name not in listed
-            ours = (
-                f.name.endswith(".tmp") or stray_shard or (manifest_too and f.name == MANIFEST_NAME)
-            )
+            manifest = f.name == MANIFEST_NAME or _RANK_MANIFEST_RE.match(f.name)
+            ours = f.name.endswith(".tmp") or stray_shard or (manifest_too and manifest)
             if f.is_file() and ours:
                 logger.info("removing %s", f)
                 f.unlink()
 
     def _write_manifest(self) -> None:
         data = json.dumps(self.manifest, indent=2).encode()
-        atomic_write_bytes(self.path / MANIFEST_NAME, data)
+        atomic_write_bytes(self.path / self._manifest_name, data)
 
     @property
     def n_sequences(self) -> int:
@@ -356,7 +375,7 @@ class StoreWriter:
             self._buffer.clear()  # drop the pieces before serialising: peak = 2 x one shard
             data = st_save(tensors, metadata={"format": "pt"})
             del tensors
-            name = shard_name(len(m["shards"]))
+            name = self._shard_name(len(m["shards"]))
             atomic_write_bytes(self.path / name, data)  # via .<name>.*.tmp, removed on resume
             m["shards"].append(
                 {

@@ -75,11 +75,16 @@ def subcommand(sub: Any, name: str, help: str, description: str | None = None,
 
 
 @contextmanager
-def progress_bar(total: int, desc: str, unit: str = "tok") -> Iterator[tqdm]:
-    """A progress bar on stderr (``TQDM_DISABLE=1`` turns it off), erased if the command
-    fails so that the error stands alone on its line."""
+def progress_bar(
+    total: int, desc: str, unit: str = "tok", *, disable: bool = False
+) -> Iterator[tqdm]:
+    """A progress bar on stderr (``TQDM_DISABLE=1`` or ``disable=True`` turns it off: the
+    ranks of a torchrun launch but rank 0), erased if the command fails so that the error
+    stands alone on its line."""
+    # disable only when asked: an explicit disable=False would override TQDM_DISABLE
+    off = {"disable": True} if disable else {}
     bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
-               smoothing=0.1)  # fmt: skip
+               smoothing=0.1, **off)  # fmt: skip
     try:
         yield bar
     except BaseException:
@@ -195,13 +200,14 @@ def _missing_model(name: str) -> CliError:
     )
 
 
-def open_model(name: str, device: str | None = None) -> ModelHandle:
-    """:func:`steerlab.models.load_model`, failing fast (one line) for a hub id offline."""
+def open_model(name: str, device: str | None = None, **kwargs: Any) -> ModelHandle:
+    """:func:`steerlab.models.load_model` (``kwargs``: dtype, device_map, ...), failing fast
+    (one line) for a hub id offline."""
     hub = _hub_model(name)
     if hub and not hub_reachable():
         go_offline()
     try:
-        return load_model(name, device=device)
+        return load_model(name, device=device, **kwargs)
     except OSError as e:
         if hub and not hub_reachable() and not isinstance(e, PermissionError):
             raise _missing_model(name) from e

@@ -17,6 +17,7 @@ from typing import Any
 
 from safetensors import SafetensorError
 
+from steerlab import distributed as dist
 from steerlab.capture.store import ActivationStore
 from steerlab.cli.common import (
     CliError,
@@ -53,6 +54,8 @@ TRAIN_EXAMPLES = """examples:
       --init active_subspace --out runs/sae_resid6
   steerlab sae train --store runs/sae_store --site resid_post.6 --width 1024 --tokens 500000 \\
       --warmup-steps 50 --out runs/small
+  torchrun --nproc_per_node=4 -m steerlab sae train --store runs/sae_store \\
+      --site resid_post.6 --width 65536 --out runs/big   # DDP: each GPU a quarter of each batch
 
 Checkpoints go to OUT/checkpoint; rerunning the same command resumes exactly where it stopped.
 The defaults are the library's (SaeConfig and TrainConfig); a short run wants a shorter
@@ -156,6 +159,19 @@ def _truncate_log(path: Path, step: int) -> None:
 def train_command(args: argparse.Namespace) -> int:
     """Train one SAE on a store site; rerun with the same arguments to resume."""
     o: TrainOptions = args.options.build(args, parser=args.parser)
+    opened = not dist.is_distributed()  # close only a process group this command opened
+    info = dist.init()  # a no-op outside torchrun; then every rank trains, rank 0 reports
+    if info.rank != 0:
+        _train_rank(args, o)
+    else:
+        _train_main(args, o)
+    if opened:
+        dist.shutdown()
+    return 0
+
+
+def _train_main(args: argparse.Namespace, o: TrainOptions) -> None:
+    """Rank 0 (or the only process): train, report, write the SAE and its summary."""
     out = Path(o.out)
     check_writable(out)
     tcfg: TrainConfig = args.train_config.build(args, parser=args.parser, checkpoint_dir=str(out))
@@ -205,7 +221,18 @@ def train_command(args: argparse.Namespace) -> int:
     tail = "  ".join(f"{k} {v}" for k, v in _postfix(m).items()) if m else ""
     say(f"done: {result.tokens:,} tokens, {result.steps} steps  {tail}")
     say(f"wrote {out / 'sae'} (steerlab) and {out / 'saelens'} (SAELens)")
-    return 0
+
+
+def _train_rank(args: argparse.Namespace, o: TrainOptions) -> None:
+    """A torchrun rank other than 0: train alongside rank 0, silently; rank 0 writes."""
+    tcfg: TrainConfig = args.train_config.build(args, parser=args.parser, checkpoint_dir=o.out)
+    store = ActivationStore(o.store)
+    if o.site not in store.sites:
+        raise CliError(f"store {o.store} has no site {o.site!r}; it holds {sorted(store.sites)}")
+    sae_cfg: SaeConfig = args.sae_config.build(
+        args, parser=args.parser, d_in=store.sites[o.site], site=o.site, model_id=store.model_id
+    )
+    train(store, [sae_cfg], tcfg, resume=not o.restart)
 
 
 def load_any_sae(path: Path) -> Sae:

@@ -32,6 +32,7 @@ from torch import Tensor
 
 from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.checks import check_features, check_finite, check_labels, check_targets, check_width
+from steerlab.distributed import all_reduce_moments_
 from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
@@ -317,6 +318,23 @@ class LeaceFitter:
         dz2 = zz - self.mean_z
         self.sigma_xz_.addmm_(dx.T, dz2)
         self.var_z_ += (dz * dz2).sum(0)
+        self._eraser = None
+        return self
+
+    @torch.no_grad()
+    def all_reduce_(self) -> LeaceFitter:
+        """Merge the statistics of every rank (``torch.distributed``), in place; returns ``self``.
+
+        Each rank :meth:`update` s with its own rows; afterwards every rank holds the means
+        and co-moments of all rows (:func:`steerlab.distributed.all_reduce_moments_`, Chan's
+        rule), so :attr:`eraser` equals a one-process fit on the union to float64 round-off.
+        Call it once, on every rank, after the last update (a second call would count the
+        rows again). A no-op in one process.
+        """
+        comoments = [(self.sigma_xz_, 0, 1), (self.var_z_, 1, 1)]
+        if self.sigma_xx_ is not None:
+            comoments.append((self.sigma_xx_, 0, 0))
+        self.n = all_reduce_moments_(self.n, [self.mean_x, self.mean_z], comoments)
         self._eraser = None
         return self
 

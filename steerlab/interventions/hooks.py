@@ -52,12 +52,20 @@ contexts the innermost applies first at a shared site.
 stream itself: the hook adds the change to the attention output, because the module input that
 carries ``resid_mid`` (``ln_2``'s input) only feeds the MLP.
 
-**Devices.** Interventions on another device than the model are moved to it (``nn.Module.to``,
-in place); their dtype is kept, and low-rank edits are computed in the finer of the two dtypes.
+**Devices and dtypes.** Each intervention is moved (``nn.Module.to``, in place) to the device
+its site computes on, which for a model dispatched with a device map (accelerate; layers on
+several GPUs, or offloaded to CPU or disk) differs from layer to layer. At every call its
+tensors meet the hidden state where it is: any that sit on another device, or in a coarser
+dtype than the hidden state (a bfloat16 vector on a float32 model), are used as copies on the
+hidden state's device and in its dtype for that call (``torch.func.functional_call``, so
+gradients still reach the originals); an intervention finer than the hidden state (float32 on
+a bfloat16 model) computes in its own dtype. The result always has the hidden state's dtype
+and device.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -65,10 +73,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+from torch.func import functional_call
 
 from steerlab.interventions.kinds import Intervention
-from steerlab.models import ModelHandle
+from steerlab.models import ModelHandle, module_device
 from steerlab.positions import TokenView
 from steerlab.sites import (
     Site,
@@ -258,15 +267,18 @@ class Steering:
         for iv in unique.values():
             iv.check(handle)  # every check runs before any hook exists
         for iv in unique.values():
-            if any(t.device != handle.device for t in (*iv.parameters(), *iv.buffers())):
-                logger.info("moving %s to %s (in place)", iv.KIND, handle.device)
-                iv.to(handle.device)
+            for leaf in iv.leaves():
+                dev = _site_device(handle, parse_site(leaf.site, handle.n_layers))
+                if any(t.device != dev for t in (*leaf.parameters(), *leaf.buffers())):
+                    logger.info("moving %s to %s (in place)", leaf.KIND, dev)
+                    leaf.to(dev)
         self.sites = sorted(
             {parse_site(s, handle.n_layers) for iv in unique.values() for s in iv.sites()}
         )
         self.points = _plan(handle, self.sites)
         self.tracker = PositionTracker(handle)
         self._stack: ExitStack | None = None
+        self._views: tuple[TokenView | None, dict[torch.device, TokenView]] = (None, {})
 
     def new_prompt(self, lengths: int | Sequence[int] | Tensor | None = None) -> None:
         """See :meth:`PositionTracker.new_prompt`."""
@@ -281,6 +293,7 @@ class Steering:
             view = TokenView.from_mask(
                 torch.ones(h.shape[:2], dtype=torch.long, device=h.device), h.shape[1]
             )
+        view = self._view_on(view, h.device)
         for ivs, rows in self.groups:
             mask = None
             if rows is not None:
@@ -290,8 +303,23 @@ class Steering:
                 mask = torch.zeros(h.shape[0], dtype=torch.bool, device=h.device)
                 mask[rows] = True
             for iv in ivs:
-                h = iv.apply_at(site.name, h, view, mask)
+                h = _apply_aligned(iv, site.name, h, view, mask)
         return h
+
+    def _view_on(self, view: TokenView, device: torch.device) -> TokenView:
+        """``view`` with its tensors on ``device`` (the device of a layer of a dispatched
+        model), made once per call and device."""
+        if view.real.device == device:
+            return view
+        if self._views[0] is not view:
+            self._views = (view, {})
+        cache = self._views[1]
+        if device not in cache:
+            cache[device] = dataclasses.replace(view, **{
+                f.name: getattr(view, f.name).to(device) for f in dataclasses.fields(view)
+                if isinstance(getattr(view, f.name), Tensor)
+            })  # fmt: skip
+        return cache[device]
 
     def run_point(self, point: _Point, h: Tensor) -> Tensor:
         for action, site in point.actions:
@@ -300,7 +328,7 @@ class Steering:
             elif action == "record":
                 self.tracker.resid[site.layer] = h
             else:  # "mid": h is attn_out; resid_mid = resid_pre + attn_out
-                mid = self.tracker.resid.pop(site.layer) + h
+                mid = self.tracker.resid.pop(site.layer).to(h.device) + h
                 h = h + (self.apply(site, mid) - mid)
         return h
 
@@ -449,6 +477,55 @@ def apply_nnsight(
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _site_device(handle: ModelHandle, site: Site) -> torch.device:
+    """The device the module of ``site`` computes on (per layer under a device map)."""
+    try:
+        module = hf_location(handle, site).module
+    except SiteError:
+        return handle.device
+    return module_device(module, default=handle.device)
+
+
+class _ApplyAt(nn.Module):
+    """Calls ``iv.apply_at``; wraps it so :func:`torch.func.functional_call` can swap its
+    tensors for copies on another device or in another dtype."""
+
+    def __init__(self, iv: Intervention) -> None:
+        super().__init__()
+        self.iv = iv
+
+    def forward(self, site: str, h: Tensor, view: TokenView, rows: Tensor | None) -> Tensor:
+        return self.iv.apply_at(site, h, view, rows)
+
+
+def _aligned_tensors(iv: Intervention, site: str, h: Tensor) -> dict[str, Tensor]:
+    """Copies of the tensors of ``iv``'s leaves at ``site`` that are on another device than
+    ``h`` or in a coarser floating dtype, moved to ``h``'s device and the finer dtype."""
+    here = [leaf for leaf in iv.leaves() if site in leaf.sites()]
+    prefixes = [name for name, m in iv.named_modules() if any(m is leaf for leaf in here)]
+    out = {}
+    for name, t in (*iv.named_parameters(), *iv.named_buffers()):
+        if not any(p == "" or name.startswith(p + ".") for p in prefixes):
+            continue
+        dtype = torch.promote_types(t.dtype, h.dtype) if t.is_floating_point() else t.dtype
+        if t.device != h.device or dtype != t.dtype:
+            out[f"iv.{name}"] = t.to(device=h.device, dtype=dtype)
+    return out
+
+
+def _apply_aligned(
+    iv: Intervention, site: str, h: Tensor, view: TokenView, rows: Tensor | None
+) -> Tensor:
+    """``iv.apply_at`` with its tensors where ``h`` is (see "Devices and dtypes" above); the
+    result has ``h``'s dtype."""
+    moved = _aligned_tensors(iv, site, h)
+    if not moved:
+        out = iv.apply_at(site, h, view, rows)
+    else:
+        out = functional_call(_ApplyAt(iv), moved, (site, h, view, rows), strict=False)
+    return out if out.dtype == h.dtype else out.to(h.dtype)
 
 
 class _removing:

@@ -45,6 +45,7 @@ from torch import Tensor
 from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.checks import check_features, check_finite, check_int, check_width
 from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types, require
+from steerlab.distributed import all_reduce_, all_reduce_moments_
 from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
@@ -160,6 +161,14 @@ class _Moments:
             out.mean_y = out.mean_y + dy * (p.n / n)
             out.n = n
         return out
+
+    def all_reduce_(self) -> None:
+        """Merge every rank's moments in place (:func:`steerlab.distributed.all_reduce_moments_`)."""
+        self.n = all_reduce_moments_(
+            self.n,
+            [self.mean_x, self.mean_y],
+            [(self.S_xx, 0, 0), (self.S_xy, 0, 1), (self.S_yy, 1, 1)],
+        )
 
     def sse(self, coef: Tensor, intercept: Tensor) -> Tensor:
         """``Σ (y − b0 − coefᵀx)²`` over these rows, from the moments alone."""
@@ -493,6 +502,24 @@ class PLSFitter:
             if sel.any():
                 part.update(x2[sel], yy[sel])
         self.n_seen += n
+        return self
+
+    @torch.no_grad()
+    def all_reduce_(self) -> PLSFitter:
+        """Merge the moments of every rank (``torch.distributed``), in place; returns ``self``.
+
+        Each rank streams its own rows; a row's split (fold or test) is :func:`split_ids` of
+        its key, which by default is the row's index *in this fitter's stream*. For the merged
+        fit to equal a one-process fit on all rows, give each row its global key: pass
+        ``groups=`` the global row indices (or the group ids) to :meth:`update`. Afterwards
+        every rank holds the moments of all rows per split (Chan's rule), so :meth:`probe`,
+        :meth:`cv_r2` and :meth:`result` equal the one-process ones to float64 round-off.
+        Call it once, on every rank, after the last update. A no-op in one process.
+        """
+        for part in self.parts:
+            part.all_reduce_()
+        seen = torch.tensor([float(self.n_seen)], dtype=torch.float64)
+        self.n_seen = int(all_reduce_(seen).item())
         return self
 
     @property

@@ -30,6 +30,7 @@ from torch import Tensor
 
 from steerlab.capture.store import SINK
 from steerlab.checks import check_int
+from steerlab.distributed import all_gather_rows, all_reduce_, all_reduce_moments_
 from steerlab.subspace import Subspace
 
 if TYPE_CHECKING:
@@ -149,6 +150,25 @@ class StatsFitter:
         self.scatter += Xc.T @ Xc + torch.outer(delta, delta) * (self.n * nb / n)
         self.mean += delta * (nb / n)
         self.n = n
+        return self
+
+    @torch.no_grad()
+    def all_reduce_(self) -> StatsFitter:
+        """Merge the statistics of every rank (``torch.distributed``), in place; returns ``self``.
+
+        Each rank updates with its own rows; afterwards every rank holds the mean and scatter
+        of all rows (:func:`steerlab.distributed.all_reduce_moments_`, Chan's rule; equal to a
+        one-process fit to float64 round-off), the total :attr:`n_skipped`, and as sample the
+        ranks' samples in rank order, cut to ``keep`` rows: the one-process sample when rank
+        ``r`` streamed the ``r``-th contiguous part of the rows. Call it once, on every rank,
+        after the last update. A no-op in one process.
+        """
+        self.n = all_reduce_moments_(self.n, [self.mean], [(self.scatter, 0, 0)])
+        skipped = torch.tensor([float(self.n_skipped)], dtype=torch.float64)
+        self.n_skipped = int(all_reduce_(skipped).item())
+        local = torch.cat(self._sample) if self._sample else torch.zeros(0, self.d_in)
+        sample = torch.cat(all_gather_rows(local))[: self.keep]
+        self._sample = [sample] if len(sample) else []
         return self
 
     def finalize(self) -> ActivationStats:

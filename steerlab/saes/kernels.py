@@ -68,7 +68,10 @@ class TopKEncode(torch.autograd.Function):
     @staticmethod
     def backward(ctx: Any, grad_vals: Tensor, _grad_idx: Any) -> Any:
         sae_in, W_enc, vals, idx = ctx.saved_tensors
-        g = grad_vals * (vals > 0)  # ReLU: no gradient where the output is 0
+        # ReLU: no gradient where the output is 0. Under autocast the forward GEMM (and so
+        # ``vals`` and their gradient) is in bfloat16/float16; the parameter gradients are
+        # computed in the parameters' dtype.
+        g = (grad_vals * (vals > 0)).to(sae_in.dtype)
         d_sae = W_enc.shape[1]
         grad_x = grad_b_dec = grad_W = grad_b = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[3]:

@@ -286,10 +286,15 @@ class Sae(nn.Module):
         return load_sae(path, device=device)
 
 
-def _fvu(x: Tensor, x_hat: Tensor) -> tuple[Tensor, Tensor]:
-    """``(Σ‖x − x̂‖² / Σ‖x − x̄‖², Σ‖x − x̄‖²)`` for one batch; the variance is clamped > 0."""
-    total_variance = (x - x.mean(0)).pow(2).sum()
-    total_variance = total_variance.clamp_min(torch.finfo(x.dtype).tiny)
+def _fvu(x: Tensor, x_hat: Tensor, total_variance: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """``(Σ‖x − x̂‖² / Σ‖x − x̄‖², Σ‖x − x̄‖²)`` for one batch; the variance is clamped > 0.
+
+    ``total_variance`` given (the whole batch's, when ``x`` is one rank's share of it under
+    data-parallel training) replaces this share's own, so the ranks' FVUs sum to the batch's.
+    """
+    if total_variance is None:
+        total_variance = (x - x.mean(0)).pow(2).sum()
+    total_variance = total_variance.to(x.dtype).clamp_min(torch.finfo(x.dtype).tiny)
     return (x - x_hat).pow(2).sum() / total_variance, total_variance
 
 
@@ -367,6 +372,8 @@ class TopKSae(Sae):
         *,
         dead_mask: Tensor | None = None,
         k: int | None = None,
+        total_variance: Tensor | None = None,
+        n_rows: int | None = None,  # noqa: ARG002 - same signature as ReluSae
     ) -> SaeOutput:
         """Encode, decode and compute the losses of one batch.
 
@@ -374,11 +381,15 @@ class TopKSae(Sae):
             x: ``[batch, d_in]`` activations.
             dead_mask: ``[d_sae]`` bool, latents dead for the trainer's window (enables AuxK).
             k: latents kept (k annealing); default ``cfg.k``.
+            total_variance: ``Σ‖x − x̄‖²`` of the whole batch when ``x`` is one rank's share
+                of it (data-parallel training): the losses are then this share's part of
+                the batch's, and the ranks' losses sum to it. Default: ``x``'s own.
+            n_rows: rows of the whole batch (used by ReLU-L1's mean; accepted for symmetry).
         """
         x = _as_batch(x, self.d_in).to(self.W_enc)
         acts, idx = self.encode(x, k)
         sae_out = self.decode(acts, idx)
-        fvu, total_variance = _fvu(x, sae_out)
+        fvu, total_variance = _fvu(x, sae_out, total_variance)
         auxk = sae_out.new_zeros(())
         n_dead = 0 if dead_mask is None else int(dead_mask.sum())
         if n_dead:
@@ -424,14 +435,24 @@ class ReluSae(Sae):
         *,
         dead_mask: Tensor | None = None,  # noqa: ARG002 - same signature as TopKSae
         k: int | None = None,  # noqa: ARG002
+        total_variance: Tensor | None = None,
+        n_rows: int | None = None,
     ) -> SaeOutput:
-        """Encode, decode and compute FVU and the L1 penalty of one batch (see the class)."""
+        """Encode, decode and compute FVU and the L1 penalty of one batch (see the class).
+
+        ``total_variance`` and ``n_rows`` of the whole batch, when ``x`` is one rank's share
+        of it (data-parallel training), make the losses this share's part of the batch's.
+        """
         x = _as_batch(x, self.d_in).to(self.W_enc)
         z = self.encode_dense(x)
         sae_out = self.decode_dense(z)
-        fvu, total_variance = _fvu(x, sae_out)
-        rms = (total_variance / x.shape[0]).sqrt()
-        l1 = (z @ self.W_dec.norm(dim=1)).mean() / rms
+        fvu, total_variance = _fvu(x, sae_out, total_variance)
+        n = x.shape[0] if n_rows is None else n_rows
+        rms = (total_variance / n).sqrt()
+        if n_rows is None:
+            l1 = (z @ self.W_dec.norm(dim=1)).mean() / rms
+        else:
+            l1 = (z @ self.W_dec.norm(dim=1)).sum() / n / rms
         l0 = (z > 0).sum(-1).float().mean()
         return SaeOutput(sae_out, z, None, fvu, sae_out.new_zeros(()), l1, l0)
 

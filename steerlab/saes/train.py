@@ -19,8 +19,11 @@ takes one Adam step per SAE on the batch's rows of its site:
   to the SAE's ``k`` over ``k_anneal_steps`` steps, then stays;
 - NaN/inf rows: skipped and counted (``nan_policy="skip"``, logged) or an error.
 
+Under ``torchrun`` the work is split over the ranks, data-parallel (DDP) or one SAE per rank
+(``TrainConfig.distribute``; see :mod:`steerlab.saes.parallel`), with the one-process result.
+
 Checkpoints (every ``checkpoint_every`` steps and at the end) are directories written
-atomically: ``state.json`` (configs, step, batches consumed, tokens, skipped rows),
+atomically (by rank 0 alone under torchrun): ``state.json`` (configs, step, batches consumed, tokens, skipped rows),
 ``state.safetensors`` (the RNG state as a uint8 tensor), and per SAE ``<name>/cfg.json`` +
 ``sae.safetensors`` + ``optimizer.safetensors`` (Adam's ``exp_avg``, ``exp_avg_sq`` and
 ``step`` per parameter, flattened; plus the dead-latent counters). Nothing is pickled.
@@ -36,7 +39,7 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
@@ -64,6 +67,7 @@ from steerlab.saes.formats import (
     write_checkpoint,
 )
 from steerlab.saes.init import activation_stats, initialize_
+from steerlab.saes.parallel import Parallel, batches_of, parallel_for
 from steerlab.saes.sae import (
     DEFAULT_BASE_LR,
     Sae,
@@ -77,7 +81,10 @@ logger = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = "steerlab.sae_checkpoint/1"
 # TrainConfig fields that do not change the trained weights: free to differ on resume.
-_NON_SEMANTIC = ("checkpoint_dir", "checkpoint_every", "log_every", "device")
+# (A checkpoint's world size and distribute mode are checked on their own.)
+_NON_SEMANTIC = (
+    "checkpoint_dir", "checkpoint_every", "log_every", "device", "distribute", "autocast",
+)  # fmt: skip
 
 
 class CheckpointMismatchError(ValueError):
@@ -138,7 +145,15 @@ class TrainConfig:
     log_every: int = 10
     """Steps between progress callbacks (metrics are averaged over them)."""
     device: str = "cpu"
-    """Device of the SAEs and batches."""
+    """Device of the SAEs and batches (``cuda`` under torchrun: each rank's own GPU)."""
+    distribute: Literal["data", "modules"] = "data"
+    """Under torchrun with several ranks: ``data`` (DDP; every SAE on every rank, each rank
+    trains on its share of every batch) or ``modules`` (each SAE on one rank, on whole batches;
+    sparsify's distribute_modules). Both give the one-process weights. Ignored in one process."""
+    autocast: Literal["auto", "bfloat16", "off"] = "auto"
+    """Mixed precision of the SAE forward: ``auto`` is bfloat16 autocast on CUDA and none
+    elsewhere; ``bfloat16`` forces it (on the CPU too); ``off`` never. Parameters, Adam state
+    and gradients stay in the SAE's dtype."""
 
     def __post_init__(self) -> None:
         check_types(self)
@@ -250,6 +265,7 @@ class _Member:
         self.sums: dict[str, Tensor] = {}
         self.n_sums = 0
         self.k_last = sae.cfg.k
+        self.ddp: Any = None  # the DistributedDataParallel wrapper in data-parallel runs
 
     def add_metrics(self, out: SaeOutput, k: int | None) -> None:
         # summed as tensors: no device sync per step
@@ -306,6 +322,8 @@ def train(
             and overwrites it.
     """
     cfg = cfg or TrainConfig()
+    par = parallel_for(cfg.distribute, cfg.device, cfg.autocast)
+    cfg = replace(cfg, device=par.device)  # "cuda" -> this rank's GPU under torchrun
     configs = list(configs)
     if not configs:
         raise ValueError("no SAE configs given")
@@ -341,6 +359,7 @@ def train(
         "train_config": _semantic(cfg),
         "sae_configs": [c.to_dict() for c in configs],
         "source": fingerprint,
+        "parallel": par.header(),
     }
     gen = torch.Generator().manual_seed(cfg.seed)
     ckpt = find_checkpoint(cfg.checkpoint_dir) if resume and cfg.checkpoint_dir else None
@@ -351,28 +370,36 @@ def train(
         state = _new_state(configs)
         members = _fresh(src, configs, cfg, gen, state["init_reports"])
     init_s = time.perf_counter() - t_init
-    site_list = sorted({c.site for c in configs})  # type: ignore[type-var]
+    members = [m for i, m in enumerate(members) if par.owns(i)]
+    par.prepare(members)
+    site_list = par.sites(configs)
     schedule = LrSchedule.of(cfg, total_steps)
     t0, tok0 = time.perf_counter(), state["tokens"]
     while state["step"] < total_steps:
         epoch, skip = divmod(state["step"], per_epoch)
-        it = _batches(src, site_list, cfg, epoch, skip)
+        it = batches_of(_batches(src, site_list, cfg, epoch, skip), par)
         for batch in it:
-            _train_step(members, batch, state, cfg, schedule(state["step"]))
+            _train_step(members, batch, state, cfg, schedule(state["step"]), par)
             step = state["step"]
             last = step >= total_steps
             if cfg.checkpoint_dir and (
                 last or (cfg.checkpoint_every and step % cfg.checkpoint_every == 0)
             ):
                 state["complete"] = last
-                _save_checkpoint(Path(cfg.checkpoint_dir), header, members, state, gen)
-            if callback is not None and (last or step % cfg.log_every == 0):
+                _save_checkpoint(Path(cfg.checkpoint_dir), header, members, state, gen, par,
+                                 configs)  # fmt: skip
+            log = last or step % cfg.log_every == 0
+            if log and (callback is not None or par.collective_metrics):
                 rate = (state["tokens"] - tok0) / max(time.perf_counter() - t0, 1e-9)
-                callback(_progress(members, state, total_steps, rate))
+                progress = _progress(members, state, total_steps, rate, par)
+                if callback is not None:
+                    callback(progress)
             if last:
                 break
+    par.merge_counts(state)
+    gathered = par.gather(members, configs)
     return TrainResult(
-        saes={m.name: m.sae for m in members},
+        saes=gathered[0] if gathered is not None else {m.name: m.sae for m in members},
         steps=state["step"],
         tokens=state["tokens"],
         skipped_rows=dict(state["skipped_rows"]),
@@ -462,29 +489,47 @@ def _fresh(
 
 
 def _train_step(
-    members: list[_Member], batch: Any, state: dict[str, Any], cfg: TrainConfig, mult: float
+    members: list[_Member],
+    batch: Any,
+    state: dict[str, Any],
+    cfg: TrainConfig,
+    mult: float,
+    par: Parallel | None = None,
 ) -> None:
+    par = par or Parallel(cfg.device, cfg.autocast)
     step = state["step"]
     xs: dict[str, Tensor] = {}
     if not isinstance(batch, dict):
         batch = {members[0].sae.cfg.site: batch}
     sink = batch.pop(SINK, None)
+    kept, n_rows, sinks, bads = {}, [], [], []
     for site, x in batch.items():
         if sink is not None:
-            state["sink_rows"][site] += int(sink.sum())
             x = x[~sink]
         bad = ~torch.isfinite(x).all(dim=1)
-        n_bad = int(bad.sum())
+        kept[site] = x[~bad] if bool(bad.any()) else x
+        n_rows.append(kept[site].shape[0])
+        sinks.append(0 if sink is None else int(sink.sum()))
+        bads.append(int(bad.sum()))
+    # one collective for every count in data-parallel runs (each rank holds a share of rows)
+    counts = par.sum_counts([*n_rows, *sinks, *bads])
+    n_sites = len(kept)
+    rows = dict(zip(kept, counts[:n_sites]))
+    for i, site in enumerate(kept):
+        n_sink, n_bad = counts[n_sites + i], counts[2 * n_sites + i]
+        if sink is not None:
+            state["sink_rows"][site] += n_sink
         if n_bad:
             if cfg.nan_policy == "error":
                 raise ValueError(f"batch {step}: {n_bad} rows of site {site!r} hold NaN or inf")
             state["skipped_rows"][site] += n_bad
             logger.warning("batch %d: skipped %d NaN/inf rows of %r", step, n_bad, site)
-            x = x[~bad]
-        xs[site] = x.to(cfg.device)
+        xs[site] = kept[site].to(cfg.device)
+    norms = {site: par.total_variance(x) for site, x in xs.items()}
     for m in members:
-        x = xs[m.sae.cfg.site]  # type: ignore[index]
-        if x.shape[0] < 2:
+        site = m.sae.cfg.site
+        x = xs[site]  # type: ignore[index]
+        if rows[site] < 2:  # type: ignore[index]
             logger.warning("batch %d: fewer than 2 finite rows for %s; no step", step, m.name)
             continue
         for group in m.opt.param_groups:
@@ -492,9 +537,11 @@ def _train_step(
         k = m.k_at(step, cfg)
         use_aux = cfg.auxk_alpha > 0 and m.sae.unit_norm_decoder
         dead = m.since_fired >= cfg.dead_tokens
-        out = m.sae(x, dead_mask=dead if use_aux else None, k=k)
+        tv, n_all = norms[site]  # type: ignore[index]
+        extra = {} if tv is None else {"total_variance": tv, "n_rows": n_all}
+        out = par.forward(m, x, dead_mask=dead if use_aux else None, k=k, **extra)
         loss = out.fvu + cfg.auxk_alpha * out.auxk_loss + m.sae.cfg.l1_coefficient * out.l1_loss
-        loss.backward()
+        (loss * par.loss_scale if par.loss_scale != 1 else loss).backward()
         if m.sae.unit_norm_decoder:
             m.sae.remove_gradient_parallel_to_decoder_directions_()
         m.opt.step()
@@ -502,17 +549,26 @@ def _train_step(
         if m.sae.unit_norm_decoder:
             m.sae.set_decoder_norm_to_unit_norm_()
         with torch.no_grad():
-            fired = m.sae.latent_counts(out) > 0
-            m.since_fired += x.shape[0]
+            fired = par.fired(m.sae.latent_counts(out)) > 0
+            m.since_fired += rows[site]  # type: ignore[index]
             m.since_fired[fired] = 0
+        if n_all is not None:  # this rank's share of the batch's mean L0
+            out = out._replace(l0=out.l0 * (x.shape[0] / n_all))
         m.add_metrics(out, k)
     state["step"] = step + 1
     state["tokens"] += cfg.batch_size
 
 
 def _progress(
-    members: list[_Member], state: dict[str, Any], total: int, rate: float
+    members: list[_Member],
+    state: dict[str, Any],
+    total: int,
+    rate: float,
+    par: Parallel | None = None,
 ) -> TrainProgress:
+    if par is not None:
+        for m in members:
+            m.sums = par.reduce_metrics(m.sums)
     metrics = {m.name: m.pop_metrics() for m in members}
     state["last_metrics"] = metrics
     return TrainProgress(
@@ -530,22 +586,30 @@ def _progress(
 
 
 def _save_checkpoint(
-    root: Path, header: dict, members: list[_Member], state: dict, gen: torch.Generator
+    root: Path,
+    header: dict,
+    members: list[_Member],
+    state: dict,
+    gen: torch.Generator,
+    par: Parallel | None = None,
+    configs: Sequence[SaeConfig] = (),
 ) -> None:
+    par = par or Parallel("cpu", "off")
+    counts = {k: dict(state[k]) for k in ("skipped_rows", "sink_rows")}
+    par.merge_counts(counts)  # every rank joins the collectives; rank 0 alone writes
+    gathered = par.gather(members, configs)
+    if gathered is None:
+        return
     body = {
         **header,
         **{k: v for k, v in state.items() if k != "last_metrics"},
+        **counts,
         "batches_consumed": state["step"],
         "steerlab_version": __version__,
     }
-    path = write_checkpoint(
-        root,
-        body,
-        {m.name: m.sae for m in members},
-        {m.name: m.state_tensors() for m in members},
-        {"rng": gen.get_state()},
-    )
-    logger.info("checkpoint at step %d written to %s", state["step"], path)
+    if par.rank == 0:
+        path = write_checkpoint(root, body, *gathered, {"rng": gen.get_state()})
+        logger.info("checkpoint at step %d written to %s", state["step"], path)
 
 
 def _load_checkpoint(
@@ -556,10 +620,11 @@ def _load_checkpoint(
         raise CheckpointMismatchError(
             f"{path}: format {body.get('format')!r}, expected {CHECKPOINT_FORMAT!r}"
         )
+    one_process = {"world_size": 1, "distribute": "none"}  # checkpoints from before torchrun
     diffs = [
-        f"  {key}:\n    checkpoint {body.get(key)}\n    requested  {header[key]}"
-        for key in ("train_config", "sae_configs", "source")
-        if body.get(key) != header[key]
+        f"  {key}:\n    checkpoint {body.get(key, one_process)}\n    requested  {header[key]}"
+        for key in ("train_config", "sae_configs", "source", "parallel")
+        if body.get(key, one_process if key == "parallel" else None) != header[key]
     ]
     if diffs:
         raise CheckpointMismatchError(

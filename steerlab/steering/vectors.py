@@ -50,6 +50,7 @@ from torch import Tensor
 from steerlab.artifacts import FrozenArtifact, check_json, register
 from steerlab.config import check_positive, check_types
 from steerlab.datasets.pairs import LabelledSet, as_pairs
+from steerlab.distributed import all_reduce_, all_reduce_moments_
 from steerlab.interventions.kinds import AddVector
 from steerlab.positions import Positions, as_positions
 from steerlab.sites import SITE_KINDS, SiteError, parse_site, site_width
@@ -228,6 +229,27 @@ class VectorFitter:
         self.n_pos = self._welford(self.mean_pos, self.n_pos, x[y])
         self.n_neg = self._welford(self.mean_neg, self.n_neg, x[~y])
         self._update_norms(torch.linalg.vector_norm(x, dim=-1) if norms is None else norms)
+        return self
+
+    @torch.no_grad()
+    def all_reduce_(self) -> VectorFitter:
+        """Merge the statistics of every rank (``torch.distributed``), in place; returns ``self``.
+
+        Each rank updates with its own pairs (or labelled rows); afterwards every rank holds
+        the means, norms and (``pca_diff``) the co-moment of the differences over all of them
+        (:func:`steerlab.distributed.all_reduce_moments_`: each side's mean is merged with its
+        own count), so :meth:`directions` and :meth:`vector` equal a one-process fit to float64
+        round-off. Call it once, on every rank, after the last update. A no-op in one process.
+        """
+        self.n_pos = all_reduce_moments_(self.n_pos, [self.mean_pos])
+        self.n_neg = all_reduce_moments_(self.n_neg, [self.mean_neg])
+        self.n_norm = all_reduce_moments_(self.n_norm, [self.mean_norm])
+        if self.M_diff is not None and self.mean_diff is not None:
+            moments = [(self.M_diff, 0, 0)]
+            self.n_pairs = all_reduce_moments_(self.n_pairs, [self.mean_diff], moments)
+        else:
+            pairs = torch.tensor([float(self.n_pairs)], dtype=torch.float64)
+            self.n_pairs = int(all_reduce_(pairs).item())
         return self
 
     def directions(self) -> Float[Tensor, "layer d"]:

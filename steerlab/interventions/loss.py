@@ -38,6 +38,7 @@ from torch import Tensor
 from steerlab.interventions.hooks import steer
 from steerlab.interventions.kinds import Intervention
 from steerlab.models import ModelHandle
+from steerlab.tokens import Encoded, batch_scope
 
 __all__ = ["CLEAN", "LMLoss", "lm_loss", "lm_losses"]
 
@@ -109,9 +110,17 @@ def _rows(
     mask: Tensor | None,
     counted: Tensor,
     edits: list[Intervention],
+    first: int = 0,
 ) -> Float[Tensor, "n vocab"]:
-    """The logits that predict the counted targets (row ``(b, t)`` predicts token ``t + 1``)."""
-    with steer(handle, edits) if edits else nullcontext():
+    """The logits that predict the counted targets (row ``(b, t)`` predicts token ``t + 1``).
+
+    ``first`` is the index of the batch's first sequence among all of them: rules that name
+    tokens of particular sequences (``Positions(tokens="indices")``, spans) resolve each row
+    against its own sequence, whatever the batch size."""
+    real = torch.ones_like(ids) if mask is None else mask
+    enc = Encoded(ids, real, torch.zeros_like(ids, dtype=torch.bool))
+    scope = batch_scope(enc, range(first, first + ids.shape[0]))
+    with scope, steer(handle, edits) if edits else nullcontext():
         out = handle.model(input_ids=ids, attention_mask=mask, use_cache=False)
     return out.logits[:, :-1][counted].float()  # boolean indexing: one copy, counted rows only
 
@@ -172,7 +181,7 @@ def _run(
         y = x[:, 1:][c_dev]
         ref = None
         for name, ivs in runs.items():
-            rows = _rows(handle, x, m, c_dev, ivs)
+            rows = _rows(handle, x, m, c_dev, ivs, first=s)
             ce = _ce_rows(rows, y)
             ce_sum[name] += float(ce.sum())
             if reduction == "none":

@@ -131,3 +131,19 @@ def test_bad_input(model, windows):
         lm_losses(model, windows, {CLEAN: []})
     with pytest.raises(TypeError, match="Intervention"):
         lm_loss(model, windows, [torch.zeros(3)])  # type: ignore[list-item]
+
+
+def test_rules_naming_sequences_hold_across_batches(model, windows):
+    """A rule that names tokens per sequence (``tokens="indices"``) edits the same tokens
+    whatever the batch size: each batch's rows are matched to their sequences."""
+    from steerlab.positions import Positions
+    from steerlab.saes.splice import Replace
+
+    rule = Positions(part="prompt", tokens="indices", indices=((0, 1, 2), (5,), (3, 9)))
+    iv = Replace.zeros(model.d_model, SITE, rule)
+    one = lm_loss(model, windows, iv, batch_size=3)
+    alone = lm_loss(model, windows, iv, batch_size=1)
+    # the same edits; float32 forwards of another batch shape differ by ~1e-7 relative
+    assert alone.loss == pytest.approx(one.loss, rel=1e-5)
+    # and the edit is real: it differs from the clean loss
+    assert abs(one.loss - lm_loss(model, windows, batch_size=3).loss) > 1e-3

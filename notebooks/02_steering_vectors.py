@@ -79,9 +79,11 @@ for alpha in (0.1, -0.2):
 # For each α the neutral prompts are generated steered and scored:
 #
 # - **concept**: mean VADER compound of the continuations (−1 … 1);
-# - **fluency**: perplexity of the continuation under the *unsteered* model given the prompt, and
-#   the repetition rate (repeated word 4-grams); normalised as `min(1, PPL₀/ppl) · (1 − rep)`;
-# - **relevance**: cosine of MiniLM embeddings of the steered and unsteered answers;
+# - **fluency**: perplexity of the continuation under the *unsteered* model after a generic prefix
+#   (the same for every prompt, so new content is not counted as disfluency), and the repetition
+#   rate (repeated word 4-grams); normalised as `min(1, PPL₀/ppl) · (1 − rep)`;
+# - **relevance**: cosine of the MiniLM embeddings of the answer and of the *prompt*, relative to
+#   the unsteered answer's (`similarity` is the raw cosine);
 # - **combined**: the harmonic mean of the three normalised parts (zero if any is zero), towards the
 #   positive or the negative pole.
 #
@@ -93,7 +95,9 @@ from steerlab.views.steering import sweep_figure
 
 cfg = SweepConfig(alphas=(-0.2, -0.1, 0.1, 0.2), max_new_tokens=24)
 sweep = strength_sweep(model, prompts[:6], lambda a: vec.intervention(LAYER, a), Sentiment(), cfg)
-cols = ["concept", "perplexity", "fluency", "relevance", "combined_pos", "combined_neg"]
+cols = [
+    "concept", "perplexity", "fluency", "similarity", "relevance", "combined_pos", "combined_neg"
+]  # fmt: skip
 print(f"{'':<10}" + "".join(f"{c:>13}" for c in cols))
 for row in sweep.table():
     print(f"{row['label']:<10}" + "".join(f"{row[c]:13.3f}" for c in cols))

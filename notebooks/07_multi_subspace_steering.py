@@ -14,16 +14,19 @@
 # ---
 
 # %% [markdown]
-# # Multi-subspace steering (MSRS): two attributes, one orthonormal basis
+# # Multi-subspace steering (MSRS): attributes, gates and the tokens they act on
 #
 # MSRS (arXiv 2508.10599) steers several attributes at once with one module `h' = h + Rᵀ diag(m(h))
 # (W h + b − R h)`: the rows of `R` are orthonormal and split into a *shared* block and one block
 # per attribute, and `m(h) = sigmoid(MLP(h))` gives each block a gate. This notebook runs offline on
 # the embedded **SmolLM2-135M-Instruct** with two attributes from `data/steering`: negative
-# sentiment and casual register. It initialises the blocks from activation differences, trains the
-# module on (prompt, target) pairs, steers each attribute alone and both together, draws the gates
-# over a steered text and compares the learned subspaces with CAA vectors. `python
-# steering/msrs_experiment.py` runs the full comparison (CAA, LoReFT, prompting, interference).
+# sentiment and casual register, each with its own kind of input (a task frame from
+# `task_frames.json`), as the paper's attributes come from different data sets. It initialises the
+# blocks from activation differences, trains the module, steers with the ungated edit (what the
+# paper's code does at inference) at three token rules, checks whether the gates route framed
+# held-out prompts, and compares the learned subspaces with CAA vectors. `python
+# steering/msrs_experiment.py` runs the full comparison (three attributes, three seeds, the paper's
+# training settings, CAA, LoReFT, prompting, interference with confidence intervals).
 
 # %%
 from steerlab.views.notebook import notebook_setup
@@ -31,6 +34,7 @@ from steerlab.views.notebook import notebook_setup
 notebook_setup()  # figures as interactive plot + HTML + PNG; no progress bars
 
 # %%
+import json
 import os
 import tempfile
 from pathlib import Path
@@ -39,12 +43,13 @@ import torch
 
 from steerlab import Subspace, load_model
 from steerlab.capture import capture
-from steerlab.datasets.pairs import load_pairs, load_prompts
+from steerlab.datasets.pairs import ContrastPair, load_pairs, load_prompts
 from steerlab.datasets.paths import data_dir
-from steerlab.interventions import as_positions, load_intervention, scored
+from steerlab.interventions import TokenView, as_positions, load_intervention, scored
 from steerlab.steering.generate import generate
 from steerlab.steering.msrs import MSRS, MSRSLoss, init_bases, read_differences
 from steerlab.steering.train import TrainConfig, TrainExample, train_intervention
+from steerlab.steering.user_tokens import chat_markers, user_token_mean
 from steerlab.steering.vectors import fit_vector
 from steerlab.views.msrs import gate_figure
 
@@ -53,12 +58,19 @@ if (os.cpu_count() or 1) <= 2:
 DATA = data_dir("steering")  # the checkout's data/steering, or $STEERLAB_DATA/steering
 model = load_model()
 SITE = "resid_post.9"
+FRAMES = json.loads((DATA / "task_frames.json").read_text())["frames"]
 # attribute -> (pair file, the side we steer towards)
 ATTRS = {
     "sentiment": ("sentiment.jsonl", "negative"),
     "formality": ("formality.jsonl", "negative"),
 }  # negative = casual register
-pairs = {a: load_pairs(DATA / f).subset(range(48)) for a, (f, _) in ATTRS.items()}
+pairs = {
+    a: [
+        ContrastPair(p.positive, p.negative, FRAMES[a].format(prompt=p.prompt))
+        for p in load_pairs(DATA / f).subset(range(48))
+    ]
+    for a, (f, _) in ATTRS.items()
+}
 examples = [
     TrainExample(p.prompt, getattr(p, side), a) for a, (_, side) in ATTRS.items() for p in pairs[a]
 ]
@@ -83,12 +95,19 @@ init = init_bases(diffs, shared_rank=2, attribute_ranks=2)
 #
 # Cross-entropy on the target tokens with the module at the last prompt token, plus MSRS's gate
 # prior (shared ≈ 1, own attribute 0.9, others 0.1) and a term that keeps each block near its
-# initial span. The orthogonal parametrisation keeps `R` orthonormal throughout.
+# initial span. The orthogonal parametrisation keeps `R` orthonormal throughout. `TrainConfig()`
+# defaults to the paper's code (4 epochs at batch 2, lr 5e-3); two quick epochs at batch 8 keep
+# this notebook short.
+#
+# The module also gets what its token-level rule needs: the chat template's user-message markers
+# and `μ`, the mean activation over the user tokens of the training prompts.
 
 # %%
+markers = chat_markers(model)
+mu = user_token_mean(model, [e.prompt for e in examples], SITE, markers)
 torch.manual_seed(0)
-msrs = MSRS.from_init(init, SITE)
-cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2, max_target_tokens=12)
+msrs = MSRS.from_init(init, SITE, markers=markers, center=mu)
+cfg = TrainConfig(epochs=2, batch_size=8, lr=1e-2)
 res = train_intervention(model, msrs, examples, cfg, extra_loss=MSRSLoss())
 R = msrs.R.weight.detach()
 print(
@@ -99,49 +118,110 @@ print(
 )
 
 # %% [markdown]
-# ## Steer one attribute, or both
+# ## Steer one attribute, or both, with the ungated edit
 #
-# `set_active` switches attributes off (their gates become exactly 0; the shared block stays on
-# while any attribute is). With the default position rule, `scored()`, each attribute block acts at
-# the prompt token with the largest projection `‖R_i h_t‖` (MSRS's token-level steering); `'last'`
-# applies every block at the last prompt token, as in training.
+# `set_active` chooses the blocks (the shared block stays on while any attribute is). With
+# `gates_at_inference=False` every active block has gate 1 outside training, as in the paper's
+# code. Three position rules: `'last'` (every block at the last prompt token, as in training);
+# `scored()` with `token_rule='user'` (each attribute block at the user message's token with the
+# largest centred projection `‖R_i (h_t − μ)‖`); and `token_rule='paper'`, the paper's literal
+# rule (largest `‖R_i h_t‖` over every prompt token).
 
 # %%
+msrs.gates_at_inference = False
 plain = generate(model, prompts, None, max_new_tokens=24)
 rows = {"unsteered": plain.texts}
-for rule in ["last", scored()]:
-    msrs.positions = as_positions(rule)
+for rule, token_rule in [("last", "user"), (scored(), "user"), (scored(), "paper")]:
+    msrs.positions, msrs.token_rule = as_positions(rule), token_rule
     for active in (["sentiment"], ["formality"], ["sentiment", "formality"]):
         msrs.set_active(active)
         g = generate(model, prompts, msrs, max_new_tokens=24)
-        rows[f"{'+'.join(active)} @ {msrs.positions}"] = g.texts
+        rows[f"{'+'.join(active)} @ {msrs.positions} ({token_rule})"] = g.texts
 for label, texts in rows.items():
     print(f"--- {label}")
-    for t in texts[:3]:
+    for t in texts[:2]:
         print("  ", t.replace(chr(10), " ")[:110])
+
+# %% [markdown]
+# ## Which tokens the rules pick
+#
+# Over a whole chat prompt, the literal rule's argmax lands on the template: the default system
+# prompt (" Sm" of "SmolLM") and role markers have large activations whatever the user asked. The
+# user rule only looks at the user's own words, and centres the scores.
+
+
+# %%
+def readout(text):
+    """Token ids of ``text`` in the chat template, its activations at SITE, and its TokenView."""
+    ids = model.tokenizer(model.chat(text), add_special_tokens=False, return_tensors="pt").input_ids
+    h = capture(model, ids, SITE, positions=torch.ones_like(ids, dtype=torch.bool))[SITE][None]
+    return ids, h, TokenView.from_mask(torch.ones_like(ids), ids.shape[1], input_ids=ids)
+
+
+def picks(m, prompt):
+    ids, h, view = readout(prompt)
+    masks = m.block_masks(view, h)[0]
+    toks = [t.replace("\n", "↵") for t in model.tokenizer.batch_decode(ids[0, :, None])]
+    return {
+        n: toks[int(masks[:, sl.start].float().argmax())]
+        for n, sl in zip(m.names[1:], m.blocks()[1:])
+    }
+
+
+msrs.positions = scored()
+msrs.set_active(list(ATTRS))
+for token_rule in ("paper", "user"):
+    msrs.token_rule = token_rule
+    print(token_rule, [picks(msrs, p) for p in prompts[:4]])
+
+# %% [markdown]
+# ## Do the gates route by input?
+#
+# Held-out prompts (the neutral prompts, never trained on) wrapped in each attribute's frame, every
+# attribute active, gates on: each block's gate at the token where it acts. If the gates route, the
+# sentiment gate is high on feedback-survey prompts and the formality gate on coworker messages.
+
+# %%
+msrs.gates_at_inference = True
+for rule in ("last", scored()):
+    msrs.positions, msrs.token_rule = as_positions(rule), "user"
+    for a in ATTRS:
+        gs = []
+        for p in prompts:
+            _, h, view = readout(FRAMES[a].format(prompt=p))
+            gs.append(msrs.selected_gates(view, h)[0])
+        g = torch.stack(gs).nanmean(0)
+        print(
+            f"{str(msrs.positions):<14} {a:>10} prompts: "
+            + "  ".join(f"{n} {v:.2f}" for n, v in zip(msrs.names, g.tolist()))
+        )
 
 # %% [markdown]
 # ## Gates over a steered text
 #
-# The gate of every block and its projection at every token (the module's input: the unsteered
+# The gate of every block and its token score at every token (the module's input: the unsteered
 # activations of the steered text); crosses mark the token each attribute block chooses in the
-# prompt.
+# prompt (user rule).
 
 # %%
-msrs.set_active(["sentiment", "formality"])
-msrs.positions = scored()
-g = generate(model, prompts[:1], msrs, max_new_tokens=24)
+msrs.positions, msrs.token_rule = scored(), "user"
+g = generate(model, [FRAMES["sentiment"].format(prompt=prompts[0])], msrs, max_new_tokens=24)
 ids = torch.cat([g.prompt_ids[0], g.token_ids[0]])
 h = capture(model, ids[None], SITE, positions=torch.ones(1, len(ids), dtype=torch.bool))[SITE]
 tr = msrs.trace(h)
 plen = len(g.prompt_ids[0])
-chosen = {n: int(tr.scores[:plen, i].argmax()) for i, n in enumerate(tr.names) if i}
+view = TokenView.from_mask(
+    torch.ones(1, len(ids), dtype=torch.long), len(ids), torch.tensor([plen]), ids[None]
+)
+masks = msrs.block_masks(view, h[None])[0]
+chosen = {
+    n: int(masks[:, sl.start].float().argmax()) for n, sl in zip(msrs.names[1:], msrs.blocks()[1:])
+}
 # each token decoded alone (" helpful", not the BPE string "Ġhelpful"); newlines shown as ↵
 tokens = [t.replace("\n", "↵") for t in model.tokenizer.batch_decode(ids[:, None])]
 print({n: tokens[p] for n, p in chosen.items()})
-gate_figure(tr, tokens, chosen=chosen, start=max(0, min(chosen.values()) - 4))
+gate_figure(tr, tokens, chosen=chosen, start=max(0, min(chosen.values()) - 6))
 
-# %% [markdown]
 # ## Learned subspaces
 #
 # The attribute blocks are orthogonal by construction (90°). How far did training move them from
@@ -167,7 +247,8 @@ for a in ATTRS:
 # ## Save and load
 #
 # Like every intervention: a directory with `cfg.json` (kind `msrs`, blocks, attributes, active set,
-# position rule) and `msrs.safetensors`.
+# position and token rules, the user markers, whether the gates act at inference) and
+# `msrs.safetensors` (with `μ`).
 
 # %%
 with tempfile.TemporaryDirectory() as d:
@@ -177,4 +258,4 @@ with tempfile.TemporaryDirectory() as d:
         generate(model, prompts[:2], back, max_new_tokens=16).texts
         == generate(model, prompts[:2], msrs, max_new_tokens=16).texts
     )
-print(type(back).__name__, back.active, "same generations:", same)
+print(type(back).__name__, back.active, back.token_rule, "same generations:", same)

@@ -14,7 +14,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import steerlab.artifacts
-from steerlab.erasure.leace import erasure_report
+from steerlab.erasure.leace import LeaceEraser, erasure_report
 from steerlab.erasure.rlace import (
     RlaceConfig,
     RlaceEraser,
@@ -24,7 +24,6 @@ from steerlab.erasure.rlace import (
     leace_start,
     rlace,
 )
-from steerlab.erasure.leace import LeaceEraser
 
 # float64 eigh/reconstruction on d <= 12 matrices of norm <= ~100: round-off ~ 1e-13
 ATOL = 1e-10

@@ -174,7 +174,7 @@ def test_permission_error_is_one_line(tmp_path, capsys, monkeypatch, model, one_
     def denied(*args, **kwargs):
         raise PermissionError(13, "Permission denied", str(tmp_path / "locked" / "store"))
 
-    monkeypatch.setattr(cli_capture, "open_model", lambda name, device=None: model)
+    monkeypatch.setattr(cli_capture, "open_model", lambda name, device=None, **kw: model)
     monkeypatch.setattr(cli_capture, "capture_to_store", denied)
     rc = main(["capture", "--sites", "resid_post.1", "--tokens", "64", "--out",
                str(tmp_path / "locked" / "store")])  # fmt: skip

@@ -60,7 +60,7 @@ VARIED = {
                  "dev_fraction": 0.5, "affine": False, "seed": None},
     RlaceConfig: {"rank": 2, "max_iter": 100, "batch_size": 8, "lr_P": 0.005,
                   "lr_predictor": 0.004, "weight_decay": 0.0, "momentum": 0.9, "epsilon": 0.01,
-                  "eval_every": 10, "dev_fraction": 0.3, "init_scale": 0.2, "affine": False,
+                  "eval_every": 10, "dev_fraction": 0.3, "init": "leace", "init_scale": 0.2, "affine": False, "solver": "dense",
                   "dtype": "float32", "seed": 5},
     SaeConfig: {"d_in": 32, "d_sae": 64, "architecture": "relu_l1", "k": 4,
                 "l1_coefficient": 0.1, "site": "resid_post.3", "model_id": "m",

@@ -195,9 +195,11 @@ class ModelHandle:
     d_model: int
     add_bos: bool = False
     is_causal: bool = True
-    remote: bool = False
+    remote: bool | str = False
     """Run nnsight traces remotely (NDIF, ``trace(..., remote=True)``): the weights are not
-    here, ``model`` holds them on the ``meta`` device (see :func:`from_nnsight`)."""
+    here, ``model`` holds them on the ``meta`` device (see :func:`from_nnsight`). ``"local"``
+    is nnsight's dry run of the remote path (serialise, deserialise without local modules,
+    run here); a URL string names another NDIF host."""
     _views: dict[str, Any] = field(default_factory=dict, repr=False)
 
     @property
@@ -375,26 +377,31 @@ def from_hf(
 
 
 def from_nnsight(
-    lm: Any, model_id: str | None = None, *, remote: bool = False, add_bos: bool = False
+    lm: Any, model_id: str | None = None, *, remote: bool | str = False, add_bos: bool = False
 ) -> ModelHandle:
-    """Wrap an nnsight ``LanguageModel``: the path for models that fit no local machine.
+    """Wrap an nnsight model: the path for models that fit no local machine.
 
-    With ``remote=True`` every nnsight trace steerlab runs (``capture(..., backend="nnsight")``,
-    :func:`steerlab.interventions.apply_nnsight` inside your own trace) executes on NDIF
+    With ``remote=True`` the traces of ``capture(..., backend="nnsight")`` execute on NDIF
     (``lm.trace(..., remote=True)``); the local model holds its weights on the ``meta`` device,
     and steerlab never reads them: sites map by module path, inputs stay on the CPU and the
-    activations come back as ordinary tensors. See ``docs/scaling_out.md`` for the whole recipe.
+    activations come back as ordinary tensors. :func:`steerlab.interventions.apply_nnsight`
+    runs steerlab code inside the trace, which the server does not have: it fails nnsight's
+    local simulation of a remote run; steer remotely with a plain envoy edit by the vector's
+    tensor instead. See ``docs/scaling_out.md`` for the whole recipe.
 
-        >>> from nnsight import CONFIG, LanguageModel
+        >>> from nnsight import CONFIG, TransformersModel
         >>> CONFIG.set_default_api_key("...")                 # NDIF key
-        >>> lm = LanguageModel("meta-llama/Llama-3.1-405B")   # meta weights, no download
+        >>> lm = TransformersModel("meta-llama/Llama-3.1-405B", task="text-generation")
         >>> handle = from_nnsight(lm, remote=True)
         >>> cap = capture(handle, ["The year was 1999."], "resid_post.40", backend="nnsight")
 
     Args:
-        lm: the ``LanguageModel`` (its wrapped HF model and tokenizer are used).
+        lm: an nnsight ``TransformersModel`` (or its deprecated alias ``LanguageModel``); its
+            wrapped HF model and tokenizer are used.
         model_id: recorded in artifacts; default the config's ``_name_or_path``.
-        remote: run traces on NDIF.
+        remote: run traces on NDIF (``True``), on another host (its URL), or through
+            nnsight's local simulation of a remote run (``"local"``), passed on as
+            ``lm.trace(..., remote=remote)``.
         add_bos: as in :func:`load_model`.
     """
     model = getattr(lm, "_module", None)

@@ -424,8 +424,16 @@ def resid_mid_is_written_via_attn_out(handle: Any) -> bool:
 
 def nnsight_envoy(lm: Any, handle: Any, site: str | Site) -> Any:
     """The nnsight envoy (``...input`` or ``...output``) of a site on a ``LanguageModel``."""
+    module, io = nnsight_module(lm, handle, site)
+    return getattr(module, io)
+
+
+def nnsight_module(lm: Any, handle: Any, site: str | Site) -> tuple[Any, str]:
+    """The module envoy of a site on a ``LanguageModel`` and which side holds it (``"input"``
+    or ``"output"``), resolved without a trace: a remote trace body that reads
+    ``getattr(module, io)`` then refers to nnsight objects only, not to ``handle``."""
     loc = hf_location(handle, site)
-    return getattr(_get(lm, loc.path), loc.io)
+    return _get(lm, loc.path), loc.io
 
 
 def site_width(handle: Any, site: str | Site) -> int:

@@ -19,7 +19,7 @@ from typing import Any
 from torch import Tensor
 
 from steerlab.models import ModelHandle
-from steerlab.sites import Site, check_site, hf_location, nnsight_envoy
+from steerlab.sites import Site, check_site, hf_location, nnsight_module
 
 BACKENDS = ("hf", "transformer_lens", "nnsight")
 
@@ -130,15 +130,18 @@ def run_nnsight(
     """Capture through an nnsight trace (envoys read in execution order, then stop).
 
     Nothing here reads the local weights: with ``handle.remote`` (:func:`steerlab.models.
-    from_nnsight`) the trace runs on NDIF and only the saved activations come back.
+    from_nnsight`) the trace runs on NDIF and only the saved activations come back. The module
+    envoys are looked up before the trace, so the body that nnsight serialises for the server
+    names nnsight objects only (not the handle, its tokenizer, or steerlab code, which NDIF
+    does not have).
     """
     lm = handle.nnsight()
-    ordered = sorted(sites)
+    points = [(site.name, *nnsight_module(lm, handle, site)) for site in sorted(sites)]
     saved = {}
-    remote = {"remote": True} if handle.remote else {}
+    remote = {"remote": handle.remote} if handle.remote else {}
     with lm.trace(_inputs(input_ids, attention_mask), **remote) as tracer:
-        for site in ordered:
-            saved[site.name] = nnsight_envoy(lm, handle, site).save()
+        for name, module, io in points:  # in execution order
+            saved[name] = getattr(module, io).save()
         tracer.stop()  # nothing after the last site runs
     out = {}
     for name, value in saved.items():

@@ -41,6 +41,17 @@ def fit_data() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     return x, labels, y, torch.stack([pos, x], 1)
 
 
+def real_targets(x: torch.Tensor, labels: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """``[n, 2]`` real targets for the orthogonal LEACE fit: ``y`` and ``1[label = 1]``."""
+    return torch.stack([y, (labels == 1).double()], 1)
+
+
+def asi_config() -> SaeConfig:
+    """A float64 TopK SAE with active-subspace init, built from the fit statistics."""
+    return SaeConfig(d_in=D, d_sae=24, k=4, site="x", name="asi", init="active_subspace",
+                     init_var=0.9, dtype="float64")  # fmt: skip
+
+
 def tiny_model_dir(path: Path) -> Path:
     """A randomly initialised 2-layer GPT-2 (config only, no weights needed) with the embedded
     model's tokenizer, saved as an ordinary HF directory."""

@@ -33,7 +33,8 @@ from steerlab.erasure.leace import LeaceFitter
 from steerlab.models import load_model
 from steerlab.probes.pls import PLSFitter
 from steerlab.saes.formats import PARAM_NAMES, load_sae
-from steerlab.saes.init import StatsFitter
+from steerlab.saes.init import StatsFitter, initialize_
+from steerlab.saes.sae import build_sae
 from steerlab.saes.train import CheckpointMismatchError, train
 from steerlab.steering.vectors import VectorFitter
 from steerlab.subspace import Subspace
@@ -147,6 +148,38 @@ def test_distributed_fits_equal_one_process(run_all):
         torch.testing.assert_close(got[method], vf.directions(), **F64)
         torch.testing.assert_close(got["norms"], vf.mean_norm, **F64)
     assert info["n_pairs"] == len(x)
+    torch.testing.assert_close(got["pca_api_origin"], pca.origin, **F64)
+
+
+def test_distributed_fit_variants_equal_one_process(run_all):
+    """The same launch: orthogonal LEACE on real targets, a labelled two-layer mean difference,
+    PCA without centring chosen by ``var`` with an empty rank, and the SAE's active-subspace
+    init from the merged statistics."""
+    out, _ = run_all
+    got = load_file(str(out / "fits.safetensors"))
+    info = json.loads((out / "fits.json").read_text())
+    x, labels, y, pairs = sc.fit_data()
+    orth = LeaceFitter.fit(x, sc.real_targets(x, labels, y), method="orth")
+    assert info["orth_n"] == len(x)
+    torch.testing.assert_close(got["orth_P"], orth.eraser.P, **F64)
+    torch.testing.assert_close(got["orth_bias"], orth.eraser.bias, **F64)
+    vf = VectorFitter("resid_post.1,resid_post.2", sc.D, "mean_diff")
+    vf.update_labelled(torch.stack([x, pairs[:, 0]], 1), labels > 0)
+    assert info["labelled_n"] == [vf.n_pos, vf.n_neg]
+    torch.testing.assert_close(got["labelled"], vf.directions(), **F64)
+    torch.testing.assert_close(got["labelled_norms"], vf.mean_norm, **F64)
+    lop = Subspace.from_pca(x, var=0.9, center=False)
+    assert info["lopsided_meta"]["n_samples"] == len(x)
+    assert got["lopsided_basis"].shape == lop.basis.shape  # the same k chosen by var
+    torch.testing.assert_close(got["lopsided_basis"], lop.basis, **F64)
+    torch.testing.assert_close(got["lopsided_origin"], lop.origin, **F64)  # zero: not centred
+    sae = build_sae(sc.asi_config())
+    stats = StatsFitter(sc.D, keep=200).update(x).finalize()
+    report = initialize_(sae, stats, generator=torch.Generator().manual_seed(0))
+    assert info["asi_report"]["d_active"] == report.d_active < sc.D
+    assert info["asi_report"]["encoder_scale"] == pytest.approx(report.encoder_scale, rel=1e-9)
+    for n, want in _params(sae).items():
+        torch.testing.assert_close(got[f"asi_{n}"], want, **F64, msg=lambda m, n=n: f"{n}: {m}")
 
 
 def test_distributed_capture_equals_one_process(run_all, reference_store):

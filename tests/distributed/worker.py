@@ -33,8 +33,9 @@ from steerlab.cli import main as cli  # noqa: E402
 from steerlab.erasure.leace import LeaceFitter  # noqa: E402
 from steerlab.models import load_model  # noqa: E402
 from steerlab.probes.pls import PLSFitter  # noqa: E402
-from steerlab.saes.formats import save_sae  # noqa: E402
-from steerlab.saes.init import StatsFitter  # noqa: E402
+from steerlab.saes.formats import PARAM_NAMES, save_sae  # noqa: E402
+from steerlab.saes.init import StatsFitter, initialize_  # noqa: E402
+from steerlab.saes.sae import build_sae  # noqa: E402
 from steerlab.saes.train import train  # noqa: E402
 from steerlab.steering.vectors import VectorFitter  # noqa: E402
 from steerlab.subspace import PCAFitter, Subspace  # noqa: E402
@@ -59,11 +60,26 @@ def fits(out: Path) -> None:
         stats.update(x[part])
         mean_diff.update(pairs[part, 0], pairs[part, 1])
         pca_diff.update(pairs[part, 0], pairs[part, 1])
-    for f in (leace, pls, pca, stats, mean_diff, pca_diff):
+    # variants on the same rows: orthogonal LEACE on two real targets (no Σ_xx to merge) and a
+    # labelled mean difference over two layers
+    leace_orth = LeaceFitter(sc.D, 2, method="orth")
+    labelled = VectorFitter("resid_post.1,resid_post.2", sc.D, "mean_diff")
+    z2, two_layers = sc.real_targets(x, labels, y), torch.stack([x, pairs[:, 0]], 1)
+    for part in halves:
+        leace_orth.update(x[part], z2[part])
+        labelled.update_labelled(two_layers[part], labels[part] > 0)
+    for f in (leace, pls, pca, stats, mean_diff, pca_diff, leace_orth, labelled):
         f.all_reduce_()
     by_api = Subspace.from_pca(x[rows], k=3, distributed=True)
+    # rank 0 holds every row and rank 1 none: an empty rank must contribute nothing
+    mine = x if dist.rank() == 0 else x[:0]
+    lopsided = Subspace.from_pca(mine, var=0.9, center=False, distributed=True)
+    # the SAE init from the merged statistics (the decoder draw is seeded identically)
+    asi = build_sae(sc.asi_config())
+    asi_report = initialize_(asi, stats.finalize(), generator=torch.Generator().manual_seed(0))
     if dist.rank() != 0:
         return
+    orth = leace_orth.eraser
     eraser = leace.eraser
     res = pls.result()
     st = stats.finalize()
@@ -74,10 +90,17 @@ def fits(out: Path) -> None:
         "pca_api_basis": by_api.basis.double().contiguous(),
         "stats_mean": st.mean, "stats_cov": st.cov, "stats_sample": st.sample.contiguous(),
         "mean_diff": mean_diff.directions(), "pca_diff": pca_diff.directions(),
-        "norms": mean_diff.mean_norm,
+        "norms": mean_diff.mean_norm, "pca_api_origin": by_api.origin.double().contiguous(),
+        "orth_P": orth.P.contiguous(), "orth_bias": orth.bias,
+        "labelled": labelled.directions(), "labelled_norms": labelled.mean_norm,
+        "lopsided_basis": lopsided.basis.double().contiguous(),
+        "lopsided_origin": lopsided.origin.double().contiguous(),
+        **{f"asi_{n}": getattr(asi, n).detach().contiguous() for n in PARAM_NAMES},
     }, str(out / "fits.safetensors"))  # fmt: skip
     info = {"leace_n": leace.n, "pls_cv_r2": res.cv_r2, "pls_k": res.n_components,
-            "pls_test_r2": res.test.r2, "stats_n": st.n, "n_pairs": pca_diff.n_pairs}  # fmt: skip
+            "pls_test_r2": res.test.r2, "stats_n": st.n, "n_pairs": pca_diff.n_pairs,
+            "labelled_n": [labelled.n_pos, labelled.n_neg], "orth_n": leace_orth.n,
+            "lopsided_meta": lopsided.meta, "asi_report": asi_report._asdict()}  # fmt: skip
     (out / "fits.json").write_text(json.dumps(info))
 
 

@@ -179,3 +179,45 @@ def test_nnsight_paths_do_not_read_local_weights(gpt2, tok):
         out = lm.output.save()
     got = out.logits if hasattr(out, "logits") else out["logits"]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)
+
+
+def test_nnsight_capture_and_vector_steering_through_the_remote_simulation(gpt2, tok, monkeypatch):
+    """nnsight's ``remote="local"`` serialises each trace as it would for NDIF, deserialises it
+    with every module that is not installed hidden (steerlab included) and runs it. steerlab's
+    nnsight capture survives that, ships a request without the handle or its tokenizer, and
+    equals the plain HF capture; so does steering by a plain envoy edit with a steerlab
+    vector's tensor (the remote steering recipe of docs/scaling_out.md)."""
+    from nnsight import TransformersModel
+    from nnsight.schema.request import RequestModel
+
+    sizes: list[int] = []
+    serialize = RequestModel.serialize
+
+    def measured(tracer, *args, **kwargs):
+        blob = serialize(tracer, *args, **kwargs)
+        sizes.append(len(blob))
+        return blob
+
+    monkeypatch.setattr(RequestModel, "serialize", staticmethod(measured))
+    plain = _handle(gpt2, tok, "plain")
+    lm = TransformersModel(copy.deepcopy(gpt2), tokenizer=copy.deepcopy(tok))
+    handle = from_nnsight(lm, "served", remote="local")
+    sites = "resid_post.0,attn_out.1"
+    a = capture(plain, TEXTS, sites)
+    b = capture(handle, TEXTS, sites, backend="nnsight")
+    assert sizes, "the capture did not go through the remote path"
+    # the tokenizer alone (49,152 tokens) pickles to ~1.5 MB; the request is a few kB
+    assert max(sizes) < 100_000, sizes
+    for s in sites.split(","):
+        torch.testing.assert_close(a[s], b[s], rtol=1e-5, atol=1e-5)  # as in the test above
+    iv = _interventions("add_vector")
+    v = iv.effective().detach()  # α v̂: a plain tensor, which pickles
+    enc = tok(TEXTS[0], return_tensors="pt")
+    with steer(plain, iv), torch.no_grad():
+        want = plain.model(**enc).logits
+    inputs = {"input_ids": enc.input_ids, "attention_mask": enc.attention_mask}
+    with torch.no_grad(), lm.trace(inputs, remote="local"):
+        lm.transformer.h[1].output[:] += v  # resid_post.1, every position
+        out = lm.output.save()
+    got = out.logits if hasattr(out, "logits") else out["logits"]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4)  # float32 forward, O(1) logits

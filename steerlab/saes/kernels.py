@@ -10,11 +10,21 @@ autograd path of :class:`steerlab.saes.sae.TopKSae` is their reference in the te
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+
+def _csr(crow: Tensor, col: Tensor, values: Tensor, size: tuple[int, int]) -> Tensor:
+    """``torch.sparse_csr_tensor`` without its "CSR support is in beta" warning (printed in
+    every notebook that trains an SAE); the CSR products used here (sparse @ dense,
+    ``sampled_addmm``) are tested against dense autograd in tests/saes/test_sae.py."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
+        return torch.sparse_csr_tensor(crow, col, values, size, check_invariants=False)
 
 
 def _by_latent(idx: Tensor, values: Tensor, d_sae: int) -> Tensor:
@@ -34,9 +44,7 @@ def _by_latent(idx: Tensor, values: Tensor, d_sae: int) -> Tensor:
     crow = torch.zeros(d_sae + 1, dtype=torch.int32, device=idx.device)
     crow[1:] = torch.bincount(flat, minlength=d_sae).cumsum(0)
     col = torch.div(order, k, rounding_mode="floor").to(torch.int32)
-    return torch.sparse_csr_tensor(
-        crow, col, values.reshape(-1)[order], (d_sae, n), check_invariants=False
-    )
+    return _csr(crow, col, values.reshape(-1)[order], (d_sae, n))
 
 
 class TopKEncode(torch.autograd.Function):
@@ -106,10 +114,8 @@ class SparseDecode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             n, k = idx.shape
             crow = torch.arange(0, n * k + 1, k, dtype=torch.int32, device=idx.device)
-            pattern = torch.sparse_csr_tensor(
-                crow, idx.reshape(-1).to(torch.int32), acts.new_zeros(n * k),
-                (n, W_dec.shape[0]), check_invariants=False,
-            )  # fmt: skip
+            pattern = _csr(crow, idx.reshape(-1).to(torch.int32), acts.new_zeros(n * k),
+                           (n, W_dec.shape[0]))  # fmt: skip
             sampled = torch.sparse.sampled_addmm(pattern, grad_out, W_dec.T, beta=0.0)
             grad_acts = sampled.values().reshape(n, k)
         if ctx.needs_input_grad[2]:

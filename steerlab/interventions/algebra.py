@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from steerlab.artifacts import kind_class, load_artifact, register, save_artifact
 from steerlab.checks import check_finite
 from steerlab.interventions.components import Constant, component_config, from_component_config
+from steerlab.models import ModelHandle
 from steerlab.positions import Positions, TokenView, _rows, as_positions
 from steerlab.sites import parse_site, site_width
 from steerlab.subspace import ORTHO_CAP, ORTHO_FACTOR
@@ -164,7 +165,7 @@ class Intervention(nn.Module):
         """The non-composite interventions inside (itself for a leaf)."""
         return [self]
 
-    def check(self, handle: Any) -> None:
+    def check(self, handle: ModelHandle) -> None:
         """Raise SiteError / ValueError if this intervention does not fit ``handle``'s model."""
         for leaf in self.leaves():
             site = parse_site(leaf.site, handle.n_layers)

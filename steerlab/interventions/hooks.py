@@ -531,7 +531,7 @@ def _apply_aligned(
 class _removing:
     """Context manager that removes a torch hook handle on exit."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: ModelHandle) -> None:
         self.handle = handle
 
     def __enter__(self) -> Any:

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from steerlab.models import ModelHandle
 from steerlab.probes.linear import ProbeConfig, fit_probe, selectivity
 from steerlab.probes.pls import PLSConfig, fit_pls
 
@@ -56,7 +57,7 @@ class LayerCapture(NamedTuple):
 
 
 def capture_layers(
-    handle: Any,
+    handle: ModelHandle,
     texts: Sequence[str],
     positions: Any,
     *,

@@ -52,6 +52,7 @@ from steerlab.config import check_positive, check_types
 from steerlab.datasets.pairs import LabelledSet, as_pairs
 from steerlab.distributed import all_reduce_, all_reduce_moments_
 from steerlab.interventions.kinds import AddVector
+from steerlab.models import ModelHandle
 from steerlab.positions import Positions, as_positions
 from steerlab.sites import SITE_KINDS, SiteError, parse_site, site_width
 from steerlab.steering.pairs import (
@@ -469,7 +470,7 @@ class SteeringVector(FrozenArtifact):
         return [self.intervention(layer, alpha, positions, relative=relative, normalize=normalize)
                 for layer in self.layers]  # fmt: skip
 
-    def check(self, handle: Any) -> None:
+    def check(self, handle: ModelHandle) -> None:
         """Raise if this vector does not fit ``handle``: a layer it lacks or another width."""
         for s in self.sites:
             width = site_width(handle, parse_site(s, handle.n_layers))
@@ -483,7 +484,7 @@ class SteeringVector(FrozenArtifact):
                            handle.model_id)  # fmt: skip
 
     def with_norms(
-        self, handle: Any, texts: Sequence[str], positions: str = "all"
+        self, handle: ModelHandle, texts: Sequence[str], positions: str = "all"
     ) -> SteeringVector:
         """A copy whose :attr:`norms` are the mean ‖h‖ of ``texts`` at its sites."""
         self.check(handle)
@@ -576,7 +577,7 @@ class SteeringVector(FrozenArtifact):
 
 
 def fit_vector(
-    handle: Any,
+    handle: ModelHandle,
     data: Any,
     sites: str | Sequence[str],
     *,

@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from steerlab.models import ModelHandle
 from steerlab.saes.evals import density_histogram
 from steerlab.saes.init import _rank_for
 from steerlab.views.common import NEWLINE, display_token, ref_line
@@ -226,7 +227,7 @@ class LogitEffects(NamedTuple):
 
 @torch.no_grad()
 def logit_effects(
-    sae: Sae, handle: Any, latents: Sequence[int] | Tensor, n: int = 10
+    sae: Sae, handle: ModelHandle, latents: Sequence[int] | Tensor, n: int = 10
 ) -> LogitEffects:
     """``W_dec[i] ⊙ γ @ W_Uᵀ`` for each latent ``i``: its most promoted and suppressed tokens.
 
@@ -291,7 +292,7 @@ class LatentCard(NamedTuple):
 def latent_cards(
     sae: Sae,
     store: ActivationStore,
-    handle: Any,
+    handle: ModelHandle,
     latents: Sequence[int],
     *,
     n_contexts: int = 8,
@@ -365,7 +366,7 @@ def latent_card_figure(card: LatentCard, title: str | None = None) -> go.Figure:
 def latent_dashboard(
     sae: Sae,
     store: ActivationStore,
-    handle: Any,
+    handle: ModelHandle,
     latents: Sequence[int],
     *,
     n_contexts: int = 8,

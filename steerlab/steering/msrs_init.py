@@ -126,7 +126,12 @@ def init_bases(
 
 
 def read_differences(
-    handle: ModelHandle, pairs: Mapping[str, Any], site: str, *, chat: bool = True, target: Any = None
+    handle: ModelHandle,
+    pairs: Mapping[str, Any],
+    site: str,
+    *,
+    chat: bool = True,
+    target: Any = None,
 ) -> dict[str, Float[Tensor, "n d"]]:
     """Per-pair activation differences (target side − other side) at ``site``, per attribute.
 

@@ -64,6 +64,7 @@ no final norm, so its last entry is ``resid_post`` of the last block.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -310,7 +311,9 @@ def parse_site(name: str | Site, n_layers: int | None = None) -> Site:
     return site
 
 
-def parse_sites(names: str | Site | list[str | Site], n_layers: int | None = None) -> list[Site]:
+def parse_sites(
+    names: str | Site | Sequence[str | Site], n_layers: int | None = None
+) -> list[Site]:
     """Parse a comma-separated string or list of names; sorted in execution order, unique."""
     if isinstance(names, (str, Site)):
         names = (

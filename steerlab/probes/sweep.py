@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 from torch import Tensor
 
 from steerlab.models import ModelHandle
+from steerlab.positions import SpanTokens
 from steerlab.probes.linear import ProbeConfig, fit_probe, selectivity
 from steerlab.probes.pls import PLSConfig, fit_pls
 
@@ -63,7 +64,7 @@ def capture_layers(
     *,
     layers: Sequence[int] | None = None,
     kind: str = "resid_post",
-    span_tokens: str = "last",
+    span_tokens: SpanTokens = "last",
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> LayerCapture:

@@ -477,13 +477,15 @@ def _fresh(
     members = []
     for c in configs:
         sae = build_sae(c, device=cfg.device)
-        if c.init != "random" and c.site not in stats:
-            data = src.data[c.site] if isinstance(src, _TensorSource) else src
-            stats[c.site] = activation_stats(
-                data, c.site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size,
+        site = c.site
+        assert site is not None  # train() found every config's site in the data
+        if c.init != "random" and site not in stats:
+            data = src.data[site] if isinstance(src, _TensorSource) else src
+            stats[site] = activation_stats(
+                data, site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size,
                 seed=cfg.seed, skip_nonfinite=cfg.nan_policy == "skip", exclude_sinks=True,
             )  # fmt: skip
-        reports[c.name] = initialize_(sae, stats.get(c.site), generator=gen)._asdict()
+        reports[c.name] = initialize_(sae, stats.get(site), generator=gen)._asdict()
         members.append(_Member(sae, cfg))
     return members
 

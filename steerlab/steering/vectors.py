@@ -207,9 +207,11 @@ class VectorFitter:
             self.M_diff += torch.einsum("nld,nle->lde", delta, diff - self.mean_diff)
         else:
             self.n_pairs += pos.shape[0]
-        if norms is None:
-            norms = torch.linalg.vector_norm(torch.cat([pos, neg]), dim=-1)
-        self._update_norms(norms)
+        # as update_labelled (torch.linalg.vector_norm is untyped: assigning its result to
+        # ``norms`` would leave that ``Tensor | None`` for type checkers)
+        self._update_norms(
+            torch.linalg.vector_norm(torch.cat([pos, neg]), dim=-1) if norms is None else norms
+        )
         return self
 
     def update_labelled(self, x: Tensor, y: Tensor, norms: Tensor | None = None) -> VectorFitter:
@@ -582,7 +584,7 @@ def fit_vector(
     sites: str | Sequence[str],
     *,
     method: Method = "mean_diff",
-    positions: str | None = None,
+    positions: str | Positions | None = None,
     chat: bool = False,
     center: bool = True,
     batch_size: int = 16,

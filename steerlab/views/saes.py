@@ -186,11 +186,13 @@ def top_activations(
     """Stream a store site through ``sae`` and keep each latent's ``n`` largest activations."""
     lat = torch.as_tensor(list(latents) if not isinstance(latents, Tensor) else latents).long()
     site = site or sae.cfg.site
+    if site is None:  # the store would fail on it with a bare "NoneType is not iterable"
+        raise TypeError("top_activations: the SAE records no cfg.site; pass site=")
     best_v = torch.zeros(len(lat), n)
     best_r = torch.full((len(lat), n), -1, dtype=torch.long)
     fired = torch.zeros(len(lat))
     seen = 0
-    for x in store.iter_batches(site, batch_size, shuffle=False, drop_last=False):  # type: ignore[arg-type]
+    for x in store.iter_batches(site, batch_size, shuffle=False, drop_last=False):
         if n_tokens is not None:
             x = x[: n_tokens - seen]
         if x.shape[0] == 0:
@@ -397,5 +399,5 @@ def latent_dashboard(
     figs = {}
     for card in cards:
         fig = latent_card_figure(card)
-        figs[fig.layout.title.text] = fig
+        figs[fig.layout.title.text] = fig  # pyright: ignore[reportAttributeAccessIssue]  # plotly: Figure.layout is untyped
     return figs

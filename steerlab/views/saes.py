@@ -399,5 +399,6 @@ def latent_dashboard(
     figs = {}
     for card in cards:
         fig = latent_card_figure(card)
-        figs[fig.layout.title.text] = fig  # pyright: ignore[reportAttributeAccessIssue]  # plotly: Figure.layout is untyped
+        # plotly leaves Figure.layout untyped (stub gap)
+        figs[fig.layout.title.text] = fig  # pyright: ignore[reportAttributeAccessIssue]
     return figs

@@ -434,7 +434,7 @@ def nnsight_envoy(lm: Any, handle: ModelHandle, site: str | Site) -> Any:
     return getattr(module, io)
 
 
-def nnsight_module(lm: Any, handle: Any, site: str | Site) -> tuple[Any, str]:
+def nnsight_module(lm: Any, handle: ModelHandle, site: str | Site) -> tuple[Any, str]:
     """The module envoy of a site on a ``LanguageModel`` and which side holds it (``"input"``
     or ``"output"``), resolved without a trace: a remote trace body that reads
     ``getattr(module, io)`` then refers to nnsight objects only, not to ``handle``."""

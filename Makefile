@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: install demo test test-all test-peers lint bench notebooks notebooks-install lab
+.PHONY: install demo test test-all test-peers lint typecheck bench notebooks notebooks-install lab
 
 install:
 	@bash scripts/install.sh
@@ -25,7 +25,11 @@ test-peers: install
 	.venv-peers/bin/python -m pytest -m peer $(PYTEST_ARGS)
 
 lint: install
-	$(VENV)/bin/ruff check steerlab tests benchmarks
+	$(VENV)/bin/ruff check steerlab tests benchmarks probes saes steering notebooks/*.py
+
+# pyright in basic mode on steerlab/ (pyrightconfig.json)
+typecheck: install
+	$(VENV)/bin/pyright --pythonpath $(PY)
 
 bench: install
 	$(PY) benchmarks/capture.py

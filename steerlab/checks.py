@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, TypeGuard
 
 import torch
 from jaxtyping import Float, Int
@@ -46,11 +46,25 @@ def check_int(value: Any, name: str, *, low: int = 1, optional: bool = False) ->
     """
     if value is None and optional:
         return value
-    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and value >= low
+    # int(): exact for any Integral (numpy integers too), and typed to compare with low
+    ok = isinstance(value, numbers.Integral) and not isinstance(value, bool) and int(value) >= low
     if not ok:
         none = " or None" if optional else ""
         raise ValueError(f"{name} must be an integer >= {low}{none}, got {_got(value)}")
     return value
+
+
+# check_real's tests, as functions of their own: narrowed to numbers.Real, the value would lack
+# ``>`` for type checkers (the abstract class declares only < and <=), so a finite real number
+# is passed on as a float, which every numbers.Real compares like
+def _finite_real(value: Any) -> TypeGuard[float]:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _within(value: float, low: float | None, high: float | None, low_open: bool) -> bool:
+    if low is not None and not (value > low if low_open else value >= low):
+        return False
+    return high is None or value <= high
 
 
 def check_real(
@@ -79,12 +93,7 @@ def check_real(
     """
     if value is None and optional:
         return value
-    ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    ok = ok and math.isfinite(value)
-    if ok and low is not None:
-        ok = value > low if low_open else value >= low
-    if ok and high is not None:
-        ok = value <= high
+    ok = _finite_real(value) and _within(value, low, high, low_open)
     if not ok:
         bounds = []
         if low is not None:

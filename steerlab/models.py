@@ -277,7 +277,8 @@ class ModelHandle:
                                     offload_folder=folder)  # fmt: skip
             return m.eval()
         m = cls.from_pretrained(self.source, dtype=self.dtype)
-        return m.to(self.device).eval()
+        # transformers types .to as @wraps(nn.Module.to), which hides the bound self (stub gap)
+        return m.to(self.device).eval()  # pyright: ignore[reportArgumentType]
 
     def transformer_lens(self) -> Any:
         """A TransformerLens ``TransformerBridge`` view (built once, on its own model copy).
@@ -486,7 +487,8 @@ def load_model(
         if max_memory is not None or offload_folder is not None:
             raise ValueError("max_memory and offload_folder apply with a device_map only")
         device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        model = cls.from_pretrained(source, dtype=dtype).to(device).eval()
+        # transformers types .to as @wraps(nn.Module.to), which hides the bound self (stub gap)
+        model = cls.from_pretrained(source, dtype=dtype).to(device).eval()  # pyright: ignore[reportArgumentType]
     model.requires_grad_(False)
     tok = AutoTokenizer.from_pretrained(source)
     if add_bos and tok.bos_token_id is None:

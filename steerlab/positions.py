@@ -442,7 +442,7 @@ def as_positions(rule: str | Positions) -> Positions:
         raise TypeError(f"a position rule is a string or Positions, got {type(rule).__name__}")
     s = rule.strip()
     if s in PARTS:
-        return Positions(part=s)  # type: ignore[arg-type]
+        return Positions(part=s)
     m = _STR_RE.match(s)
     if not m:
         raise ValueError(

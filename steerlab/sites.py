@@ -64,10 +64,14 @@ no final norm, so its last entry is ``resid_post`` of the last block.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import torch
+
+if TYPE_CHECKING:  # annotations only: models.py imports this module
+    from steerlab.models import ModelHandle
 
 SITE_KINDS = ("resid_pre", "attn_out", "resid_mid", "mlp_post", "mlp_out", "resid_post")
 
@@ -250,7 +254,7 @@ def layout_of(architecture: str, config: Any = None) -> Layout:
     return lay
 
 
-def layout(handle: Any) -> Layout:
+def layout(handle: ModelHandle) -> Layout:
     """The layout of ``handle.model`` (see :func:`layout_of`)."""
     return layout_of(handle.architecture, getattr(handle.model, "config", None))
 
@@ -307,7 +311,9 @@ def parse_site(name: str | Site, n_layers: int | None = None) -> Site:
     return site
 
 
-def parse_sites(names: str | Site | list[str | Site], n_layers: int | None = None) -> list[Site]:
+def parse_sites(
+    names: str | Site | Sequence[str | Site], n_layers: int | None = None
+) -> list[Site]:
     """Parse a comma-separated string or list of names; sorted in execution order, unique."""
     if isinstance(names, (str, Site)):
         names = (
@@ -323,7 +329,7 @@ def all_sites(n_layers: int, kinds: tuple[str, ...] = SITE_KINDS) -> list[Site]:
     return parse_sites([f"{k}.{L}" for L in range(n_layers) for k in kinds], n_layers)
 
 
-def site_kinds(handle: Any) -> tuple[str, ...]:
+def site_kinds(handle: ModelHandle) -> tuple[str, ...]:
     """The site kinds ``handle``'s architecture has, in execution order."""
     return tuple(k for k in SITE_KINDS if k in layout(handle).sites)
 
@@ -344,7 +350,7 @@ def _join(*parts: str) -> str:
     return ".".join(p for p in parts if p)
 
 
-def block_path(handle: Any) -> str:
+def block_path(handle: ModelHandle) -> str:
     """The dotted path of the blocks ModuleList inside ``handle.model``."""
     path = _join(_base_prefix(handle.model), layout(handle).blocks)
     try:
@@ -357,19 +363,19 @@ def block_path(handle: Any) -> str:
     return path
 
 
-def block_list(handle: Any) -> torch.nn.ModuleList:
+def block_list(handle: ModelHandle) -> torch.nn.ModuleList:
     """The ModuleList of transformer blocks of ``handle.model``."""
     return _get(handle.model, block_path(handle))
 
 
-def final_norm(handle: Any) -> torch.nn.Module | None:
+def final_norm(handle: ModelHandle) -> torch.nn.Module | None:
     """The norm applied after the last block (None for BERT): HF's ``hidden_states[-1]`` is
     ``final_norm(handle)(resid_post.<last>)``."""
     name = layout(handle).final_norm
     return None if name is None else _get(handle.model, _join(_base_prefix(handle.model), name))
 
 
-def _spec(handle: Any, site: Site) -> _HFSpec:
+def _spec(handle: ModelHandle, site: Site) -> _HFSpec:
     lay = layout(handle)
     spec = lay.sites.get(site.kind)
     if spec is None:
@@ -380,7 +386,7 @@ def _spec(handle: Any, site: Site) -> _HFSpec:
     return spec
 
 
-def check_site(handle: Any, site: str | Site) -> Site:
+def check_site(handle: ModelHandle, site: str | Site) -> Site:
     """Parse ``site`` and check that ``handle``'s architecture has it.
 
     Raises:
@@ -402,7 +408,7 @@ class HFLocation:
     io: Literal["input", "output"]
 
 
-def hf_location(handle: Any, site: str | Site) -> HFLocation:
+def hf_location(handle: ModelHandle, site: str | Site) -> HFLocation:
     """Resolve a site to the HF module (and input/output) that carries it."""
     site = parse_site(site, handle.n_layers)
     spec = _spec(handle, site)
@@ -410,7 +416,7 @@ def hf_location(handle: Any, site: str | Site) -> HFLocation:
     return HFLocation(site=site, module=_get(handle.model, path), path=path, io=spec.io)
 
 
-def resid_mid_is_written_via_attn_out(handle: Any) -> bool:
+def resid_mid_is_written_via_attn_out(handle: ModelHandle) -> bool:
     """Whether writing ``resid_mid`` must edit ``attn_out`` instead of the module input.
 
     True for every sequential block: the module input that carries ``resid_mid`` (the MLP's
@@ -422,13 +428,13 @@ def resid_mid_is_written_via_attn_out(handle: Any) -> bool:
     return layout(handle).residual == "sequential"
 
 
-def nnsight_envoy(lm: Any, handle: Any, site: str | Site) -> Any:
+def nnsight_envoy(lm: Any, handle: ModelHandle, site: str | Site) -> Any:
     """The nnsight envoy (``...input`` or ``...output``) of a site on a ``LanguageModel``."""
     module, io = nnsight_module(lm, handle, site)
     return getattr(module, io)
 
 
-def nnsight_module(lm: Any, handle: Any, site: str | Site) -> tuple[Any, str]:
+def nnsight_module(lm: Any, handle: ModelHandle, site: str | Site) -> tuple[Any, str]:
     """The module envoy of a site on a ``LanguageModel`` and which side holds it (``"input"``
     or ``"output"``), resolved without a trace: a remote trace body that reads
     ``getattr(module, io)`` then refers to nnsight objects only, not to ``handle``."""
@@ -436,7 +442,7 @@ def nnsight_module(lm: Any, handle: Any, site: str | Site) -> tuple[Any, str]:
     return _get(lm, loc.path), loc.io
 
 
-def site_width(handle: Any, site: str | Site) -> int:
+def site_width(handle: ModelHandle, site: str | Site) -> int:
     """Width of the tensor at a site (d_model, or d_mlp for ``mlp_post``).
 
     Raises:

@@ -269,7 +269,9 @@ def check_shard_header(
     """
     infos = read_safetensors_header(file)
     n = entry["n_tokens"]
-    want = {name: (DTYPES[dtype], (n, d)) for name, d in sites.items()}
+    want: dict[str, tuple[torch.dtype, tuple[int, ...]]] = {
+        name: (DTYPES[dtype], (n, d)) for name, d in sites.items()
+    }
     want.update({name: (dt, (n,)) for name, dt in META_DTYPES.items()})
     if SINK in infos:
         want[SINK] = (torch.bool, (n,))

@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import torch
 from safetensors.torch import save as st_save
@@ -695,6 +695,39 @@ class ActivationStore:
         """A view of one site (or metadata key) indexable like the store."""
         self._check_names([name])
         return SiteView(self, name)
+
+    # a site name yields tensors, a list of names dicts: the overloads tell type checkers which
+    @overload
+    def iter_batches(
+        self,
+        site: str,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        shards_in_memory: int = 4,
+        drop_last: bool = True,
+        dtype: torch.dtype | None = torch.float32,
+        device: str | torch.device = "cpu",
+        epoch: int = 0,
+        skip_batches: int = 0,
+    ) -> Iterator[Tensor]: ...
+
+    @overload
+    def iter_batches(
+        self,
+        site: list[str],
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        shards_in_memory: int = 4,
+        drop_last: bool = True,
+        dtype: torch.dtype | None = torch.float32,
+        device: str | torch.device = "cpu",
+        epoch: int = 0,
+        skip_batches: int = 0,
+    ) -> Iterator[dict[str, Tensor]]: ...
 
     def iter_batches(
         self,

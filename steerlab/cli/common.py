@@ -82,7 +82,7 @@ def progress_bar(
     ranks of a torchrun launch but rank 0), erased if the command fails so that the error
     stands alone on its line."""
     # disable only when asked: an explicit disable=False would override TQDM_DISABLE
-    off = {"disable": True} if disable else {}
+    off: dict[str, Any] = {"disable": True} if disable else {}
     bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, dynamic_ncols=True,
                smoothing=0.1, **off)  # fmt: skip
     try:

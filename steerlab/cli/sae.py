@@ -42,7 +42,7 @@ from steerlab.saes import (
     train,
 )
 from steerlab.saes.formats import SAELENS_WEIGHTS, STATE_JSON, find_checkpoint
-from steerlab.saes.sae import Sae
+from steerlab.saes.io import AnySae
 from steerlab.saes.splice import spliced_losses, store_windows
 
 SAE_TRAIN_LOG = "train_log.jsonl"
@@ -235,7 +235,7 @@ def _train_rank(args: argparse.Namespace, o: TrainOptions) -> None:
     train(store, [sae_cfg], tcfg, resume=not o.restart)
 
 
-def load_any_sae(path: Path) -> Sae:
+def load_any_sae(path: Path) -> AnySae:
     """An SAE from a `sae train` output directory, a steerlab SAE or a SAELens directory."""
     if (path / "sae").is_dir():
         path = path / "sae"

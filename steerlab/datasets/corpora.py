@@ -416,7 +416,7 @@ def chunk_tokens(
         n_seq = min(n_seq, n_seq_wanted)
     input_ids = torch.cat(id_parts)[: n_seq * body].view(n_seq, body)
     doc_ids = torch.cat(doc_parts)[: n_seq * body].view(n_seq, body)
-    if prepend_bos:
+    if bos is not None:  # prepend_bos (checked above: then the tokenizer has a BOS id)
         input_ids = torch.cat([torch.full((n_seq, 1), bos, dtype=torch.long), input_ids], 1)
         doc_ids = torch.cat([torch.full((n_seq, 1), -1, dtype=torch.long), doc_ids], 1)
 

@@ -26,12 +26,13 @@ import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import torch
 from torch import Tensor
 
 from steerlab.datasets.paths import data_dir
+from steerlab.models import ModelHandle
 from steerlab.tokens import single_token_id
 
 logger = logging.getLogger(__name__)
@@ -221,7 +222,7 @@ YEAR_IN_CONTEXT = Attribute(
 
 
 def year_comparisons(
-    handle: Any,
+    handle: ModelHandle,
     n: int,
     *,
     lo: int = 1100,

@@ -39,7 +39,7 @@ def data_dir(sub: str | None = None) -> Path:
                 f"${ENV}={env} is not a directory; point it at steerlab's data/"
             )
     else:
-        root = next((p for p in _candidates() if p.is_dir()), None)  # type: ignore[assignment]
+        root = next((p for p in _candidates() if p.is_dir()), None)
         if root is None:
             tried = ", ".join(str(p) for p in _candidates())
             raise FileNotFoundError(

@@ -135,7 +135,7 @@ def inlp(
     y, n_classes = check_labels(z, xs.shape[0], "z")
     if (x_dev is None) != (z_dev is None):
         raise ValueError("give both x_dev and z_dev, or neither")
-    if x_dev is None:
+    if x_dev is None or z_dev is None:  # both or neither (checked above)
         xs, y, xd, yd = train_dev_split(xs, y, cfg.dev_fraction, cfg.seed)
     else:
         xd = check_features(x_dev, "x_dev", d=d)

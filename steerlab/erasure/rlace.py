@@ -320,7 +320,7 @@ def rlace(
         raise ValueError(f"RlaceConfig.rank={cfg.rank} exceeds d_model={d}")
     if (x_dev is None) != (z_dev is None):
         raise ValueError("give both x_dev and z_dev, or neither")
-    if x_dev is None:
+    if x_dev is None or z_dev is None:  # both or neither (checked above)
         xs, y, xd, yd = train_dev_split(xs, y, cfg.dev_fraction, cfg.seed)
     else:
         xd = check_features(x_dev, "x_dev", d=d)
@@ -366,10 +366,12 @@ def rlace(
 
     def ascend_factored() -> None:
         # the dense step's gradient in closed form: d(−ℓ)/dP = sym(A Wᵀ), A = X_bᵀ ∂ℓ/∂logits
+        assert fac is not None  # called once the first dense step has set the factored state
         idx = batch()
         xb = X[idx]
         logits = ((xb - fac.times(xb)) @ W.detach() + b.detach()).requires_grad_()
         loss_of(logits, idx).backward(inputs=[logits])
+        assert logits.grad is not None  # backward(inputs=[logits]) has just set it
         fac.step_(xb.T @ logits.grad, W.detach(), cfg.lr_P, cfg.weight_decay, cfg.rank)
 
     best: dict[str, Any] = {"loss": -math.inf}

@@ -73,6 +73,12 @@ class EraserEdit(LowRankEdit):
         positions: the position rule (default every token, prompt and generation).
     """
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    proj_left: Tensor
+    proj_right: Tensor
+    bias: Tensor
+
     def __init__(self, eraser: AffineEraser, site: str, positions: str | Positions = "all") -> None:
         if not isinstance(eraser, AffineEraser):
             raise TypeError(f"eraser must be an AffineEraser, got {type(eraser).__name__}")

@@ -21,7 +21,7 @@ import logging
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, ClassVar, TypeVar
+from typing import Any, ClassVar, TypeVar, cast
 
 import torch
 from jaxtyping import Bool, Float
@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from steerlab.artifacts import kind_class, load_artifact, register, save_artifact
 from steerlab.checks import check_finite
 from steerlab.interventions.components import Constant, component_config, from_component_config
+from steerlab.models import ModelHandle
 from steerlab.positions import Positions, TokenView, _rows, as_positions
 from steerlab.sites import parse_site, site_width
 from steerlab.subspace import ORTHO_CAP, ORTHO_FACTOR
@@ -164,7 +165,7 @@ class Intervention(nn.Module):
         """The non-composite interventions inside (itself for a leaf)."""
         return [self]
 
-    def check(self, handle: Any) -> None:
+    def check(self, handle: ModelHandle) -> None:
         """Raise SiteError / ValueError if this intervention does not fit ``handle``'s model."""
         for leaf in self.leaves():
             site = parse_site(leaf.site, handle.n_layers)
@@ -260,6 +261,10 @@ class LowRankEdit(Intervention):
         positions: the position rule.
     """
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    B: Tensor
+
     def __init__(
         self,
         B: Any,
@@ -349,21 +354,26 @@ class Compose(Intervention):
         self.positions = Positions()
         self.d_in = members[0].d_in
 
+    def _parts(self) -> list[Intervention]:
+        # the members as interventions: nn.ModuleList is typed to yield nn.Module, and
+        # __init__ admits Intervention members only
+        return cast("list[Intervention]", list(self.members))
+
     def sites(self) -> list[str]:
         out: list[str] = []
-        for m in self.members:
+        for m in self._parts():
             out += [s for s in m.sites() if s not in out]
         return out
 
     def leaves(self) -> list[Intervention]:
-        return [leaf for m in self.members for leaf in m.leaves()]
+        return [leaf for m in self._parts() for leaf in m.leaves()]
 
     def edit(self, h: Tensor) -> Tensor:
         del h
         raise TypeError("Compose has no single edit; apply it through steer() or apply_at()")
 
     def apply_at(self, site: str, h: Tensor, view: TokenView, rows: Tensor | None = None) -> Tensor:
-        here = [m for m in self.members if site in m.sites()]
+        here = [m for m in self._parts() if site in m.sites()]
         if len(here) == 1:  # no sum needed: keep the member's result bit for bit
             return here[0].apply_at(site, h, view, rows)
         out = h
@@ -374,7 +384,7 @@ class Compose(Intervention):
     def to_config(self) -> dict[str, Any]:
         return {
             "kind": self.KIND,
-            "members": [m.to_config() for m in self.members],
+            "members": [m.to_config() for m in self._parts()],
             "meta": self.meta,
         }
 

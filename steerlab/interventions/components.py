@@ -7,7 +7,7 @@ to ``cfg.json`` and its weights to the intervention's safetensors file.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Protocol, cast
 
 import torch
 from torch import Tensor, nn
@@ -43,6 +43,10 @@ class Affine(nn.Linear):
 class Constant(nn.Module):
     """A constant ``f(h) = c`` (``[r]``) or gate value, broadcast over positions."""
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    value: Tensor
+
     def __init__(self, value: Tensor | float | list[float]) -> None:
         super().__init__()
         self.register_buffer(
@@ -64,6 +68,10 @@ class MLPGate(nn.Module):
     rows of ``B``.
     """
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    repeats: Tensor
+
     def __init__(self, d_in: int, hidden: int, group_sizes: list[int]) -> None:
         super().__init__()
         self.group_sizes = [int(s) for s in group_sizes]
@@ -84,6 +92,12 @@ class MLPGate(nn.Module):
         return torch.sigmoid(self.net(h)).repeat_interleave(self.repeats, dim=-1)
 
 
+class _Component(Protocol):
+    """What :func:`component` requires of a registered class."""
+
+    def config(self) -> dict[str, Any]: ...
+
+
 def component_config(m: nn.Module | None, what: str) -> dict[str, Any] | None:
     if m is None:
         return None
@@ -93,7 +107,8 @@ def component_config(m: nn.Module | None, what: str) -> dict[str, Any] | None:
             f"{what} of type {type(m).__name__} cannot be saved; register it with "
             "@steerlab.interventions.component(name)"
         )
-    return {"type": name, **m.config()}
+    # a registered class (it has COMPONENT), so it has config(); nn.Module does not say so
+    return {"type": name, **cast(_Component, m).config()}
 
 
 def from_component_config(cfg: dict[str, Any] | None) -> nn.Module | None:

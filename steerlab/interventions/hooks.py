@@ -75,6 +75,7 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call
+from torch.utils.hooks import RemovableHandle
 
 from steerlab.interventions.kinds import Intervention
 from steerlab.models import ModelHandle, module_device
@@ -531,10 +532,10 @@ def _apply_aligned(
 class _removing:
     """Context manager that removes a torch hook handle on exit."""
 
-    def __init__(self, handle: Any) -> None:
+    def __init__(self, handle: RemovableHandle) -> None:
         self.handle = handle
 
-    def __enter__(self) -> Any:
+    def __enter__(self) -> RemovableHandle:
         return self.handle
 
     def __exit__(self, *exc: Any) -> None:

@@ -79,6 +79,10 @@ class AddVector(LowRankEdit):
         relative_to: scale ``s``; must be positive and finite.
     """
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    vector: Tensor
+
     def __init__(
         self,
         v: Float[Tensor, " d"],
@@ -150,6 +154,10 @@ class SetCoords(LowRankEdit):
         positions: the position rule.
     """
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    target_coords: Tensor
+
     def __init__(
         self,
         subspace: Any,
@@ -163,6 +171,7 @@ class SetCoords(LowRankEdit):
         if c.shape != (B.shape[0],):
             raise ValueError(f"coords has {c.numel()} entries for a rank-{B.shape[0]} subspace")
         if isinstance(subspace, Subspace):
+            assert subspace.origin is not None  # Subspace.__post_init__ fills in zeros
             c = c + B @ subspace.origin.to(B)  # coordinates relative to the origin
         super().__init__(B, None, None, site=site, positions=positions)
         self.register_buffer("target_coords", c.detach().clone())
@@ -214,6 +223,7 @@ class Ablate(SetCoords):
         elif to == "mean":
             if not isinstance(subspace, Subspace):
                 raise ValueError('to="mean" needs a Subspace (its origin is the mean); or pass μ')
+            assert subspace.origin is not None  # Subspace.__post_init__ fills in zeros
             mode, mu = "mean", subspace.origin.to(B)
         else:
             raise ValueError(f"to must be 'zero', 'mean' or a tensor, got {to!r}")
@@ -248,11 +258,17 @@ class LoReFT(LowRankEdit):
         positions: the position rule.
     """
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    R: nn.Linear
+
     def __init__(self, d: int, rank: int, site: str, positions: str | Positions = "all") -> None:
         if not 1 <= rank <= d:
             raise ValueError(f"rank must be in [1, d={d}], got {rank}")
         Intervention.__init__(self, site, positions, d)
-        self.R = nn.utils.parametrizations.orthogonal(nn.Linear(d, rank, bias=False))
+        # orthogonal() parametrizes the Linear in place (its return value is that same module)
+        self.R = nn.Linear(d, rank, bias=False)
+        nn.utils.parametrizations.orthogonal(self.R)
         self.f = Affine(d, rank)
         self.gate = None
 

@@ -24,6 +24,8 @@ from typing import Any, NamedTuple
 
 from torch import Tensor
 
+from steerlab.models import ModelHandle
+from steerlab.positions import SpanTokens
 from steerlab.probes.linear import ProbeConfig, fit_probe, selectivity
 from steerlab.probes.pls import PLSConfig, fit_pls
 
@@ -56,13 +58,13 @@ class LayerCapture(NamedTuple):
 
 
 def capture_layers(
-    handle: Any,
+    handle: ModelHandle,
     texts: Sequence[str],
     positions: Any,
     *,
     layers: Sequence[int] | None = None,
     kind: str = "resid_post",
-    span_tokens: str = "last",
+    span_tokens: SpanTokens = "last",
     batch_size: int = 16,
     progress: Callable[[int], None] | None = None,
 ) -> LayerCapture:

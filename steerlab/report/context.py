@@ -3,6 +3,7 @@ the activation store and the results of earlier stages."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,7 +66,7 @@ class Context:
 
     def __init__(
         self,
-        out: str | Path,
+        out: str | os.PathLike,
         config: ReportConfig,
         *,
         load: Callable[[str, str | None], ModelHandle] | None = None,

@@ -86,7 +86,8 @@ def _seconds(s: float) -> str:
 
 
 def _figure_html(fig: go.Figure) -> str:
-    if fig.layout.height is None:
+    # plotly leaves Figure.layout untyped (stub gap)
+    if fig.layout.height is None:  # pyright: ignore[reportAttributeAccessIssue]
         fig.update_layout(height=DEFAULT_HEIGHT)
     return fig.to_html(full_html=False, include_plotlyjs=False,
                        config={"responsive": True, "displaylogo": False})  # fmt: skip

@@ -13,6 +13,7 @@ right singular vectors of the decoder rows of the latents that fire on at least
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import plotly.graph_objects as go
 import torch
@@ -23,6 +24,7 @@ from steerlab.report.context import Context
 from steerlab.report.page import Section, table_html
 from steerlab.report.stages import StageResult
 from steerlab.saes import SaeConfig, TrainConfig, evaluate, train
+from steerlab.saes.sae import Sae
 from steerlab.saes.splice import spliced_losses
 from steerlab.views.saes import (
     LatentCard,
@@ -83,7 +85,7 @@ def _pick_latents(density: torch.Tensor, n: int) -> list[int]:
 
 
 @torch.no_grad()
-def _top(sae: torch.nn.Module, x: torch.Tensor, rows: torch.Tensor, latents: list[int],
+def _top(sae: Sae, x: torch.Tensor, rows: torch.Tensor, latents: list[int],
          n: int) -> TopActivations:  # fmt: skip
     """The ``n`` largest activations of ``latents`` over the rows ``x`` (store rows ``rows``)."""
     lat = torch.tensor(latents, dtype=torch.long)
@@ -142,7 +144,11 @@ def run(ctx: Context, cfg: SaeStageConfig) -> StageResult:
     ctx.progress("latent dashboard", 0, 1)
     all_rows = (~sink).nonzero().squeeze(1)
     with torch.no_grad():
-        counts = sum((sae.encode_dense(b) > 0).sum(0).double() for b in x[all_rows].split(4096))
+        # a tensor: sum() starts from 0 but adds at least one batch (an empty x fails below)
+        counts = cast(
+            torch.Tensor,
+            sum((sae.encode_dense(b) > 0).sum(0).double() for b in x[all_rows].split(4096)),
+        )
     density = counts / len(all_rows)
     latents = _pick_latents(density.float(), cfg.n_latents)
     cards = latent_cards(sae, store, ctx.handle, latents, n_contexts=cfg.n_contexts, n_logits=8,

@@ -22,7 +22,7 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -78,7 +78,10 @@ class StageRecord(NamedTuple):
 
 def config_dict(config: Any) -> dict[str, Any]:
     """A config dataclass (or mapping) as plain JSON types (tuples become lists)."""
-    d = asdict(config) if is_dataclass(config) and not isinstance(config, type) else dict(config)
+    if is_dataclass(config) and not isinstance(config, type):
+        d = asdict(config)
+    else:  # a mapping (dict() refuses anything else, a dataclass class among them)
+        d = dict(cast("Mapping[str, Any]", config))
     return json.loads(json.dumps(d, default=str))
 
 

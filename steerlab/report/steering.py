@@ -90,6 +90,7 @@ def run(ctx: Context, cfg: SteeringStageConfig) -> StageResult:
     ctx.progress("token projections", 0, 1)
     tp = token_projections(ctx.handle, cfg.text, direction, site)
     best = {p: sweep.best(p)._asdict() for p in (1, -1)}
+    assert vec.norms is not None  # fit_vector averages the activation norms of every pair
     data = {
         "site": site, "n_pairs": n_pairs, "pairs": pairs, "mean_norm": float(vec.norms[0]),
         "sweep": sweep.to_dict(texts=True),

@@ -43,6 +43,7 @@ from steerlab.checks import check_int, check_real
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore
+    from steerlab.saes.normalize import NormalizedSae
     from steerlab.saes.sae import Sae
 
 
@@ -153,7 +154,7 @@ def fvu(x: Float[Tensor, "n d"], x_hat: Float[Tensor, "n d"]) -> float:
 
 @torch.no_grad()
 def evaluate(
-    sae: Sae,
+    sae: Sae | NormalizedSae,
     source: Tensor | ActivationStore,
     site: str | None = None,
     *,
@@ -181,7 +182,7 @@ def evaluate(
     n_sinks = 0
     if isinstance(source, Tensor):
         X = source.reshape(-1, sae.d_in)
-        batches: Iterator[Tensor] = (
+        batches: Iterator[Tensor | dict[str, Tensor]] = (
             X[i : i + batch_size] for i in range(0, X.shape[0], batch_size)
         )
     else:
@@ -191,12 +192,13 @@ def evaluate(
                 f"store {source.path} has no site {site!r}; it holds {sorted(source.sites)}"
             )
         names = [site, SINK] if exclude_sinks else site
-        batches = source.iter_batches(names, batch_size, shuffle=False, drop_last=False)  # type: ignore[assignment]
+        batches = source.iter_batches(names, batch_size, shuffle=False, drop_last=False)
     for x in batches:
         if isinstance(x, dict):  # a store batch with its sink column
+            assert site is not None  # dict batches come from the store branch, which checked it
             n_sinks += int(x[SINK].sum())
             x = x[site][~x[SINK]]
-        x = x[: (n_tokens - fitter.n) if n_tokens is not None else None].to(sae.device)  # type: ignore[union-attr]
+        x = x[: (n_tokens - fitter.n) if n_tokens is not None else None].to(sae.device)
         if x.shape[0] == 0:
             break
         out = sae(x)

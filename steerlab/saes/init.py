@@ -228,7 +228,7 @@ def activation_stats(
     bs = min(batch_size, max(want, 1))
     names = [site, SINK] if exclude_sinks else [site]
     for b in source.iter_batches(names, bs, seed=seed, drop_last=False, dtype=torch.float64):
-        batch = b[site][~b[SINK]] if exclude_sinks else b[site]  # type: ignore[index]
+        batch = b[site][~b[SINK]] if exclude_sinks else b[site]
         fitter.update(batch[: want - fitter.n])
         if fitter.n >= want:
             break

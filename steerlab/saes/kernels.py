@@ -87,7 +87,7 @@ class TopKEncode(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(idx, W_enc.T.contiguous(), per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
-            grad_b_dec = -(W_enc @ grad_b)  # type: ignore[operator]
+            grad_b_dec = -(W_enc @ grad_b)
         if ctx.needs_input_grad[2]:
             grad_W = (_by_latent(idx, g, d_sae) @ sae_in).T  # [d_sae, d_in] -> W_enc
         return grad_x, grad_b_dec, grad_W, grad_b if ctx.needs_input_grad[3] else None, None

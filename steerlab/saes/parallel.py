@@ -226,7 +226,7 @@ class Modules(Parallel):
             owner = i % self.world
             data = b""
             if owner == self.rank:
-                m = own[c.name]  # type: ignore[index]
+                m = own[c.name]
                 tensors = {f"param.{n}": getattr(m.sae, n).detach() for n in PARAM_NAMES}
                 tensors.update({f"state.{k}": v for k, v in m.state_tensors().items()})
                 data = st_save({k: v.cpu().contiguous() for k, v in tensors.items()})
@@ -234,7 +234,7 @@ class Modules(Parallel):
             if self.rank != 0:
                 continue
             if owner == 0:
-                m = own[c.name]  # type: ignore[index]
+                m = own[c.name]
                 saes[m.name], per_sae[m.name] = m.sae, m.state_tensors()
                 continue
             got = st_load(data)

@@ -43,6 +43,7 @@ from steerlab.saes.sae import Sae, SaeConfig, build_sae
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore
+    from steerlab.saes.normalize import NormalizedSae
 
 __all__ = ["Replace", "SaeSplice", "SpliceLosses", "spliced_losses", "store_windows"]
 
@@ -62,7 +63,7 @@ class SaeSplice(Intervention):
     """
 
     def __init__(
-        self, sae: Sae, site: str | None = None, positions: str | Positions = "all"
+        self, sae: Sae | NormalizedSae, site: str | None = None, positions: str | Positions = "all"
     ) -> None:
         site = site or sae.cfg.site
         if site is None:
@@ -93,6 +94,10 @@ class Replace(Intervention):
         site: where to apply it.
         positions: the position rule (default every token).
     """
+
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    value: Tensor
 
     def __init__(self, value: Float[Tensor, " d"], site: str, positions: str | Positions = "all"):
         value = check_finite(value, "replacement value", floating=True)
@@ -137,7 +142,7 @@ class SpliceLosses(NamedTuple):
 
 def spliced_losses(
     handle: ModelHandle,
-    sae: Sae,
+    sae: Sae | NormalizedSae,
     input_ids: Int[Tensor, "n_seq pos"],
     *,
     site: str | None = None,

@@ -343,7 +343,7 @@ def train(
     for c in configs:
         if c.site not in src.sites:
             raise KeyError(f"no site {c.site!r} in the data; it holds {sorted(src.sites)}")
-        width = src.sites[c.site]  # type: ignore[index]
+        width = src.sites[c.site]
         if width != c.d_in:
             raise ValueError(f"{c.name}: d_in={c.d_in} but site {c.site!r} has width {width}")
     per_epoch = src.n_tokens // cfg.batch_size
@@ -477,13 +477,15 @@ def _fresh(
     members = []
     for c in configs:
         sae = build_sae(c, device=cfg.device)
-        if c.init != "random" and c.site not in stats:
-            data = src.data[c.site] if isinstance(src, _TensorSource) else src
-            stats[c.site] = activation_stats(
-                data, c.site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size,
+        site = c.site
+        assert site is not None  # train() found every config's site in the data
+        if c.init != "random" and site not in stats:
+            data = src.data[site] if isinstance(src, _TensorSource) else src
+            stats[site] = activation_stats(
+                data, site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size,
                 seed=cfg.seed, skip_nonfinite=cfg.nan_policy == "skip", exclude_sinks=True,
             )  # fmt: skip
-        reports[c.name] = initialize_(sae, stats.get(c.site), generator=gen)._asdict()
+        reports[c.name] = initialize_(sae, stats.get(site), generator=gen)._asdict()
         members.append(_Member(sae, cfg))
     return members
 
@@ -529,7 +531,7 @@ def _train_step(
     for m in members:
         site = m.sae.cfg.site
         x = xs[site]  # type: ignore[index]
-        if rows[site] < 2:  # type: ignore[index]
+        if rows[site] < 2:
             logger.warning("batch %d: fewer than 2 finite rows for %s; no step", step, m.name)
             continue
         for group in m.opt.param_groups:
@@ -550,7 +552,7 @@ def _train_step(
             m.sae.set_decoder_norm_to_unit_norm_()
         with torch.no_grad():
             fired = par.fired(m.sae.latent_counts(out)) > 0
-            m.since_fired += rows[site]  # type: ignore[index]
+            m.since_fired += rows[site]
             m.since_fired[fired] = 0
         if n_all is not None:  # this rank's share of the batch's mean L0
             out = out._replace(l0=out.l0 * (x.shape[0] / n_all))

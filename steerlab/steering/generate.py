@@ -252,7 +252,7 @@ def load_steering(
         if alpha is None:
             raise ValueError("a steering vector needs a strength: pass alpha")
         check_real(alpha, "alpha")
-        if layer is None and len(sv.layers) > 1:
+        if layer is None and len(sv.layers) != 1:  # several layers (or, degenerate, none)
             raise ValueError(f"this vector has layers {list(sv.layers)}: choose one, or 'all'")
         if layer == "all":
             return sv.interventions(alpha, positions, relative=relative)

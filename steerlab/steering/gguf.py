@@ -43,6 +43,7 @@ import torch
 from torch import Tensor
 
 from steerlab.io import atomic_file
+from steerlab.models import ModelHandle
 from steerlab.positions import as_positions
 from steerlab.steering.vectors import SteeringVector
 
@@ -204,7 +205,7 @@ def read_gguf(path: str | os.PathLike) -> ControlVectorFile:
     return ControlVectorFile(str(hint), None if count is None else int(count), ordered, cfg, sha)
 
 
-def import_gguf(path: str | os.PathLike, handle: Any = None) -> SteeringVector:
+def import_gguf(path: str | os.PathLike, handle: ModelHandle | None = None) -> SteeringVector:
     """Read a control-vector GGUF as a :class:`SteeringVector` at ``resid_post.N``.
 
     Args:
@@ -237,7 +238,7 @@ def import_gguf(path: str | os.PathLike, handle: Any = None) -> SteeringVector:
                           f"gguf:{f.sha256[:16]}", meta)  # fmt: skip
 
 
-def _check_fits(f: ControlVectorFile, width: int, layers: tuple[int, ...], handle: Any,
+def _check_fits(f: ControlVectorFile, width: int, layers: tuple[int, ...], handle: ModelHandle,
                 path: Any) -> None:  # fmt: skip
     model_type = str(getattr(handle.model.config, "model_type", ""))
     if f.model_hint != model_type:

@@ -33,6 +33,7 @@ import torch
 from torch import Tensor
 
 from steerlab.datasets.pairs import as_pairs
+from steerlab.models import ModelHandle
 from steerlab.steering.pairs import _default_rule, _one_kind, read_pairs
 from steerlab.steering.vectors import Method, SteeringVector, VectorConfig, VectorFitter
 
@@ -127,7 +128,7 @@ def separability(
 
 
 def sweep_layers(
-    handle: Any,
+    handle: ModelHandle,
     pairs: Any,
     sites: str | Sequence[str] | Sequence[int],
     *,

@@ -112,6 +112,12 @@ class MSRS(LowRankEdit):
         gates_at_inference: False applies the ungated edit outside training (the paper's code).
     """
 
+    # registered buffers and submodules, declared for type checkers (nn.Module.__getattr__ is
+    # typed Tensor | Module)
+    R: nn.Linear
+    R_init: Tensor
+    center: Tensor
+
     def __init__(
         self,
         d: int,
@@ -142,7 +148,9 @@ class MSRS(LowRankEdit):
             raise ValueError(f"token_rule must be one of {TOKEN_RULES}, got {token_rule!r}")
         Intervention.__init__(self, site, positions if positions is not None else scored(), d)
         self.sizes, self.attributes = sizes, attributes
-        self.R = nn.utils.parametrizations.orthogonal(nn.Linear(d, r, bias=False))
+        # orthogonal() parametrizes the Linear in place (its return value is that same module)
+        self.R = nn.Linear(d, r, bias=False)
+        nn.utils.parametrizations.orthogonal(self.R)
         if init is not None:
             init = orthonormal_rows(init, "init")
             if init.shape != (r, d):

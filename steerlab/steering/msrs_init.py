@@ -22,6 +22,7 @@ from torch import Tensor
 
 from steerlab.checks import check_finite
 from steerlab.datasets.pairs import as_pairs
+from steerlab.models import ModelHandle
 from steerlab.steering.pairs import read_pairs
 
 SHARED = "shared"
@@ -125,7 +126,12 @@ def init_bases(
 
 
 def read_differences(
-    handle: Any, pairs: Mapping[str, Any], site: str, *, chat: bool = True, target: Any = None
+    handle: ModelHandle,
+    pairs: Mapping[str, Any],
+    site: str,
+    *,
+    chat: bool = True,
+    target: Any = None,
 ) -> dict[str, Float[Tensor, "n d"]]:
     """Per-pair activation differences (target side − other side) at ``site``, per attribute.
 

@@ -324,7 +324,7 @@ class TokenProjections(NamedTuple):
 
 
 def token_projections(
-    handle: Any, text: str, direction: Float[Tensor, " d"], site: str
+    handle: ModelHandle, text: str, direction: Float[Tensor, " d"], site: str
 ) -> TokenProjections:
     """Project every token of ``text`` (tokenised as steerlab captures do) on ``direction``."""
     cap = capture(handle, [text], site)

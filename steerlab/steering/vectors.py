@@ -52,6 +52,7 @@ from steerlab.config import check_positive, check_types
 from steerlab.datasets.pairs import LabelledSet, as_pairs
 from steerlab.distributed import all_reduce_, all_reduce_moments_
 from steerlab.interventions.kinds import AddVector
+from steerlab.models import ModelHandle
 from steerlab.positions import Positions, as_positions
 from steerlab.sites import SITE_KINDS, SiteError, parse_site, site_width
 from steerlab.steering.pairs import (
@@ -206,9 +207,11 @@ class VectorFitter:
             self.M_diff += torch.einsum("nld,nle->lde", delta, diff - self.mean_diff)
         else:
             self.n_pairs += pos.shape[0]
-        if norms is None:
-            norms = torch.linalg.vector_norm(torch.cat([pos, neg]), dim=-1)
-        self._update_norms(norms)
+        # as update_labelled (torch.linalg.vector_norm is untyped: assigning its result to
+        # ``norms`` would leave that ``Tensor | None`` for type checkers)
+        self._update_norms(
+            torch.linalg.vector_norm(torch.cat([pos, neg]), dim=-1) if norms is None else norms
+        )
         return self
 
     def update_labelled(self, x: Tensor, y: Tensor, norms: Tensor | None = None) -> VectorFitter:
@@ -469,7 +472,7 @@ class SteeringVector(FrozenArtifact):
         return [self.intervention(layer, alpha, positions, relative=relative, normalize=normalize)
                 for layer in self.layers]  # fmt: skip
 
-    def check(self, handle: Any) -> None:
+    def check(self, handle: ModelHandle) -> None:
         """Raise if this vector does not fit ``handle``: a layer it lacks or another width."""
         for s in self.sites:
             width = site_width(handle, parse_site(s, handle.n_layers))
@@ -483,7 +486,7 @@ class SteeringVector(FrozenArtifact):
                            handle.model_id)  # fmt: skip
 
     def with_norms(
-        self, handle: Any, texts: Sequence[str], positions: str = "all"
+        self, handle: ModelHandle, texts: Sequence[str], positions: str = "all"
     ) -> SteeringVector:
         """A copy whose :attr:`norms` are the mean ‖h‖ of ``texts`` at its sites."""
         self.check(handle)
@@ -576,12 +579,12 @@ class SteeringVector(FrozenArtifact):
 
 
 def fit_vector(
-    handle: Any,
+    handle: ModelHandle,
     data: Any,
     sites: str | Sequence[str],
     *,
     method: Method = "mean_diff",
-    positions: str | None = None,
+    positions: str | Positions | None = None,
     chat: bool = False,
     center: bool = True,
     batch_size: int = 16,

@@ -244,7 +244,7 @@ def tree_figure(
     match = constituents(other) if other is not None else None
     fig = fig or go.Figure()
     sub = row is not None or col is not None
-    where = {"row": row or 1, "col": col or 1} if sub else {}
+    where: dict[str, Any] = {"row": row or 1, "col": col or 1} if sub else {}
     ex, ey = [], []
     for a, b in edges:
         ex += [nodes[a]["x"], nodes[b]["x"], None]

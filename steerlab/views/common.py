@@ -151,7 +151,8 @@ def ref_line(
     coord = math.log10(value) if log else value
     vertical, horizontal = (position.split() + ["right"])[:2]
     # the annotation's own axis refs come from the shape just added (same subplot)
-    shape = fig.layout.shapes[-1]
+    # plotly leaves Figure.layout untyped (stub gap)
+    shape = fig.layout.shapes[-1]  # pyright: ignore[reportAttributeAccessIssue]
     if axis == "y":
         xref = shape.xref  # "x domain" style: the subplot's width
         ann = {"x": 0.0 if horizontal == "left" else 1.0, "y": coord, "xref": xref,

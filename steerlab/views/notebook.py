@@ -251,7 +251,7 @@ class StdoutHandler(logging.StreamHandler):
         super().__init__(sys.stdout)
         self.setFormatter(logging.Formatter("%(name)s: %(message)s"))
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stdout
 

@@ -200,7 +200,8 @@ def principal_directions(
             col=1,
         )
     elif label_values.dtype.kind in "iuf":
-        domain_end = fig.layout.xaxis.domain[1]
+        # plotly leaves Figure.layout untyped (stub gap)
+        domain_end = fig.layout.xaxis.domain[1]  # pyright: ignore[reportAttributeAccessIssue]
         fig.add_trace(
             scatter_cls(
                 x=xy[:, 0],

@@ -26,6 +26,7 @@ from jaxtyping import Float, Int
 from plotly.subplots import make_subplots
 from torch import Tensor
 
+from steerlab.models import ModelHandle
 from steerlab.saes.evals import density_histogram
 from steerlab.saes.init import _rank_for
 from steerlab.views.common import NEWLINE, display_token, ref_line
@@ -185,11 +186,13 @@ def top_activations(
     """Stream a store site through ``sae`` and keep each latent's ``n`` largest activations."""
     lat = torch.as_tensor(list(latents) if not isinstance(latents, Tensor) else latents).long()
     site = site or sae.cfg.site
+    if site is None:  # the store would fail on it with a bare "NoneType is not iterable"
+        raise TypeError("top_activations: the SAE records no cfg.site; pass site=")
     best_v = torch.zeros(len(lat), n)
     best_r = torch.full((len(lat), n), -1, dtype=torch.long)
     fired = torch.zeros(len(lat))
     seen = 0
-    for x in store.iter_batches(site, batch_size, shuffle=False, drop_last=False):  # type: ignore[arg-type]
+    for x in store.iter_batches(site, batch_size, shuffle=False, drop_last=False):
         if n_tokens is not None:
             x = x[: n_tokens - seen]
         if x.shape[0] == 0:
@@ -226,7 +229,7 @@ class LogitEffects(NamedTuple):
 
 @torch.no_grad()
 def logit_effects(
-    sae: Sae, handle: Any, latents: Sequence[int] | Tensor, n: int = 10
+    sae: Sae, handle: ModelHandle, latents: Sequence[int] | Tensor, n: int = 10
 ) -> LogitEffects:
     """``W_dec[i] ⊙ γ @ W_Uᵀ`` for each latent ``i``: its most promoted and suppressed tokens.
 
@@ -291,7 +294,7 @@ class LatentCard(NamedTuple):
 def latent_cards(
     sae: Sae,
     store: ActivationStore,
-    handle: Any,
+    handle: ModelHandle,
     latents: Sequence[int],
     *,
     n_contexts: int = 8,
@@ -365,7 +368,7 @@ def latent_card_figure(card: LatentCard, title: str | None = None) -> go.Figure:
 def latent_dashboard(
     sae: Sae,
     store: ActivationStore,
-    handle: Any,
+    handle: ModelHandle,
     latents: Sequence[int],
     *,
     n_contexts: int = 8,
@@ -396,5 +399,6 @@ def latent_dashboard(
     figs = {}
     for card in cards:
         fig = latent_card_figure(card)
-        figs[fig.layout.title.text] = fig
+        # plotly leaves Figure.layout untyped (stub gap)
+        figs[fig.layout.title.text] = fig  # pyright: ignore[reportAttributeAccessIssue]
     return figs

@@ -12,7 +12,7 @@ from __future__ import annotations
 import html
 import math
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, TypeGuard
 
 import plotly.graph_objects as go
 import torch
@@ -98,7 +98,7 @@ def sweep_figure(sweep: Any, *, title: str | None = None) -> go.Figure:
     return fig
 
 
-def _finite(y: Any) -> bool:
+def _finite(y: Any) -> TypeGuard[float]:
     return isinstance(y, int | float) and math.isfinite(y)
 
 
@@ -142,7 +142,7 @@ def token_projection_figure(
     if per_row < 1:
         raise ValueError(f"per_row must be >= 1, got {per_row}")
     n_rows = math.ceil(len(vals) / per_row)
-    z = [[None] * per_row for _ in range(n_rows)]
+    z: list[list[float | None]] = [[None] * per_row for _ in range(n_rows)]
     text = [[""] * per_row for _ in range(n_rows)]
     hover = [[""] * per_row for _ in range(n_rows)]
     for i, (t, shown, v) in enumerate(zip(tokens, display_tokens(tokens), vals)):

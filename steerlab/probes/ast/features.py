@@ -46,7 +46,7 @@ from transformers import AutoModel, AutoModelForCausalLM
 from steerlab.artifacts import read_cfg, register, save_artifact, tensors_name
 from steerlab.capture import capture
 from steerlab.errors import FormatError
-from steerlab.models import from_hf
+from steerlab.models import ModelHandle, from_hf
 from steerlab.probes.ast.data import (
     AstSnippet,
     extract_snippets,
@@ -83,7 +83,7 @@ Tokenization = Literal["leaves", "text"]
 snippet tokenised as one string (straddling tokens shared by their leaves)."""
 
 
-def encode_leaves(handle: Any, snippets: Sequence[AstSnippet]) -> Encoded:
+def encode_leaves(handle: ModelHandle, snippets: Sequence[AstSnippet]) -> Encoded:
     """Tokenise each snippet leaf by leaf, keeping the source's spacing (module docstring).
 
     Piece ``i`` is ``code[end_{i−1}:end_i]``: the layout before leaf ``i`` and the leaf itself.
@@ -169,7 +169,7 @@ def subsample_splits(
     return out
 
 
-def random_init_model(handle: Any, seed: int = 0) -> Any:
+def random_init_model(handle: ModelHandle, seed: int = 0) -> Any:
     """The same architecture with random weights: the AST-Probe's ``rand`` baseline.
 
     ``AutoModelForCausalLM.from_config(config)`` under ``torch.manual_seed(seed)`` (the
@@ -322,7 +322,7 @@ class LeafFeatures:
 
 
 def _pool_batch(
-    handle: Any,
+    handle: ModelHandle,
     snippets: Sequence[AstSnippet],
     sites: Sequence[str],
     batch_size: int,
@@ -369,7 +369,7 @@ def _pool_batch(
 
 
 def capture_leaf_features(
-    handle: Any,
+    handle: ModelHandle,
     snippets: Sequence[AstSnippet],
     sites: Sequence[str] | None = None,
     *,
@@ -464,7 +464,7 @@ def _concat(parts: Sequence[LeafFeatures], meta: dict[str, Any]) -> LeafFeatures
 
 
 def cached_leaf_features(
-    handle: Any,
+    handle: ModelHandle,
     snippets: Sequence[AstSnippet],
     path: str | os.PathLike,
     sites: Sequence[str] | None = None,

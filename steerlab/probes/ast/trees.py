@@ -47,7 +47,11 @@ import math
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple, TypeVar
+
+if TYPE_CHECKING:  # annotations only: the tree code itself is plain Python
+    import numpy as np
+    from torch import Tensor
 
 __all__ = [
     "EMPTY",
@@ -319,7 +323,10 @@ def _as_list(x: Any) -> list:
 
 
 def targets_to_tree(
-    leaves: Sequence[str], d: Sequence[float], c: Sequence[str], u: Sequence[str]
+    leaves: Sequence[str],
+    d: Sequence[float] | np.ndarray | Tensor,
+    c: Sequence[str],
+    u: Sequence[str],
 ) -> BinaryTree:
     """Rebuild a binary tree from (predicted or gold) distances and labels.
 

@@ -36,6 +36,7 @@ from typing import Any
 
 import torch
 
+from steerlab.models import ModelHandle
 from steerlab.saes import formats as _steerlab  # partially imported while formats loads us
 from steerlab.saes.io.dictionary_learning import (
     DL_CONFIG,
@@ -126,7 +127,7 @@ def _unknown(path: Path, names: list[str]) -> str:
                      f"Understood layouts: {understood}")  # fmt: skip
 
 
-def check_fits(sae: AnySae, handle: Any, site: str | None = None) -> None:
+def check_fits(sae: AnySae, handle: ModelHandle, site: str | None = None) -> None:
     """Raise if ``sae`` cannot read ``site`` (default ``sae.cfg.site``) of ``handle``'s model.
 
     Raises:
@@ -150,7 +151,7 @@ def load_sae(
     *,
     device: str | torch.device = "cpu",
     registry: str | os.PathLike | list[Any] | None = None,
-    handle: Any = None,
+    handle: ModelHandle | None = None,
 ) -> AnySae:
     """Load an SAE from any layout steerlab reads, or from a registry release.
 

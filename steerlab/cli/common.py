@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -157,19 +158,31 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds.
 
     ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) counts as unreachable without trying.
-    The check is one connection attempt: without it, transformers and datasets retry for ~25 s
-    before they give up on a machine without network.
+    The check is one connection attempt, name lookup included, given ``timeout`` seconds in
+    all: without it, transformers and datasets retry for ~25 s before they give up on a
+    machine without network.
     """
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):  # fmt: skip
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    answered: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname or "huggingface.co", port),
+                                     timeout=timeout).close()  # fmt: skip
+            answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    # the socket timeout does not bound the name lookup (getaddrinfo), which can hang for tens
+    # of seconds where DNS is unreachable: wait for the attempt at most `timeout` seconds
+    attempt = threading.Thread(target=connect, name="steerlab-hub-check", daemon=True)
+    attempt.start()
+    attempt.join(timeout)
+    return bool(answered and answered[0])
 
 
 def go_offline() -> None:

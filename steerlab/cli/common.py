@@ -8,6 +8,7 @@ import json
 import os
 import socket
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -139,7 +140,9 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 def check_writable(path: str | os.PathLike) -> None:
     """Fail now, not after minutes of work, if ``path`` cannot be created or written.
 
-    Looks at the nearest existing folder on the way to ``path``; creates nothing.
+    Looks at the nearest existing folder on the way to ``path``: its permission bits, then a
+    file created there and removed at once (``os.access`` says yes to root, and knows nothing
+    of file systems that refuse writes, e.g. sysfs); leaves nothing behind.
     """
     p = Path(path).expanduser().absolute()
     existing = next(a for a in (p, *p.parents) if a.exists())
@@ -148,6 +151,12 @@ def check_writable(path: str | os.PathLike) -> None:
     folder = existing if existing.is_dir() else existing.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CliError(f"cannot write {p}: permission denied on {folder}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".steerlab-write-check-", dir=folder)
+    except OSError as e:
+        raise CliError(f"cannot write {p}: {e.strerror or e} in {folder}") from e
+    os.close(fd)
+    os.unlink(probe)
 
 
 # --------------------------------------------------------------------------- the hub

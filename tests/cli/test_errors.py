@@ -267,6 +267,28 @@ def test_unwritable_output_fails_before_the_work(tmp_path, capsys, monkeypatch, 
     assert rc == 1 and "is a file" in one_line(capsys.readouterr().err)
 
 
+def test_a_folder_that_refuses_writes_fails_before_the_work(
+    tmp_path, capsys, monkeypatch, no_model, one_line
+):
+    """``os.access`` says yes to root and to file systems that refuse writes (a real run as
+    root with --out under /sys fitted the vector, then failed to save it): a file is tried."""
+    real = common.tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if str(dir) == str(tmp_path):
+            raise PermissionError(1, "Operation not permitted")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
+    rc = main(["capture", "--sites", "resid_post.1", "--out", str(tmp_path / "s")])
+    line = one_line(capsys.readouterr().err)
+    assert rc == 1 and "Operation not permitted" in line and str(tmp_path / "s") in line
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    common.check_writable(tmp_path / "a" / "b")  # a writable folder: the probe is removed
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_truncated_sae_weights_are_one_line(tmp_path, store, capsys, one_line):
     sae = build_sae(SaeConfig(d_in=16, d_sae=32, k=4, site="resid_post.0"))
     path = save_sae(sae, tmp_path / "sae")

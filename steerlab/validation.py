@@ -431,4 +431,6 @@ def reading(file: str | os.PathLike, what: str) -> Iterator[None]:
         raise
     except _VALUE_PROBLEMS as e:
         reason = f"missing key {e}" if isinstance(e, KeyError) else str(e) or type(e).__name__
-        raise FormatError(file, f"not a valid {what}: {reason}") from e
+        raise FormatError(
+            file, f"not a valid {what}: {reason}", field=getattr(e, "field", None)
+        ) from e

@@ -13,8 +13,15 @@ object in its place). Loading the damaged copy must
 - finish within :data:`LIMIT_S` seconds (a hang is a failure, not a stuck suite);
 - write nothing: every file of the copy and its folder listing stay as they were.
 
-The examples are derandomized in the default suite (tests/conftest.py); ``.ci/run`` also runs
-them with a random seed.
+A load that succeeds after bytes were cut off or a file was deleted must give back the object
+that was saved (its tensors and ``meta`` exactly): losing data silently is a failure too.
+
+Two drivers apply the same damage: hypothesis (random files, offsets and values; derandomized in
+the default suite by tests/conftest.py, and ``.ci/run`` runs it again with a random seed), and a
+fixed sweep (:func:`sweep`) that applies every kind of damage to every file of every artifact
+kind and of the store, so that each is covered whatever hypothesis draws: deletion, truncation
+at five lengths, bit flips at four offsets, and for JSON every field deleted and replaced by
+every value of :data:`ODD_VALUES`.
 """
 
 from __future__ import annotations
@@ -59,7 +66,9 @@ def _artifact_cases():
     return mod
 
 
-_build = _artifact_cases()._build
+_cases = _artifact_cases()
+_build = _cases._build
+_probe = _cases.probe  # state(obj): every tensor an artifact holds
 
 
 class Hang(BaseException):
@@ -105,41 +114,89 @@ def _paths(value, prefix=()):
         yield from _paths(v, (*prefix, k))
 
 
-def _mutate_json(text: str, data) -> str:
+def _set_json(text: str, path: tuple, value) -> str:
+    """``text`` (JSON) with the value at ``path`` replaced by ``value``, or deleted if
+    ``value`` is :data:`DELETE`."""
     doc = json.loads(text)
-    paths = sorted(_paths(doc), key=repr)
-    if not paths:
-        return json.dumps(data.draw(st.sampled_from(ODD_VALUES)))
-    path = data.draw(st.sampled_from(paths), label="json path")
     parent = doc
     for k in path[:-1]:
         parent = parent[k]
-    if data.draw(st.booleans(), label="delete"):
+    if value is DELETE:
         del parent[path[-1]]
     else:
-        parent[path[-1]] = data.draw(st.sampled_from(ODD_VALUES), label="value")
+        parent[path[-1]] = value
     return json.dumps(doc)
 
 
-def damage(folder: Path, data) -> str:
-    """Damage one file of ``folder`` in one way; returns what was done (for the report)."""
+DELETE = object()
+"""The JSON "value" that deletes the field."""
+
+LOSSY = ("truncate", "delete")
+"""Damage that removes data: a load that succeeds anyway must return what was saved."""
+
+
+def apply_damage(f: Path, op: str, arg=None) -> str:
+    """Damage file ``f``: ``truncate`` to ``arg`` bytes, ``flip`` (``arg`` = (offset, xor
+    mask)), ``delete``, or ``json`` (``arg`` = (path, value or DELETE)). Returns the op."""
+    raw = f.read_bytes()
+    if op == "truncate":
+        f.write_bytes(raw[:arg])
+    elif op == "flip":
+        at, mask = arg
+        f.write_bytes(raw[:at] + bytes([raw[at] ^ mask]) + raw[at + 1 :])
+    elif op == "delete":
+        f.unlink()
+    else:
+        f.write_text(_set_json(raw.decode(), *arg))
+    return op
+
+
+def damage(folder: Path, data) -> tuple[str, str]:
+    """Damage one file of ``folder`` in one way, drawn by hypothesis; returns the op and what
+    was done (for the report)."""
     files = sorted(p for p in folder.rglob("*") if p.is_file())
     f = data.draw(st.sampled_from(files), label="file")
     raw = f.read_bytes()
     ops = ["truncate", "flip", "delete"] + (["json"] * 3 if f.suffix == ".json" else [])
     op = data.draw(st.sampled_from(ops), label="damage")
+    arg = None
     if op == "truncate":
-        keep = data.draw(st.integers(0, max(0, len(raw) - 1)), label="keep bytes")
-        f.write_bytes(raw[:keep])
+        arg = data.draw(st.integers(0, max(0, len(raw) - 1)), label="keep bytes")
     elif op == "flip":
-        at = data.draw(st.integers(0, len(raw) - 1), label="offset")
-        mask = data.draw(st.integers(1, 255), label="xor")
-        f.write_bytes(raw[:at] + bytes([raw[at] ^ mask]) + raw[at + 1 :])
-    elif op == "delete":
-        f.unlink()
-    else:
-        f.write_text(_mutate_json(raw.decode(), data))
-    return f"{op} {f.relative_to(folder)}"
+        arg = (data.draw(st.integers(0, len(raw) - 1), label="offset"),
+               data.draw(st.integers(1, 255), label="xor"))  # fmt: skip
+    elif op == "json":
+        paths = sorted(_paths(json.loads(raw)), key=repr)
+        if not paths:  # a scalar document: replace it whole
+            f.write_text(json.dumps(data.draw(st.sampled_from(ODD_VALUES))))
+            return op, f"json {f.relative_to(folder)} (whole)"
+        path = data.draw(st.sampled_from(paths), label="json path")
+        value = DELETE if data.draw(st.booleans(), label="delete") else data.draw(
+            st.sampled_from(ODD_VALUES), label="value")  # fmt: skip
+        arg = (path, value)
+    apply_damage(f, op, arg)
+    return op, f"{op} {f.relative_to(folder)} {_show_arg(arg)}"
+
+
+def _show_arg(arg) -> str:
+    if isinstance(arg, tuple) and len(arg) == 2 and isinstance(arg[0], tuple):
+        return f"{'.'.join(map(str, arg[0]))} -> {'deleted' if arg[1] is DELETE else arg[1]!r}"
+    return "" if arg is None else repr(arg)
+
+
+def sweep(folder: Path):
+    """Every damage of the fixed sweep for the files of ``folder``: (file, op, arg)."""
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        n = f.stat().st_size
+        yield f, "delete", None
+        for keep in sorted({0, 1, 8, n // 2, n - 1}):
+            yield f, "truncate", keep
+        for at in sorted({0, 8, n // 2, n - 1}):  # length field, header, data, last byte
+            yield f, "flip", (at, 0xFF)
+        if f.suffix == ".json":
+            for path in sorted(_paths(json.loads(f.read_bytes())), key=repr):
+                for value in (DELETE, *ODD_VALUES):
+                    yield f, "json", (path, value)
 
 
 @contextlib.contextmanager
@@ -148,8 +205,24 @@ def damaged_copy(golden: Path, data):
     try:
         copy = root / golden.name
         shutil.copytree(golden, copy)
-        what = damage(copy, data)
-        yield copy, what
+        op, what = damage(copy, data)
+        yield copy, op, what
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def sweep_copies(golden: Path):
+    """For each damage of :func:`sweep`: (copy, op, what), the copy damaged that way. One
+    working copy is reused; the damaged file is restored from ``golden`` after each."""
+    root = Path(tempfile.mkdtemp(prefix="sweep-"))
+    try:
+        copy = root / golden.name
+        shutil.copytree(golden, copy)
+        for f, op, arg in list(sweep(copy)):
+            rel = f.relative_to(copy)
+            apply_damage(f, op, arg)
+            yield copy, op, f"{op} {rel} {_show_arg(arg)}"
+            shutil.copy2(golden / rel, f)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
@@ -175,29 +248,55 @@ def load_checked(load, copy: Path, what: str):
 
 @pytest.fixture(scope="module")
 def golden(tmp_path_factory):
+    """kind -> (the saved folder, the object that was saved)."""
     root = tmp_path_factory.mktemp("golden")
     out = {}
     for kind in KIND_TABLE:
         obj, _ = _build(kind)
-        out[kind] = obj.save(root / kind)
+        out[kind] = (obj.save(root / kind), obj)
     return out
+
+
+def check_artifact(kind: str, saved, obj, op: str, what: str) -> None:
+    """A loaded artifact is of the kind's class; after lossy damage, it is what was saved."""
+    want = Sae if kind == "sae" else kind_class(kind)
+    assert isinstance(obj, want), f"{what}: loaded a {type(obj).__name__}"
+    if op in LOSSY:
+        mine, theirs = _probe.state(obj), _probe.state(saved)
+        assert set(mine) == set(theirs), f"{what}: loaded other tensors {sorted(mine)}"
+        for k, t in theirs.items():  # exact: a load returns the bytes that were saved
+            assert torch.equal(mine[k], t.detach()), f"{what}: tensor {k} differs"
+        assert getattr(obj, "meta", None) == getattr(saved, "meta", None), f"{what}: meta"
 
 
 @pytest.mark.parametrize("kind", sorted(KIND_TABLE))
 @FUZZ
 @given(data=st.data())
 def test_a_damaged_artifact_is_a_format_error_or_loads(golden, kind, data):
-    want = Sae if kind == "sae" else kind_class(kind)
-    with damaged_copy(golden[kind], data) as (copy, what):
+    path, saved = golden[kind]
+    with damaged_copy(path, data) as (copy, op, what):
         obj = load_checked(artifacts.load, copy, what)
     if obj is not None:
-        assert isinstance(obj, want), f"{what}: loaded a {type(obj).__name__}"
+        check_artifact(kind, saved, obj, op, what)
+
+
+@pytest.mark.parametrize("kind", sorted(KIND_TABLE))
+def test_every_damage_of_every_artifact_file(golden, kind):
+    path, saved = golden[kind]
+    ops: dict[str, list[int]] = {}
+    for copy, op, what in sweep_copies(path):
+        obj = load_checked(artifacts.load, copy, what)
+        if obj is not None:
+            check_artifact(kind, saved, obj, op, what)
+        ops.setdefault(op, [0, 0])[obj is None] += 1
+    # the sweep did reach every kind of damage, and most of it is refused
+    assert set(ops) == {"delete", "truncate", "flip", "json"}, ops
+    assert ops["delete"] == [0, 2] and ops["truncate"][0] <= 1, ops  # cfg.json's last "\n"
 
 
 def test_every_kind_loads_undamaged(golden):
-    for kind, path in golden.items():
-        obj = artifacts.load(path)
-        assert isinstance(obj, Sae if kind == "sae" else kind_class(kind)), kind
+    for kind, (path, saved) in golden.items():
+        check_artifact(kind, saved, artifacts.load(path), "delete", f"{kind} undamaged")
 
 
 # --- the activation store -------------------------------------------------------------------------
@@ -228,13 +327,33 @@ def _read_everything(path: Path) -> dict[str, torch.Tensor]:
     return rows
 
 
+def check_rows(rows, want, what: str) -> None:
+    """Every served shard was checksummed: only the written rows, whatever the damage."""
+    assert set(rows) == set(want), what
+    for k, v in want.items():
+        assert torch.equal(rows[k], v), f"{what}: {k} differs"
+
+
 @FUZZ
 @given(data=st.data())
 def test_a_damaged_store_is_a_format_error_or_serves_the_written_rows(golden_store, data):
     path, want = golden_store
-    with damaged_copy(path, data) as (copy, what):
+    with damaged_copy(path, data) as (copy, _, what):
         rows = load_checked(_read_everything, copy, what)
-    if rows is not None:  # every served shard was checksummed: only the written rows
-        assert set(rows) == set(want), what
-        for k, v in want.items():
-            assert torch.equal(rows[k], v), f"{what}: {k} differs"
+    if rows is not None:
+        check_rows(rows, want, what)
+
+
+def test_every_damage_of_every_store_file(golden_store):
+    path, want = golden_store
+    shards = sorted(p.name for p in path.glob("*.safetensors"))
+    assert len(shards) >= 3, shards  # several shards: damage to a later one is found too
+    refused: dict[str, int] = {}
+    for copy, op, what in sweep_copies(path):
+        rows = load_checked(_read_everything, copy, what)
+        if rows is not None:
+            check_rows(rows, want, what)
+        refused[what.split()[1]] = refused.get(what.split()[1], 0) + (rows is None)
+    # a shard's every damage is refused (its sha256); the manifest's nearly every one
+    n_shard_damages = 1 + 5 + 4
+    assert all(refused[s] == n_shard_damages for s in shards), refused

@@ -245,6 +245,18 @@ def test_a_wrong_or_missing_field_is_named(saved, which, edit, match):
     assert str(e.value).startswith(str(path))
 
 
+def test_a_config_field_of_the_wrong_type_names_cfg_json_and_the_field(saved):
+    """Was: a ``TypeError`` from a comparison; then a message naming the SAE's folder only."""
+    path, _ = saved["sae"]
+    f = path / "cfg.json"
+    f.write_text(json.dumps({**json.loads(f.read_text()), "k": "eight"}))
+    with pytest.raises(FormatError) as e:
+        artifacts.load(path)
+    assert str(e.value) == (f"{f}: not a valid SAE config: SaeConfig.k: expected an integer, "
+                            "got 'eight'")  # fmt: skip
+    assert (e.value.file, e.value.field) == (str(f), "k")
+
+
 def test_the_cli_prints_one_line_for_a_damaged_store(tmp_path, capsys):
     w = StoreWriter(tmp_path / "s", model_id="tiny", sites={"resid_post.1": 4}, shard_tokens=4)
     for i in range(3):

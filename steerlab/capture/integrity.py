@@ -259,7 +259,9 @@ def check_shard_header(
     """Check a shard's safetensors header against its manifest entry: every site
     (``[n_tokens, d]`` in the store dtype) and metadata column (``[n_tokens]``) is present with
     the manifest's dtype and shape; a ``sink`` column, if present (stores written before sink
-    marking lack it), is bool ``[n_tokens]``. Other tensors are allowed.
+    marking lack it), is bool ``[n_tokens]``; no other two-dimensional tensor is present (a
+    site column that the manifest does not list means the manifest lost it). Other
+    one-dimensional columns are allowed (a newer writer may add metadata).
 
     The sha256 proves a shard holds the bytes the writer wrote; this proves the manifest
     describes them (a hand-edited manifest could list the right hash with another width).
@@ -282,3 +284,8 @@ def check_shard_header(
         require(infos[name].dtype == _ST_DTYPES[dt], file, name, f"of dtype {_ST_DTYPES[dt]}",
                 infos[name].dtype, label="tensor")  # fmt: skip
         check_tensor(infos[name], file, name, shape)
+    unlisted = sorted(name for name, info in infos.items()
+                      if name not in want and len(info.shape) == 2)  # fmt: skip
+    if unlisted:
+        raise FormatError(file, f"holds site column(s) {unlisted} that the manifest's 'sites' "
+                                f"does not list (it lists {sorted(sites)})", field="sites")  # fmt: skip

@@ -8,6 +8,8 @@ import json
 import os
 import socket
 import sys
+import tempfile
+import threading
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from functools import cache
@@ -138,7 +140,9 @@ def read_json(path: str | os.PathLike, what: str) -> Any:
 def check_writable(path: str | os.PathLike) -> None:
     """Fail now, not after minutes of work, if ``path`` cannot be created or written.
 
-    Looks at the nearest existing folder on the way to ``path``; creates nothing.
+    Looks at the nearest existing folder on the way to ``path``: its permission bits, then a
+    file created there and removed at once (``os.access`` says yes to root, and knows nothing
+    of file systems that refuse writes, e.g. sysfs); leaves nothing behind.
     """
     p = Path(path).expanduser().absolute()
     existing = next(a for a in (p, *p.parents) if a.exists())
@@ -147,6 +151,12 @@ def check_writable(path: str | os.PathLike) -> None:
     folder = existing if existing.is_dir() else existing.parent
     if not os.access(folder, os.W_OK | os.X_OK):
         raise CliError(f"cannot write {p}: permission denied on {folder}")
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".steerlab-write-check-", dir=folder)
+    except OSError as e:
+        raise CliError(f"cannot write {p}: {e.strerror or e} in {folder}") from e
+    os.close(fd)
+    os.unlink(probe)
 
 
 # --------------------------------------------------------------------------- the hub
@@ -157,19 +167,31 @@ def hub_reachable(timeout: float = 2.0) -> bool:
     """Whether the Hugging Face hub answers a TCP connection within ``timeout`` seconds.
 
     ``HF_HUB_OFFLINE=1`` (or ``TRANSFORMERS_OFFLINE=1``) counts as unreachable without trying.
-    The check is one connection attempt: without it, transformers and datasets retry for ~25 s
-    before they give up on a machine without network.
+    The check is one connection attempt, name lookup included, given ``timeout`` seconds in
+    all: without it, transformers and datasets retry for ~25 s before they give up on a
+    machine without network.
     """
     if any(os.environ.get(v, "").lower() in ("1", "true", "yes", "on")
            for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")):  # fmt: skip
         return False
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout).close()
-    except OSError:
-        return False
-    return True
+    answered: list[bool] = []
+
+    def connect() -> None:
+        try:
+            socket.create_connection((url.hostname or "huggingface.co", port),
+                                     timeout=timeout).close()  # fmt: skip
+            answered.append(True)
+        except OSError:
+            answered.append(False)
+
+    # the socket timeout does not bound the name lookup (getaddrinfo), which can hang for tens
+    # of seconds where DNS is unreachable: wait for the attempt at most `timeout` seconds
+    attempt = threading.Thread(target=connect, name="steerlab-hub-check", daemon=True)
+    attempt.start()
+    attempt.join(timeout)
+    return bool(answered and answered[0])
 
 
 def go_offline() -> None:

@@ -108,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as e:
         args.parser.error(str(e))
     check_writable(o.out)
+    # the tokenizer now, before the report folder is created: a model that cannot be found (a
+    # hub id offline, a mistyped directory) fails in one line and leaves nothing behind
+    tokenizer = open_tokenizer(shared.model)
     ctx = Context(o.out, shared, load=lambda name, device: open_model(name, device=device),
-                  tokenizer_loader=open_tokenizer)  # fmt: skip
+                  tokenizer_loader=lambda name: tokenizer if name == shared.model
+                  else open_tokenizer(name))  # fmt: skip
     say(f"steerlab report: {shared.model}, layers {list(shared.sorted_layers)}, atlas at "
         f"resid_post.{shared.atlas_layer} -> {o.out}")  # fmt: skip
     rep = BarReporter()

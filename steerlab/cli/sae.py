@@ -182,6 +182,9 @@ def _train_main(args: argparse.Namespace, o: TrainOptions) -> None:
         args, parser=args.parser, d_in=store.sites[o.site], site=o.site, model_id=store.model_id
     )
     name = str(sae_cfg.name)  # SaeConfig derives it when not given
+    if store.n_tokens < tcfg.batch_size:  # train() refuses it too, but after out/ exists
+        raise CliError(f"--batch-size {tcfg.batch_size} is more than the {store.n_tokens:,} "
+                       f"rows of store {o.store}: lower it or capture more tokens")  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     log_path = out / SAE_TRAIN_LOG
     ckpt = find_checkpoint(out) if not o.restart else None

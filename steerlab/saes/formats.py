@@ -28,7 +28,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
-from steerlab.artifacts import HEADER, load_artifact, register, save_artifact
+from steerlab.artifacts import CFG_NAME, HEADER, load_artifact, register, save_artifact
 from steerlab.io import atomic_dir, previous_version
 from steerlab.saes.io.common import fill_sae, sae_tensors
 from steerlab.saes.sae import Sae, SaeConfig, build_sae
@@ -74,8 +74,9 @@ def load_sae(path: str | os.PathLike, device: str | torch.device = "cpu") -> Sae
     cfg_dict, tensors = load_artifact(path, SAE_KIND, device=device)
     # the header fields that are not SaeConfig fields (d_in, site and model_id are both)
     own = {k: v for k, v in cfg_dict.items() if k not in _HEADER_ONLY}
-    with reading(path, "SAE"):  # the config's own checks name the field
+    with reading(Path(path) / CFG_NAME, "SAE config"):  # its own checks name the field
         cfg = SaeConfig.from_dict(own)
+    with reading(path, "SAE"):
         # the widths against the file before building (a damaged d_sae must not allocate)
         check_tensor(tensors["W_enc"], path, "W_enc", (cfg.d_in, cfg.d_sae))
         return fill_sae(build_sae(cfg, device=device), tensors, str(path))

@@ -5,8 +5,10 @@ naming the flag, before any file or folder is created or a model is loaded."""
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -78,6 +80,76 @@ def test_unknown_model_offline_is_one_line(tmp_path, capsys, offline, one_line):
     line = one_line(capsys.readouterr().err)
     assert rc == 1 and "'owner/no-such-model'" in line and "not reachable" in line
     assert not out.exists()
+
+
+@pytest.fixture
+def hf_hub_offline(monkeypatch):
+    """``HF_HUB_OFFLINE=1`` as a user sets it; no connection may be attempted; every switch
+    go_offline() flips is restored afterwards."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", os.environ.get("HF_DATASETS_OFFLINE", "0"))
+    for name, attrs in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                        ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):  # fmt: skip
+        module = sys.modules.get(name)
+        for a in attrs if module is not None else ():
+            monkeypatch.setattr(module, a, getattr(module, a))
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("a connection was attempted with HF_HUB_OFFLINE=1")
+
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    common.hub_reachable.cache_clear()
+    yield
+    common.hub_reachable.cache_clear()
+
+
+MODEL_LINES = {
+    "capture": "capture --model {id} --sites resid_post.1 --out {out}",
+    "vector fit": "vector fit --model {id} --pairs {pairs} --sites resid_post.3 --out {out}",
+    "report": "report --model {id} --out {out}",
+}
+
+
+@pytest.mark.parametrize("model_id", ["owner/no-such-model", "no-such-model"])
+@pytest.mark.parametrize("command", sorted(MODEL_LINES))
+def test_unknown_model_with_hf_hub_offline_is_one_line_naming_it(
+    command, model_id, tmp_path, capsys, hf_hub_offline, one_line
+):
+    """Issue #18: an unknown hub id offline was a transformers OSError after 26 s of retries.
+    Now: one line naming the id and that the hub is not reachable, no connection attempted,
+    no output folder; --debug raises the error (its cause: the library's OSError)."""
+    pairs = tmp_path / "pairs.jsonl"
+    pairs.write_text('{"prompt": "p", "positive": "good", "negative": "bad"}\n')
+    out = tmp_path / "out"
+    argv = MODEL_LINES[command].format(id=model_id, pairs=pairs, out=out).split()
+    t0 = time.perf_counter()
+    rc = main(argv)
+    took = time.perf_counter() - t0
+    line = one_line(capsys.readouterr().err)
+    assert rc == 1 and repr(model_id) in line and "hub is not reachable" in line, line
+    assert not out.exists()
+    # no retries: the transformers/hub retry loop this replaces took 26 s; a loaded 2-core
+    # machine needs a few seconds for the imports alone
+    assert took < 20, took
+    with pytest.raises(common.CliError, match="hub is not reachable") as e:
+        main([*argv, "--debug"])
+    assert isinstance(e.value.__cause__, OSError) and not out.exists()
+
+
+def test_hub_check_is_bounded_when_the_name_lookup_hangs(monkeypatch):
+    """``socket.create_connection``'s timeout does not bound getaddrinfo: a hanging DNS must
+    not hang the check."""
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
+    common.hub_reachable.cache_clear()
+    try:
+        t0 = time.perf_counter()
+        assert common.hub_reachable(timeout=0.2) is False
+        assert time.perf_counter() - t0 < 5  # 0.2 s asked; slack for a loaded machine
+    finally:
+        common.hub_reachable.cache_clear()
 
 
 def test_hub_reachable_honours_offline_mode(monkeypatch):
@@ -195,6 +267,28 @@ def test_unwritable_output_fails_before_the_work(tmp_path, capsys, monkeypatch, 
     assert rc == 1 and "is a file" in one_line(capsys.readouterr().err)
 
 
+def test_a_folder_that_refuses_writes_fails_before_the_work(
+    tmp_path, capsys, monkeypatch, no_model, one_line
+):
+    """``os.access`` says yes to root and to file systems that refuse writes (a real run as
+    root with --out under /sys fitted the vector, then failed to save it): a file is tried."""
+    real = common.tempfile.mkstemp
+
+    def refuse(*args, dir=None, **kwargs):
+        if str(dir) == str(tmp_path):
+            raise PermissionError(1, "Operation not permitted")
+        return real(*args, dir=dir, **kwargs)
+
+    monkeypatch.setattr(common.tempfile, "mkstemp", refuse)
+    rc = main(["capture", "--sites", "resid_post.1", "--out", str(tmp_path / "s")])
+    line = one_line(capsys.readouterr().err)
+    assert rc == 1 and "Operation not permitted" in line and str(tmp_path / "s") in line
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    common.check_writable(tmp_path / "a" / "b")  # a writable folder: the probe is removed
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_truncated_sae_weights_are_one_line(tmp_path, store, capsys, one_line):
     sae = build_sae(SaeConfig(d_in=16, d_sae=32, k=4, site="resid_post.0"))
     path = save_sae(sae, tmp_path / "sae")
@@ -203,6 +297,17 @@ def test_truncated_sae_weights_are_one_line(tmp_path, store, capsys, one_line):
     rc = main(["sae", "eval", str(path), "--store", str(store.path), "--loss-windows", "0"])
     line = one_line(capsys.readouterr().err)
     assert rc == 1 and "truncated" in line and str(path) in line
+
+
+def test_sae_train_batch_larger_than_the_store_leaves_no_folder(tmp_path, store, capsys, one_line):
+    """The store's 128 rows against --batch-size 4096 (the default): train() refused it, but
+    only after the output folder was created."""
+    out = tmp_path / "sae"
+    rc = main(["sae", "train", "--store", str(store.path), "--site", "resid_post.0", "--width",
+               "64", "--out", str(out)])  # fmt: skip
+    line = one_line(capsys.readouterr().err)
+    assert rc == 1 and "--batch-size 4096" in line and "128 rows" in line, line
+    assert not out.exists()
 
 
 def test_missing_store_is_one_line(tmp_path, capsys, one_line):

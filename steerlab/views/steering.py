@@ -27,7 +27,7 @@ _PANELS = (
     ("perplexity", "perplexity (unsteered model)"),
     ("repetition", "repetition rate"),
     ("fluency", "fluency (normalised)"),
-    ("relevance", "relevance (cosine to unsteered)"),
+    ("relevance", "relevance (prompt similarity ÷ unsteered's)"),
     ("combined", "combined (harmonic mean)"),
 )
 _POLE_COLOUR = {1: "#1a9850", -1: "#d73027"}

@@ -29,6 +29,7 @@ import collections.abc
 import json
 import math
 import os
+import pickle
 import types
 import typing
 from collections.abc import Iterator, Mapping
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
+import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 from torch import Tensor
@@ -434,3 +436,24 @@ def reading(file: str | os.PathLike, what: str) -> Iterator[None]:
         raise FormatError(
             file, f"not a valid {what}: {reason}", field=getattr(e, "field", None)
         ) from e
+
+
+def safe_torch_load(path: Path) -> dict[str, Tensor]:
+    """``torch.load(path, weights_only=True)`` of a flat ``{name: tensor}`` dict, or a clear error.
+
+    Raises:
+        ValueError: the pickle holds anything ``weights_only`` refuses (arbitrary objects are
+            never unpickled), or is not a dict of tensors.
+    """
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"{path}: torch.load(weights_only=True) refused this file ({first}); steerlab reads "
+            "only pickles of plain tensors and never unpickles arbitrary objects. Re-save it "
+            "as torch.save(module.state_dict()) from a trusted environment"
+        ) from None
+    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
+    return dict(obj)

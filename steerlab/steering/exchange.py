@@ -33,8 +33,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from steerlab.neuronpedia import neuron_vector_row, source_id, write_export
 from steerlab.positions import as_positions
-from steerlab.saes.io.neuronpedia import neuron_vector_row, source_id, write_export
 from steerlab.sites import parse_site
 from steerlab.steering.vectors import SteeringVector
 

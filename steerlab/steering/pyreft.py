@@ -40,8 +40,8 @@ from steerlab.interventions.components import Affine
 from steerlab.interventions.kinds import LoReFT
 from steerlab.io import atomic_dir
 from steerlab.positions import Positions
-from steerlab.saes.io.dictionary_learning import safe_torch_load
 from steerlab.sites import parse_site
+from steerlab.validation import safe_torch_load
 
 PYREFT_CONFIG = "config.json"
 LOREFT_TYPE = "<class 'pyreft.interventions.LoreftIntervention'>"

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +44,7 @@ from torch import Tensor
 from steerlab.io import atomic_dir
 from steerlab.saes.io.common import as_path, build_filled, fold_b_dec_into_b_enc, need, read_json
 from steerlab.saes.sae import Sae, SaeConfig
+from steerlab.validation import safe_torch_load as safe_torch_load  # re-exported
 
 DL_WEIGHTS = "ae.pt"
 DL_CONFIG = "config.json"
@@ -55,27 +55,6 @@ DL_CLASSES = {"AutoEncoder": "relu_l1", "AutoEncoderTopK": "topk", "BatchTopKSAE
 TO_DL = {"relu_l1": "AutoEncoder", "topk": "AutoEncoderTopK", "batchtopk": "BatchTopKSAE",
          "jumprelu": "JumpReluAutoEncoder", "gated": "GatedAutoEncoder"}  # fmt: skip
 _SUBMODULE_KIND = (("mlp", "mlp_out"), ("attn", "attn_out"), ("resid", "resid_post"))
-
-
-def safe_torch_load(path: Path) -> dict[str, Tensor]:
-    """``torch.load(path, weights_only=True)`` of a flat ``{name: tensor}`` dict, or a clear error.
-
-    Raises:
-        ValueError: the pickle holds anything ``weights_only`` refuses (arbitrary objects are
-            never unpickled), or is not a dict of tensors.
-    """
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, AttributeError, EOFError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ValueError(
-            f"{path}: torch.load(weights_only=True) refused this file ({first}); steerlab reads "
-            "only pickles of plain tensors and never unpickles arbitrary objects. Re-save it "
-            "as torch.save(module.state_dict()) from a trusted environment"
-        ) from None
-    if not isinstance(obj, dict) or not all(isinstance(v, Tensor) for v in obj.values()):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(obj).__name__}")
-    return dict(obj)
 
 
 def _site(tr: dict[str, Any]) -> str | None:

@@ -8,6 +8,7 @@ import os
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
@@ -142,13 +143,20 @@ def test_hub_check_is_bounded_when_the_name_lookup_hangs(monkeypatch):
     not hang the check."""
     for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: time.sleep(30))
+    released = threading.Event()
+
+    def hanging_lookup(*args, **kwargs):
+        released.wait(30)  # a lookup that hangs until the test ends
+        raise OSError("name lookup hung")
+
+    monkeypatch.setattr(socket, "create_connection", hanging_lookup)
     common.hub_reachable.cache_clear()
     try:
         t0 = time.perf_counter()
         assert common.hub_reachable(timeout=0.2) is False
         assert time.perf_counter() - t0 < 5  # 0.2 s asked; slack for a loaded machine
     finally:
+        released.set()  # the attempt's thread then ends with its OSError, not after the test
         common.hub_reachable.cache_clear()
 
 

@@ -5,7 +5,7 @@ SmolLM2-135M must rebuild held-out ASTs clearly better than the same probe on th
 embeddings (depth 0) and on the same layer of a randomly initialised model of the same
 architecture: the two baselines of AST-Probe (Hernández López et al., ASE 2022).
 
-Thresholds sit below what probes/ast_probe.py measured on more data (see the README), so the
+Thresholds sit below what probes/ast_probe.py measured on more data (see docs/results_probes.md), so the
 check catches regressions without depending on one run's numbers.
 """
 

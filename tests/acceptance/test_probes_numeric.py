@@ -9,7 +9,7 @@
   does), moving X along the first PLS direction of its year flips the answers more often than
   random directions of the same norm (the paper's flip test; intervals do not overlap).
 
-Thresholds are set below what probes/numeric_pls.py measured (see the README), so the checks
+Thresholds are set below what probes/numeric_pls.py measured (see docs/results_probes.md), so the checks
 catch regressions without depending on the exact numbers of one run.
 """
 
@@ -43,7 +43,7 @@ def test_recall_filter_and_pls_direction_moves_recalled_years(model):
     along the first PLS direction of birth years in "X was born in the year" moves the year the
     model states the intended way more often than random directions of the same norm. (The
     135M model answers "Was X born before Y?" near chance, so flips of that answer cannot show
-    anything; see the README.)"""
+    anything; see docs/results_probes.md.)"""
     people = load_entities("birth_year")
     rec = recall_check(model, people, batch_size=32)
     n_kept = int(rec.correct.sum())

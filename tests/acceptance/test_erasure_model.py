@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import sys
 from pathlib import Path
 
 import pytest
@@ -23,9 +24,11 @@ RECIPE = Path(__file__).parents[2] / "probes" / "erase_concept.py"
 
 
 @pytest.mark.slow
-def test_erase_gender_at_best_layer(tmp_path):
+def test_erase_gender_at_best_layer(tmp_path, monkeypatch):
     spec = importlib.util.spec_from_file_location("erase_concept", RECIPE)
     recipe = importlib.util.module_from_spec(spec)
+    # the recipe defines dataclasses, which look their module up in sys.modules
+    monkeypatch.setitem(sys.modules, spec.name, recipe)
     spec.loader.exec_module(recipe)
     summary = recipe.main([
         "--n", "1000", "--rlace-ranks", "1", "--inlp-n-iter", "40", "--inlp-epsilon", "0",

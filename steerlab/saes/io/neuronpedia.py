@@ -1,26 +1,11 @@
-"""Neuronpedia export: an SAE's feature dashboards (and steering vectors) in its import layout.
+"""Neuronpedia export of an SAE's feature dashboards, in the import layout of
+:mod:`steerlab.neuronpedia` (sources, directory layout and row columns are documented there).
 
-Source: Neuronpedia's own exporter, ``utils/neuronpedia-utils/neuronpedia_utils/export-data.py``
-(hijohnnylin/neuronpedia, commit 1a80fe9), which writes the dataset layout that its importer
-reads, with the columns of its database schema (``apps/webapp/prisma/schema.prisma``, commit
-008d504: tables ``Model``, ``Source``, ``SourceSet``, ``Neuron``, ``Activation``)::
-
-    <out>/<modelId>/<sourceId>/
-        model.jsonl                  one Model row
-        sourceset.jsonl              one SourceSet row
-        source.jsonl                 one Source row
-        features/batch-<i>.jsonl.gz      Neuron rows, 1024 per batch, by index
-        activations/batch-<i>.jsonl.gz   Activation rows of the features of batch i
-
-A ``sourceId`` is ``<layer>-<setName>`` (``6-res-jb``); ``layer`` in every row is that source
-id and ``index`` the feature number as a string. A feature row carries ``maxActApprox`` (its
-largest activation), ``frac_nonzero`` (its density), ``pos_str``/``pos_values`` and
-``neg_str``/``neg_values`` (most promoted / suppressed tokens and their direct logit effects)
-and the frequency histogram (``freq_hist_data_bar_*`` over log10 density, one bar). An
-activation row is one context: ``tokens`` (strings), ``values`` (the feature on each token),
-``maxValue``, ``minValue``, ``maxValueTokenIndex``, ``dataSource``. A steering vector is a
-Neuron row with ``hasVector: true``, ``vector``, ``vectorLabel``, ``hookName`` and
-``vectorDefaultSteerStrength`` (:func:`neuron_vector_row`).
+A feature row carries ``maxActApprox`` (its largest activation), ``frac_nonzero`` (its density),
+``pos_str``/``pos_values`` and ``neg_str``/``neg_values`` (most promoted / suppressed tokens and
+their direct logit effects) and the frequency histogram (``freq_hist_data_bar_*`` over log10
+density, one bar). An activation row is one context: ``tokens`` (strings), ``values`` (the
+feature on each token), ``maxValue``, ``minValue``, ``maxValueTokenIndex``, ``dataSource``.
 
 The data comes from the latent dashboard's: pass :func:`steerlab.views.saes.top_activations`
 and :func:`~steerlab.views.saes.logit_effects` results (or anything with their fields); the

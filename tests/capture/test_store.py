@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import steerlab.capture.integrity as integrity
-import steerlab.capture.store as store_mod
+import steerlab.capture.writer as store_mod
 from steerlab.capture import capture_to_store
 from steerlab.capture.store import (
     MANIFEST_NAME,

@@ -393,7 +393,58 @@ def _spread(values: list[float]) -> dict:
             "within_10pct": all(abs(v - med) <= 0.1 * med for v in values)}  # fmt: skip
 
 
-def _one(name, X, args, lr, seed, E_curve, E_val, E_rep, E_all) -> dict | None:
+class RunLog:
+    """Finished runs, written to ``--json`` after every run so an interrupted benchmark resumes.
+
+    A run is reused only when its trainer, lr, seed and every setting that changes it (store,
+    site, tokens, width, k, batch, sinks) match; its printed line is repeated with "(reused)".
+    """
+
+    KEYS = ("store", "eval_store", "site", "tokens", "width", "k", "batch", "sinks")
+
+    def __init__(self, path: str | None, args: argparse.Namespace, resume: bool) -> None:
+        self.path, self.settings = path, {k: getattr(args, k) for k in self.KEYS}
+        self.runs: list[dict] = []
+        if resume and path and os.path.exists(path):
+            with open(path) as f:
+                old = json.load(f)
+            if not isinstance(old, dict) or not isinstance(old.get("done", []), list):
+                raise SystemExit(f"{path}: not a benchmark result (no 'done' list); "
+                                 "remove it or pass another --json")  # fmt: skip
+            self.runs = [r for r in old.get("done", []) if r.get("settings") == self.settings]
+
+    def find(self, name: str, lr: float | None, seed: int) -> dict | None:
+        for r in self.runs:
+            if (r["trainer"], r["lr"], r["seed"]) == (name, lr, seed):
+                return r
+        return None
+
+    def add(self, out: dict, result: dict) -> None:
+        self.runs.append({**out, "settings": self.settings})
+        self.save(result)
+
+    def save(self, result: dict) -> None:
+        if self.path:
+            tmp = f"{self.path}.tmp"
+            with open(tmp, "w") as f:
+                json.dump({**result, "done": self.runs}, f, indent=2)
+            os.replace(tmp, self.path)
+
+
+def _line(out: dict, note: str = "") -> None:
+    lr = out["lr"]
+    print(f"  {out['trainer']:>13} lr {lr if lr else 'own':>7} seed {out['seed']}: "
+          f"{out['tokens_per_s']:>7,.0f} tok/s  FVU {out['fvu']:.4f} (with sinks "
+          f"{out['fvu_with_sinks']:.4f})  L0 {out['l0']:.1f}  dead {100 * out['dead_frac']:.1f}%"
+          f"  load {out['load_avg_1min']:.2f}{note}", flush=True)  # fmt: skip
+
+
+def _one(name, X, args, lr, seed, E_curve, E_val, E_rep, E_all, log=None, result=None):
+    """Train and score one run (or reuse it from ``log``); ``None`` if the trainer is missing."""
+    if log is not None and (old := log.find(name, lr, seed)) is not None:
+        out = {k: v for k, v in old.items() if k != "settings"}
+        _line(out, "  (reused)")
+        return out
     probe = Probe(E_curve, args.width, (X.shape[0] // args.batch) * args.batch)
     torch.manual_seed(seed)
     run = TRAINERS[name](X, args, lr, seed, probe)
@@ -407,10 +458,9 @@ def _one(name, X, args, lr, seed, E_curve, E_val, E_rep, E_all) -> dict | None:
         "fvu_with_sinks": score(run.reconstruct, E_all, args.width)["fvu"],
         "curve": probe.curve, "load_avg_1min": os.getloadavg()[0],
     }  # fmt: skip
-    print(f"  {name:>13} lr {lr if lr else 'own':>7} seed {seed}: "
-          f"{out['tokens_per_s']:>7,.0f} tok/s  FVU {out['fvu']:.4f} (with sinks "
-          f"{out['fvu_with_sinks']:.4f})  L0 {out['l0']:.1f}  dead {100 * out['dead_frac']:.1f}%"
-          f"  load {out['load_avg_1min']:.2f}", flush=True)  # fmt: skip
+    _line(out)
+    if log is not None and result is not None:
+        log.add(out, result)
     return out
 
 
@@ -466,7 +516,16 @@ def main() -> None:
     ap.add_argument("--val-rows", type=int, default=8192, help="held-out rows for lr selection")
     ap.add_argument("--curve-rows", type=int, default=4096, help="held-out rows for curves")
     ap.add_argument("--threads", type=int, default=None)
-    ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument(
+        "--json",
+        default=None,
+        help="write the results here (after every run, so --resume can go on)",
+    )
+    ap.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse the finished runs recorded in --json with the same settings",
+    )
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -489,7 +548,8 @@ def main() -> None:
           f"{limit:,.0f} tok/s (encoder GEMM + sparse decoder/backward FLOPs)")  # fmt: skip
     names = args.trainers.split(",")
     result: dict = {"args": vars(args), "gemm_flops": rate, "matmul_limit_tok_s": limit}
-    evals = (E_curve, E_val, E_rep, E_all)
+    log = RunLog(args.json, args, args.resume)
+    evals = (E_curve, E_val, E_rep, E_all, log, result)
     if not args.no_own:
         runs = []
         for r in range(args.repeats):
@@ -521,9 +581,7 @@ def main() -> None:
               f"{s['tokens_per_s']['median'] / o['tokens_per_s']['median']:.2f}, FVU "
               f"{s['fvu_median']:.4f} vs {o['fvu_median']:.4f}; steerlab at "
               f"{s['tokens_per_s']['median'] / limit:.0%} of the matmul limit")  # fmt: skip
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump(result, f, indent=2)
+    log.save(result)
 
 
 if __name__ == "__main__":

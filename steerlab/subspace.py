@@ -340,6 +340,27 @@ def _pca(
     return Subspace(basis.to(dtype), mu.to(dtype), info)
 
 
+def add_rows_(n: int, mean: Tensor, scatter: Tensor, X: Tensor) -> int:
+    """Add the rows of ``X`` to running moments in place (Chan et al.'s pairwise update).
+
+    With ``n`` rows summarised by ``mean`` and ``scatter = Σ (x − mean)(x − mean)ᵀ``, and a batch
+    of ``m`` rows with mean ``μ_b`` and scatter ``S_b``: ``δ = μ_b − mean``,
+    ``scatter += S_b + δδᵀ · n·m/(n + m)``, ``mean += δ · m/(n + m)``. Returns ``n + m``. Used by
+    every streaming fitter of means and covariances (PCA, the SAE initialisation statistics),
+    so they agree to rounding with the one-pass float64 covariance.
+    """
+    nb = X.shape[0]
+    if nb == 0:
+        return n
+    mb = X.mean(0)
+    Xc = X - mb
+    delta = mb - mean
+    total = n + nb
+    scatter += Xc.T @ Xc + torch.outer(delta, delta) * (n * nb / total)
+    mean += delta * (nb / total)
+    return total
+
+
 class PCAFitter:
     """Streams the float64 mean and scatter of rows for PCA, mergeable across ranks.
 
@@ -369,16 +390,7 @@ class PCAFitter:
         if x.shape[-1] != self.d:
             raise ValueError(f"x has width {x.shape[-1]}, the fitter {self.d}")
         X = check_finite(x.reshape(-1, self.d).to(self.mean), "x")
-        nb = X.shape[0]
-        if nb == 0:
-            return self
-        mb = X.mean(0)
-        Xc = X - mb
-        delta = mb - self.mean
-        n = self.n + nb
-        self.scatter += Xc.T @ Xc + torch.outer(delta, delta) * (self.n * nb / n)
-        self.mean += delta * (nb / n)
-        self.n = n
+        self.n = add_rows_(self.n, self.mean, self.scatter, X)
         return self
 
     @torch.no_grad()

@@ -20,7 +20,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerlab.saes.sae import Sae, SaeConfig, SaeOutput, _as_batch, _fvu, register_architecture
+from steerlab.saes.sae import Sae, SaeConfig, register_architecture
 
 
 @register_architecture("gated")
@@ -42,18 +42,3 @@ class GatedSae(Sae):
         u = (x.to(self.W_enc) - self.b_dec) @ self.W_enc
         gate = (u + self.b_enc > 0).to(u.dtype)
         return gate * (u * self.r_mag.exp() + self.b_mag).relu()
-
-    def forward(
-        self,
-        x: Float[Tensor, "batch d_in"],
-        *,
-        dead_mask: Tensor | None = None,  # noqa: ARG002 - the signature of every Sae
-        k: int | None = None,  # noqa: ARG002
-    ) -> SaeOutput:
-        """Reconstruction, FVU and L0 of one batch (no training losses, see the module)."""
-        x = _as_batch(x, self.d_in).to(self.W_enc)
-        z = self.encode_dense(x)
-        sae_out = self.decode_dense(z)
-        fvu, _ = _fvu(x, sae_out)
-        zero = sae_out.new_zeros(())
-        return SaeOutput(sae_out, z, None, fvu, zero, zero, (z > 0).sum(-1).float().mean())

@@ -31,7 +31,7 @@ from torch import Tensor
 from steerlab.capture.store import SINK
 from steerlab.checks import check_int
 from steerlab.distributed import all_gather_rows, all_reduce_, all_reduce_moments_
-from steerlab.subspace import Subspace
+from steerlab.subspace import Subspace, add_rows_
 
 if TYPE_CHECKING:
     from steerlab.capture.store import ActivationStore
@@ -138,18 +138,11 @@ class StatsFitter:
                 raise ValueError(f"activations contain NaN or inf ({int((~finite).sum())} rows)")
             self.n_skipped += int((~finite).sum())
             X = X[finite]
-        nb = X.shape[0]
-        if nb == 0:
+        if X.shape[0] == 0:
             return self
         if self.n < self.keep:
             self._sample.append(X[: self.keep - self.n].float())
-        mb = X.mean(0)
-        Xc = X - mb
-        delta = mb - self.mean
-        n = self.n + nb
-        self.scatter += Xc.T @ Xc + torch.outer(delta, delta) * (self.n * nb / n)
-        self.mean += delta * (nb / n)
-        self.n = n
+        self.n = add_rows_(self.n, self.mean, self.scatter, X)
         return self
 
     @torch.no_grad()

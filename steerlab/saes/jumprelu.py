@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float
 from torch import Tensor, nn
 
-from steerlab.saes.sae import Sae, SaeConfig, SaeOutput, _as_batch, _fvu, register_architecture
+from steerlab.saes.sae import Sae, SaeConfig, register_architecture
 
 
 def jumprelu(pre: Tensor, threshold: Tensor) -> Tensor:
@@ -51,18 +51,3 @@ class JumpReluSae(Sae):
 
     def encode_dense(self, x: Float[Tensor, "... d_in"]) -> Float[Tensor, "... d_sae"]:
         return jumprelu(self.pre_acts(x), self.threshold)
-
-    def forward(
-        self,
-        x: Float[Tensor, "batch d_in"],
-        *,
-        dead_mask: Tensor | None = None,  # noqa: ARG002 - the signature of every Sae
-        k: int | None = None,  # noqa: ARG002
-    ) -> SaeOutput:
-        """Reconstruction, FVU and L0 of one batch (no training losses, see the module)."""
-        x = _as_batch(x, self.d_in).to(self.W_enc)
-        z = self.encode_dense(x)
-        sae_out = self.decode_dense(z)
-        fvu, _ = _fvu(x, sae_out)
-        zero = sae_out.new_zeros(())
-        return SaeOutput(sae_out, z, None, fvu, zero, zero, (z > 0).sum(-1).float().mean())

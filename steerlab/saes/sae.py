@@ -240,6 +240,23 @@ class Sae(nn.Module):
         """``x̂`` for any leading shape (no losses); the SAE's replacement function."""
         return self.decode_dense(self.encode_dense(x)).to(x.dtype)
 
+    def forward(
+        self,
+        x: Float[Tensor, "batch d_in"],
+        *,
+        dead_mask: Tensor | None = None,  # noqa: ARG002 - the signature of every Sae
+        k: int | None = None,  # noqa: ARG002
+    ) -> SaeOutput:
+        """Reconstruction, FVU and L0 of one batch from the dense maps, with no training losses
+        (the inference forward of the architectures that steerlab reads but does not train,
+        gated and JumpReLU; TopK, ReLU-L1 and BatchTopK override it with their losses)."""
+        x = _as_batch(x, self.d_in).to(self.W_enc)
+        z = self.encode_dense(x)
+        sae_out = self.decode_dense(z)
+        fvu, _ = _fvu(x, sae_out)
+        zero = sae_out.new_zeros(())
+        return SaeOutput(sae_out, z, None, fvu, zero, zero, (z > 0).sum(-1).float().mean())
+
     def latent_counts(self, out: SaeOutput) -> Int[Tensor, " d_sae"]:
         """Tokens of the batch on which each latent is non-zero."""
         if out.latent_indices is None:

@@ -385,12 +385,6 @@ SAE_RUNS = {
             {},
             {},
         ),
-        "runs/sae_resid6_default": (
-            {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "site": "resid_post.6",
-             "threads": 1, "out": "runs/sae_resid6_default"},
-            {"max_tokens": 458752, "dead_tokens": 1_000_000, "checkpoint_every": 50},
-            {"init": "active_subspace"},
-        ),
         "runs/sae_resid6_2m": (
             {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "site": "resid_post.6",
              "out": "runs/sae_resid6_2m"},
@@ -399,10 +393,10 @@ SAE_RUNS = {
         ),
     },
     "saes/attn_out_subspace_init.py": {
-        "runs/attn_out_init_lr3e-3": (
+        "runs/attn_out_init_2m": (
             {"store": "runs/sae_store2m", "eval_store": "runs/sae_eval", "site": "attn_out.6",
-             "skip_ranks": True, "seeds": (0,), "threads": 1, "out": "runs/attn_out_init_lr3e-3"},
-            {"max_tokens": 409600, "dead_tokens": 204800, "lr": 3e-3, "auxk_alpha": 0.0,
+             "skip_ranks": True, "seeds": (0, 1, 2), "threads": 1, "out": "runs/attn_out_init_2m"},
+            {"max_tokens": 2_000_000, "dead_tokens": 1_000_000, "lr": 3e-3, "auxk_alpha": 0.0,
              "log_every": 5, "checkpoint_every": 50},
             {},
         ),

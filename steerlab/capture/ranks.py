@@ -24,13 +24,13 @@ import json
 import logging
 import os
 import re
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from steerlab import __version__
 from steerlab.capture.integrity import FORMAT, MANIFEST_NAME, check_shards_exist, read_manifest
 from steerlab.capture.store import _SHARD_RE, StoreMismatchError, StoreWriter
+from steerlab.capture.writer import new_manifest
 from steerlab.io import TMP_SUFFIX, atomic_write_bytes
 
 logger = logging.getLogger(__name__)
@@ -188,18 +188,7 @@ class RankStoreWriter(StoreWriter):
                         self.manifest["n_sequences"], len(range(self.part["seq_start"],
                                                                 self.part["seq_end"])))  # fmt: skip
         else:
-            self.manifest = {
-                "format": FORMAT,
-                **requested,
-                "part": self.part,
-                "n_tokens": 0,
-                "n_sequences": 0,
-                "complete": False,
-                "shards": [],
-                "sinks": {"norm_ratio": float(sink_norm_ratio)},
-                "created": datetime.now(timezone.utc).isoformat(),
-                "steerlab_version": __version__,
-            }
+            self.manifest = new_manifest(requested, sink_norm_ratio, part=self.part)
             self._write_manifest()
         return True
 

@@ -89,6 +89,23 @@ def _json_norm(obj: Any) -> Any:
     return json.loads(json.dumps(obj))
 
 
+def new_manifest(requested: dict, sink_norm_ratio: float, **extra: Any) -> dict:
+    """The manifest of an empty store (or of one rank's part): the requested sites and config,
+    no shards yet, not complete. ``extra`` keys (a rank's ``part``) follow the request."""
+    return {
+        "format": FORMAT,
+        **requested,
+        **extra,
+        "n_tokens": 0,
+        "n_sequences": 0,
+        "complete": False,
+        "shards": [],
+        "sinks": {"norm_ratio": float(sink_norm_ratio)},
+        "created": datetime.now(timezone.utc).isoformat(),
+        "steerlab_version": __version__,
+    }
+
+
 class StoreWriter:
     """Append activations to a sharded store, resuming an interrupted one with the same settings.
 
@@ -195,17 +212,7 @@ class StoreWriter:
         else:
             created = not self.path.exists()
             self.path.mkdir(parents=True, exist_ok=True)
-            self.manifest = {
-                "format": FORMAT,
-                **requested,
-                "n_tokens": 0,
-                "n_sequences": 0,
-                "complete": False,
-                "shards": [],
-                "sinks": {"norm_ratio": float(sink_norm_ratio)},
-                "created": datetime.now(timezone.utc).isoformat(),
-                "steerlab_version": __version__,
-            }
+            self.manifest = new_manifest(requested, sink_norm_ratio)
             try:
                 self._write_manifest()
             except BaseException:

@@ -33,29 +33,20 @@ uninterrupted run's with the same seed (bit for bit on the same machine and thre
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
 
 from steerlab import __version__
 from steerlab.capture.store import SINK, ActivationStore
-from steerlab.config import (
-    ConfigError,
-    check_fraction,
-    check_nonnegative,
-    check_positive,
-    check_types,
-    require,
-)
 from steerlab.saes.formats import (
     PARAM_NAMES,
     STATE_JSON,
@@ -68,14 +59,18 @@ from steerlab.saes.formats import (
 )
 from steerlab.saes.init import activation_stats, initialize_
 from steerlab.saes.parallel import Parallel, batches_of, parallel_for
-from steerlab.saes.sae import (
-    DEFAULT_BASE_LR,
-    Sae,
-    SaeConfig,
-    SaeOutput,
-    build_sae,
-    lr_for_width,
-)
+from steerlab.saes.sae import Sae, SaeConfig, SaeOutput, build_sae, lr_for_width
+from steerlab.saes.sources import TensorSource, iter_batches, store_fingerprint
+from steerlab.saes.train_config import LrSchedule, TrainConfig
+
+__all__ = [
+    "CheckpointMismatchError",
+    "LrSchedule",
+    "TrainConfig",
+    "TrainProgress",
+    "TrainResult",
+    "train",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -89,85 +84,6 @@ _NON_SEMANTIC = (
 
 class CheckpointMismatchError(ValueError):
     """A checkpoint was written for other configs or another data source."""
-
-
-@dataclass
-class TrainConfig:
-    """Settings shared by all SAEs of one training run."""
-
-    batch_size: int = 4096
-    """Tokens per step (one batch feeds every SAE)."""
-    max_tokens: int | None = None
-    """Tokens to train on; None: one epoch. Beyond the store's size, further epochs follow,
-    each in its own shuffled order."""
-    lr: float | None = None
-    """Adam learning rate for every SAE; None: ``base_lr / sqrt(d_sae / 2**14)`` per SAE."""
-    base_lr: float = DEFAULT_BASE_LR
-    """Learning rate at width 2**14 for the width scaling (Gao et al. 2024): 1.6e-3, i.e. 3e-3
-    at width 4608 (see :data:`steerlab.saes.sae.DEFAULT_BASE_LR`); Gao et al.'s 2e-4 suits
-    billion-token runs."""
-    warmup_steps: int | None = None
-    """Linear learning-rate warm-up from 0 over this many steps; None: ``warmup_frac`` of the
-    run's steps."""
-    warmup_frac: float = 0.05
-    """Warm-up as a fraction of the run's steps (used when ``warmup_steps`` is None)."""
-    decay_frac: float = 0.2
-    """The learning rate falls linearly to 0 over this final fraction of the run's steps
-    (0: constant after the warm-up)."""
-    sinks: Literal["drop", "keep"] = "drop"
-    """Attention-sink rows of a store (its ``sink`` column): ``drop`` leaves them out of the
-    training batches (the initialisation statistics always leave them out); a tensor source has
-    no marks and is used as given."""
-    betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    eps: float = 6.25e-10
-    """Adam epsilon (Gao et al. 2024)."""
-    auxk_alpha: float = 1 / 32
-    """Weight of the AuxK loss of TopK SAEs (Gao et al. 2024); 0 disables it."""
-    dead_tokens: int = 10_000_000
-    """A latent that has not fired for this many tokens is dead (Gao et al.: 10M)."""
-    k_anneal_steps: int = 0
-    """Steps over which k falls linearly from ``k_anneal_start`` to k; 0 disables."""
-    k_anneal_start: int | None = None
-    """Starting k of the annealing; None: ``min(4·k, d_sae // 2)`` (at least k)."""
-    init_tokens: int = 65536
-    """Tokens whose mean/covariance initialise ``tied`` and ``active_subspace`` SAEs."""
-    nan_policy: Literal["skip", "error"] = "skip"
-    """Rows with NaN/inf: ``skip`` drops and counts them (logged); ``error`` raises."""
-    seed: int = 0
-    """Seed of the batch order and of the initialisations."""
-    shards_in_memory: int = 4
-    """Store shards shuffled together (part of the batch order)."""
-    checkpoint_dir: str | None = None
-    """Directory for checkpoints (None: no checkpoints, no resume)."""
-    checkpoint_every: int = 1000
-    """Steps between checkpoints (a final one is always written); 0: only the final one."""
-    log_every: int = 10
-    """Steps between progress callbacks (metrics are averaged over them)."""
-    device: str = "cpu"
-    """Device of the SAEs and batches (``cuda`` under torchrun: each rank's own GPU)."""
-    distribute: Literal["data", "modules"] = "data"
-    """Under torchrun with several ranks: ``data`` (DDP; every SAE on every rank, each rank
-    trains on its share of every batch) or ``modules`` (each SAE on one rank, on whole batches;
-    sparsify's distribute_modules). Both give the one-process weights. Ignored in one process."""
-    autocast: Literal["auto", "bfloat16", "off"] = "auto"
-    """Mixed precision of the SAE forward: ``auto`` is bfloat16 autocast on CUDA and none
-    elsewhere; ``bfloat16`` forces it (on the CPU too); ``off`` never. Parameters, Adam state
-    and gradients stay in the SAE's dtype."""
-
-    def __post_init__(self) -> None:
-        check_types(self)
-        self.betas = (float(self.betas[0]), float(self.betas[1]))
-        check_positive(self, "batch_size", "max_tokens", "lr", "base_lr", "eps", "dead_tokens")
-        check_positive(self, "k_anneal_start", "init_tokens", "shards_in_memory", "log_every")
-        check_nonnegative(self, "warmup_steps", "auxk_alpha", "k_anneal_steps", "seed")
-        check_nonnegative(self, "checkpoint_every")
-        check_fraction(self, "warmup_frac", low=True, high=True)
-        check_fraction(self, "decay_frac", low=True, high=True)
-        if self.max_tokens is not None and self.max_tokens < self.batch_size:
-            raise ConfigError("TrainConfig", "max_tokens",
-                              f"max_tokens={self.max_tokens} < batch_size={self.batch_size}")  # fmt: skip
-        require(self, "betas", all(0 <= b < 1 for b in self.betas), "two numbers in [0, 1)")
 
 
 class TrainProgress(NamedTuple):
@@ -214,41 +130,6 @@ class TrainResult:
     def save(self, out_dir: str | Path) -> dict[str, Path]:
         """Save every SAE to ``out_dir/<name>`` (steerlab layout)."""
         return {n: save_sae(s, Path(out_dir) / n) for n, s in self.saes.items()}
-
-
-class _TensorSource:
-    """Tensors ``{site: [n, d]}`` served like :meth:`ActivationStore.iter_batches`."""
-
-    def __init__(self, data: Mapping[str, Tensor]) -> None:
-        ns = {int(t.shape[0]) for t in data.values()}
-        if len(ns) != 1:
-            raise ValueError(f"all tensors need the same number of rows, got {sorted(ns)}")
-        self.data = {s: t.reshape(t.shape[0], -1) for s, t in data.items()}
-        self.sites = {s: int(t.shape[1]) for s, t in self.data.items()}
-        self.n_tokens = ns.pop()
-
-    def iter_batches(
-        self, names: list[str], batch_size: int, *, seed: int, epoch: int, skip_batches: int
-    ) -> Iterator[dict[str, Tensor]]:
-        digest = hashlib.sha256(f"steerlab.saes:{seed}:{epoch}".encode()).digest()
-        gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-        perm = torch.randperm(self.n_tokens, generator=gen)
-        for b in range(skip_batches, self.n_tokens // batch_size):
-            sel = perm[b * batch_size : (b + 1) * batch_size]
-            yield {s: self.data[s][sel].float() for s in names}
-
-    def fingerprint(self) -> dict[str, Any]:
-        return {"kind": "tensors", "n_tokens": self.n_tokens, "sites": self.sites}
-
-
-def _store_fingerprint(store: ActivationStore) -> dict[str, Any]:
-    shas = "".join(s["sha256"] for s in store.manifest["shards"])
-    return {
-        "kind": "store",
-        "n_tokens": store.n_tokens,
-        "sites": dict(store.sites),
-        "shards_sha256": hashlib.sha256(shas.encode()).hexdigest(),
-    }
 
 
 class _Member:
@@ -338,8 +219,8 @@ def train(
         configs = [
             c if c.site else SaeConfig.from_dict({**c.to_dict(), "site": "x"}) for c in configs
         ]
-    src = _TensorSource(source) if isinstance(source, Mapping) else source
-    fingerprint = src.fingerprint() if isinstance(src, _TensorSource) else _store_fingerprint(src)
+    src = TensorSource(source) if isinstance(source, Mapping) else source
+    fingerprint = src.fingerprint() if isinstance(src, TensorSource) else store_fingerprint(src)
     for c in configs:
         if c.site not in src.sites:
             raise KeyError(f"no site {c.site!r} in the data; it holds {sorted(src.sites)}")
@@ -377,7 +258,7 @@ def train(
     t0, tok0 = time.perf_counter(), state["tokens"]
     while state["step"] < total_steps:
         epoch, skip = divmod(state["step"], per_epoch)
-        it = batches_of(_batches(src, site_list, cfg, epoch, skip), par)
+        it = batches_of(iter_batches(src, site_list, cfg, epoch, skip), par)
         for batch in it:
             _train_step(members, batch, state, cfg, schedule(state["step"]), par)
             step = state["step"]
@@ -410,37 +291,6 @@ def train(
     )
 
 
-class LrSchedule(NamedTuple):
-    """Learning-rate multiplier: linear warm-up, constant, linear decay to 0 ("WSD").
-
-    ``m(s) = min(1, (s + 1) / warmup) · min(1, (total − s) / decay)`` for step ``s`` in
-    ``[0, total)``. Tied to the run's length, so a short run gets a short warm-up (the old
-    fixed 1,000-step warm-up left a 44-step run at 4% of its lr) and every run ends annealed.
-
-    Attributes:
-        warmup: warm-up steps (0: none).
-        decay: final steps of the linear decay (0: none).
-        total: steps of the run.
-    """
-
-    warmup: int
-    decay: int
-    total: int
-
-    @classmethod
-    def of(cls, cfg: TrainConfig, total_steps: int) -> LrSchedule:
-        """The schedule of ``cfg`` for a run of ``total_steps``."""
-        warm = cfg.warmup_steps
-        if warm is None:
-            warm = math.ceil(cfg.warmup_frac * total_steps)
-        return cls(warm, math.ceil(cfg.decay_frac * total_steps), total_steps)
-
-    def __call__(self, step: int) -> float:
-        warm = min(1.0, (step + 1) / self.warmup) if self.warmup else 1.0
-        decay = min(1.0, max(self.total - step, 0) / self.decay) if self.decay else 1.0
-        return warm * decay
-
-
 def _semantic(cfg: TrainConfig) -> dict[str, Any]:
     d = {k: v for k, v in asdict(cfg).items() if k not in _NON_SEMANTIC}
     return json.loads(json.dumps(d))
@@ -457,19 +307,6 @@ def _new_state(configs: Sequence[SaeConfig]) -> dict[str, Any]:
     }
 
 
-def _batches(src: Any, sites: list[str], cfg: TrainConfig, epoch: int, skip: int) -> Iterator:
-    if isinstance(src, _TensorSource):
-        return src.iter_batches(
-            sites, cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip
-        )
-    # The sink column rides along (the batch order does not depend on which names are read).
-    names = [*sites, SINK] if cfg.sinks == "drop" else list(sites)
-    return src.iter_batches(
-        names, cfg.batch_size, seed=cfg.seed, epoch=epoch, skip_batches=skip,
-        shards_in_memory=cfg.shards_in_memory, dtype=torch.float32,
-    )  # fmt: skip
-
-
 def _fresh(
     src: Any, configs: list[SaeConfig], cfg: TrainConfig, gen: torch.Generator, reports: dict
 ) -> list[_Member]:
@@ -480,7 +317,7 @@ def _fresh(
         site = c.site
         assert site is not None  # train() found every config's site in the data
         if c.init != "random" and site not in stats:
-            data = src.data[site] if isinstance(src, _TensorSource) else src
+            data = src.data[site] if isinstance(src, TensorSource) else src
             stats[site] = activation_stats(
                 data, site, n_tokens=cfg.init_tokens, batch_size=cfg.batch_size,
                 seed=cfg.seed, skip_nonfinite=cfg.nan_policy == "skip", exclude_sinks=True,

@@ -108,7 +108,7 @@ KIND_TABLE: dict[str, str] = {
     "linear_probe": "steerlab.probes.linear:LinearProbe",
     "ast_probe": "steerlab.probes.ast.probe:AstProbe",
     "ast_features": "steerlab.probes.ast.features:LeafFeatures",
-    "steering_vector": "steerlab.steering.vectors:SteeringVector",
+    "steering_vector": "steerlab.steering.vector_artifact:SteeringVector",
     "sae": "steerlab.saes.formats:SaeArtifact",
     # interventions (steerlab.interventions.register_intervention)
     "low_rank_edit": "steerlab.interventions.algebra:LowRankEdit",

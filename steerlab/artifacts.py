@@ -104,7 +104,7 @@ KIND_TABLE: dict[str, str] = {
     "leace": "steerlab.erasure.leace:LeaceEraser",
     "rlace": "steerlab.erasure.rlace:RlaceEraser",
     "inlp": "steerlab.erasure.inlp:InlpEraser",
-    "pls": "steerlab.probes.pls:PLSProbe",
+    "pls": "steerlab.probes.pls_probe:PLSProbe",
     "linear_probe": "steerlab.probes.linear:LinearProbe",
     "ast_probe": "steerlab.probes.ast.probe:AstProbe",
     "ast_features": "steerlab.probes.ast.features:LeafFeatures",

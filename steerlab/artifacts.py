@@ -106,7 +106,7 @@ KIND_TABLE: dict[str, str] = {
     "inlp": "steerlab.erasure.inlp:InlpEraser",
     "pls": "steerlab.probes.pls_probe:PLSProbe",
     "linear_probe": "steerlab.probes.linear:LinearProbe",
-    "ast_probe": "steerlab.probes.ast.probe:AstProbe",
+    "ast_probe": "steerlab.probes.ast.artifact:AstProbe",
     "ast_features": "steerlab.probes.ast.features:LeafFeatures",
     "steering_vector": "steerlab.steering.vector_artifact:SteeringVector",
     "sae": "steerlab.saes.formats:SaeArtifact",

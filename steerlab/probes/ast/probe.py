@@ -30,7 +30,7 @@ import copy
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -38,18 +38,14 @@ import torch.nn.functional as F
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from steerlab.artifacts import FrozenArtifact, register
 from steerlab.config import check_fraction, check_nonnegative, check_positive, check_types
+from steerlab.probes.ast.artifact import AstProbe, AstProbeOutput, _batch_x, _forward
 from steerlab.probes.ast.data import AstSnippet
+from steerlab.probes.ast.evaluate import AstEval, evaluate_ast_probe, predict_trees
 from steerlab.probes.ast.trees import (
-    F1Score,
     Targets,
     Tree,
-    debinarize,
-    labelled_f1,
-    targets_to_tree,
 )
-from steerlab.subspace import Subspace
 
 logger = logging.getLogger(__name__)
 
@@ -210,129 +206,6 @@ def _encode(data: ProbeData, c_ids: dict[str, int], u_ids: dict[str, int]) -> _E
         c[k, :m] = torch.tensor([c_ids.get(x, -1) for x in t.c], dtype=torch.long)
         u[k, : m + 1] = torch.tensor([u_ids.get(x, -1) for x in t.u], dtype=torch.long)
     return _Encoded(d, c, u)
-
-
-def _batch_x(x: Tensor, index: Tensor, mean: Tensor, scale: Tensor) -> Tensor:
-    """Gather, normalise and zero-pad ``[b, leaves, d_model]`` float32 leaf vectors."""
-    w = int((index >= 0).sum(1).max())
-    idx = index[:, :w]
-    z = (x[idx.clamp_min(0)].float() - mean) * scale
-    return z * (idx >= 0)[..., None]
-
-
-# --------------------------------------------------------------------------- probe
-
-
-class AstProbeOutput(NamedTuple):
-    """Probe outputs for a batch of snippets padded to ``leaf`` leaves."""
-
-    d: Float[Tensor, "... leaf_minus_1"]
-    """Predicted syntactic distances ``d̂``."""
-    c_scores: Float[Tensor, "... leaf_minus_1 n_c"]
-    """Scores of the LCA labels."""
-    u_scores: Float[Tensor, "... leaf n_u"]
-    """Scores of the unary labels."""
-
-
-@register("ast_probe")
-@dataclass(frozen=True, eq=False, repr=False)
-class AstProbe(FrozenArtifact):
-    """A trained AST-Probe (Hernández López et al., ASE 2022).
-
-    With ``z = (h − μ) ⊙ s`` and ``p_i = Bᵀ z_i``: ``d̂_i = ‖p_i − p_{i−1}‖²``, LCA scores
-    ``(p_i − p_{i−1}) C`` and unary scores ``p_i U``. ``save(dir)`` / ``AstProbe.load(dir)``
-    come from :class:`~steerlab.artifacts.FrozenArtifact` (the label tuples go to ``cfg.json``).
-    """
-
-    CODECS = {"c_labels": (list, tuple), "u_labels": (list, tuple)}
-
-    B: Float[Tensor, "d_model rank"]
-    C: Float[Tensor, "rank n_c"]
-    U: Float[Tensor, "rank n_u"]
-    mean: Float[Tensor, " d_model"]
-    """``μ``, subtracted from leaf vectors."""
-    scale: Float[Tensor, " d_model"]
-    """``s``, multiplied after subtracting ``μ`` (``1/σ`` when standardising)."""
-    c_labels: tuple[str, ...]
-    """LCA label of each column of ``C``."""
-    u_labels: tuple[str, ...]
-    """Unary label of each column of ``U``."""
-    meta: dict[str, Any] = field(default_factory=dict)
-    """Config, site, model id, training history (JSON-serialisable)."""
-
-    def __post_init__(self) -> None:
-        d, r = self.B.shape
-        if self.C.shape != (r, len(self.c_labels)) or self.U.shape != (r, len(self.u_labels)):
-            raise ValueError(
-                f"C {tuple(self.C.shape)} / U {tuple(self.U.shape)} do not match "
-                f"rank {r} and the label vocabularies"
-            )
-        if self.mean.shape != (d,) or self.scale.shape != (d,):
-            raise ValueError(f"mean and scale must have shape ({d},)")
-
-    def __repr__(self) -> str:
-        return (
-            f"AstProbe(d_model={self.d_model}, rank={self.rank}, n_c={len(self.c_labels)}, "
-            f"n_u={len(self.u_labels)}, site={self.meta.get('site')!r})"
-        )
-
-    @property
-    def d_model(self) -> int:
-        return self.B.shape[0]
-
-    @property
-    def rank(self) -> int:
-        return self.B.shape[1]
-
-    def __call__(self, h: Float[Tensor, "... leaf d_model"]) -> AstProbeOutput:
-        """Distances and label scores for leaf vectors ``h`` (one snippet or a padded batch)."""
-        if h.ndim < 2 or h.shape[-1] != self.d_model:
-            raise ValueError(f"h must be [..., leaf, {self.d_model}], got {tuple(h.shape)}")
-        z = (h.to(self.B) - self.mean) * self.scale
-        return _forward(z, self.B, self.C, self.U)
-
-    def predict(
-        self, h: Float[Tensor, "leaf d_model"], leaves: Sequence[str] | None = None
-    ) -> Tree:
-        """The predicted (debinarised) AST of one snippet; leaves labelled ``leaves`` or 0…n."""
-        with torch.no_grad():
-            out = self(h)
-        n = h.shape[0]
-        leaves = [str(i) for i in range(n)] if leaves is None else list(leaves)
-        c = [self.c_labels[i] for i in out.c_scores.argmax(-1).tolist()]
-        u = [self.u_labels[i] for i in out.u_scores.argmax(-1).tolist()]
-        return debinarize(targets_to_tree(leaves, out.d, c, u))
-
-    def subspace(self) -> Subspace:
-        """The syntactic subspace: the orthonormalised columns of ``diag(s) B`` at origin ``μ``.
-
-        ``Bᵀ z = (diag(s) B)ᵀ (h − μ)``, so these are the directions of the raw activations
-        that the probe reads.
-        """
-        W = (self.B.double() * self.scale.double()[:, None]).T
-        meta = {
-            "method": "ast_probe",
-            "rank": self.rank,
-            **{k: self.meta[k] for k in ("site", "model_id") if k in self.meta},
-        }
-        sub = Subspace.from_vectors(W, self.mean.double(), meta=meta)
-        return sub.to(dtype=self.B.dtype)
-
-    def to(
-        self, device: str | torch.device | None = None, dtype: torch.dtype | None = None
-    ) -> AstProbe:
-        """A copy on ``device`` and/or in ``dtype``."""
-        t = {k: getattr(self, k).to(device=device, dtype=dtype) for k in _TENSORS}
-        return AstProbe(**t, c_labels=self.c_labels, u_labels=self.u_labels, meta=dict(self.meta))
-
-
-_TENSORS = ("B", "C", "U", "mean", "scale")
-
-
-def _forward(z: Tensor, B: Tensor, C: Tensor, U: Tensor) -> AstProbeOutput:
-    p = z @ B  # [..., leaf, rank]
-    diff = p[..., 1:, :] - p[..., :-1, :]
-    return AstProbeOutput(diff.pow(2).sum(-1), diff @ C, p @ U)
 
 
 # --------------------------------------------------------------------------- loss
@@ -571,79 +444,3 @@ def fit_ast_probe(
     B, C, U = best_params
     probe = AstProbe(B, C, U, mean, scale, c_labels, u_labels, info)
     return AstFit(probe, history, best_epoch)
-
-
-# --------------------------------------------------------------------------- evaluation
-
-
-class AstEval(NamedTuple):
-    """Held-out scores of a probe (means over snippets, as in the paper)."""
-
-    precision: float
-    recall: float
-    f1: float
-    per_snippet: list[F1Score]
-    """Labelled-constituent scores of each snippet."""
-    c_accuracy: float
-    """Accuracy of the LCA labels ``ĉ`` over all adjacent-leaf pairs."""
-    u_accuracy: float
-    """Accuracy of the unary labels ``û`` over all leaves."""
-    n_snippets: int
-
-
-def _predict(
-    probe: AstProbe, data: ProbeData, batch_size: int
-) -> list[tuple[list[float], list[str], list[str]]]:
-    out: dict[int, tuple[list[float], list[str], list[str]]] = {}
-    n_leaves = data.n_leaves
-    with torch.no_grad():
-        for rows in torch.argsort(n_leaves).split(batch_size):
-            z = _batch_x(data.x, data.index[rows], probe.mean, probe.scale)
-            o = _forward(z.to(probe.B), probe.B, probe.C, probe.U)
-            c_hat, u_hat = o.c_scores.argmax(-1), o.u_scores.argmax(-1)
-            for k, r in enumerate(rows.tolist()):
-                n = int(n_leaves[r])
-                out[r] = (
-                    o.d[k, : n - 1].tolist(),
-                    [probe.c_labels[i] for i in c_hat[k, : n - 1].tolist()],
-                    [probe.u_labels[i] for i in u_hat[k, :n].tolist()],
-                )
-    return [out[r] for r in range(len(n_leaves))]
-
-
-def predict_trees(probe: AstProbe, data: ProbeData, batch_size: int = 64) -> list[Tree]:
-    """The predicted (debinarised) tree of every snippet of ``data``."""
-    return [
-        debinarize(targets_to_tree(t.leaves, d, c, u))
-        for t, (d, c, u) in zip(data.targets, _predict(probe, data, batch_size), strict=True)
-    ]
-
-
-def evaluate_ast_probe(probe: AstProbe, data: ProbeData, batch_size: int = 64) -> AstEval:
-    """Rebuild each snippet's tree from the probe and score it against the gold AST.
-
-    Per snippet: ``targets_to_tree(leaves, d̂, ĉ, û)`` → :func:`debinarize` →
-    :func:`labelled_f1` against the gold tree; precision, recall and F1 are averaged over
-    snippets (the paper's protocol).
-    """
-    scores: list[F1Score] = []
-    hit_c = hit_u = n_c = n_u = 0
-    for t, tree, (d, c, u) in zip(
-        data.targets, data.trees, _predict(probe, data, batch_size), strict=True
-    ):
-        pred = debinarize(targets_to_tree(t.leaves, d, c, u))
-        scores.append(labelled_f1(pred, tree))
-        hit_c += sum(a == b for a, b in zip(c, t.c, strict=True))
-        hit_u += sum(a == b for a, b in zip(u, t.u, strict=True))
-        n_c += len(c)
-        n_u += len(u)
-    n = len(scores)
-    return AstEval(
-        precision=sum(s.precision for s in scores) / n,
-        recall=sum(s.recall for s in scores) / n,
-        f1=sum(s.f1 for s in scores) / n,
-        per_snippet=scores,
-        c_accuracy=hit_c / max(n_c, 1),
-        u_accuracy=hit_u / max(n_u, 1),
-        n_snippets=n,
-    )

@@ -1,7 +1,7 @@
 """Recipe: the AST-Probe on a model: a layer sweep, a rank sweep and two baselines.
 
     python probes/ast_probe.py                     # embedded SmolLM2-135M, all snippets, all layers
-    python probes/ast_probe.py --model minilm-l6   # the bidirectional encoder, same probe
+    python probes/ast_probe.py --model minilm-l6 --random-layers all   # the bidirectional encoder
     python probes/ast_probe.py --n-train 300 --layers 0,10,20 --ranks 32,128 --out /tmp/ast
 
 One capture pass per model pools leaf vectors (each leaf tokenised on its own with the
@@ -18,9 +18,11 @@ requested blocks (``resid_post.L``, depth L+1), cached under OUT/features/. Then
 
 The probe trains with the paper's settings (AstProbeConfig: Adam 1e-3, batch 32, 20 epochs,
 early-stopping patience 5, rank 128) on every training snippet unless ``--n-train`` says
-otherwise. A sweep over all layers on all snippets holds ``n_leaves × d_model`` float16 per
-layer in memory (~0.5 GB per layer for SmolLM2); sweep a subset (``--n-train 3000 --layers
-every2``) and rerun the best depths on all snippets (``--layers 0,17 --ranks ...``).
+otherwise. The features of all snippets take ``n_leaves × d_model`` float16 per depth in memory
+(0.55 GB per depth for SmolLM2): ``--layers every2`` (16 depths, ~9 GB) is the sweep of
+docs/results_probes.md (42 min of capture, then ~40 s per probe on 2 cores); on a smaller
+machine sweep a subset (``--n-train 3000``) and rerun the best depths on all snippets
+(``--layers 0,16 --ranks ...``).
 
 Each probe's scores are appended to OUT/results.json as soon as it is trained; rerunning with
 the same data and training settings skips them. Writes OUT/report.html, OUT/probe/ and
@@ -100,7 +102,7 @@ class Recipe:
     random_layers: str = "0,5,10,15,20"
     """Depths probed on the random model ('all', 'everyN', a list, or 'none' to skip the
     baseline); the best depth of the model is always added (its capture stops after the
-    deepest one)."""
+    deepest one). The default's depths beyond a smaller model's are left out."""
     features_only: bool = False
     """Capture the leaf features, then stop."""
     threads: int | None = None
@@ -273,7 +275,10 @@ def main(argv: list[str] | None = None) -> None:
     peak = max(rank_runs, key=lambda r: r["dev_f1"])
     rand_runs, rand_best = [], None
     if args.random_layers not in ("", "none"):
-        rand_depths = sorted(set(_depths(args.random_layers, n)) | {best["depth"]})
+        spec = args.random_layers
+        if spec == Recipe.random_layers:  # the default suits 30 blocks; keep what a model has
+            spec = ",".join(str(d) for d in _ints(spec) if d < n)
+        rand_depths = sorted(set(_depths(spec, n)) | {best["depth"]})
         rand_handle = random_init_model(handle, seed=args.seed)
         feats["random"] = features(rand_handle, [sites[d] for d in rand_depths])
         rand_runs = [run("random", d, probe_cfg.rank) for d in rand_depths]

@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> None:
         else f"random weights (best depth {rand_best['depth']}) {rand_best['f1']:.3f}"
     )
     notes = (
-        f"{handle.model_id}; {sizes} snippets ({n_tokens} tokens), tokenization "
+        f"{handle.model_id}; {sizes['train']:,} train / {sizes['dev']:,} dev / "
+        f"{sizes['test']:,} test functions ({n_tokens:,} tokens), tokenization "
         f"{args.tokenization}, rank {probe_cfg.rank}, {probe_cfg.max_epochs} epochs max, lr "
         f"{probe_cfg.lr}. Best depth by dev F1: {best['depth']} ({best['site']}), test F1 "
         f"{best['f1']:.3f}; embeddings {emb['f1']:.3f}; {rand_note}; F1 peaks at rank "
